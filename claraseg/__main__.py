@@ -1,0 +1,5 @@
+import sys
+
+from claraseg.cli import main
+
+sys.exit(main())

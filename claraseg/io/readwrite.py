@@ -1,0 +1,372 @@
+"""Read and write NIfTI, NRRD (including Slicer's .seg.nrrd) and DICOM series through SimpleITK."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from claraseg.errors import DicomError, ImageReadError, ImageWriteError, InvalidImageError
+from claraseg.io.geometry import from_sitk, to_sitk
+from claraseg.io.image import Image, LabelInfo
+
+IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd")
+LABEL_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.int64, np.uint64)
+
+
+def extension(path: str | os.PathLike) -> str:
+    name = str(path).lower()
+    for ext in IMAGE_EXTENSIONS:
+        if name.endswith(ext):
+            return ext
+    return Path(name).suffix
+
+
+# ----- reading -----------------------------------------------------------------------------------
+def read_image(path: str | os.PathLike, *, series_uid: str | None = None, label: bool = False) -> Image:
+    """Read a NIfTI/NRRD/MetaImage file or a DICOM series folder into an :class:`Image`.
+
+    Args:
+        path: a file, or a folder of DICOM files.
+        series_uid: for folders holding several DICOM series, the SeriesInstanceUID to read.
+        label: read as a label map: the voxels must be integers; names come from .seg.nrrd metadata.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(f"{p}: no such file or folder")
+    if p.is_dir():
+        image = read_dicom_series(p, series_uid=series_uid)
+    else:
+        image = _read_file(p)
+    if label or extension(p) == ".seg.nrrd":
+        image = as_label_map(image, source=str(p))
+    return image
+
+
+def _read_file(p: Path) -> Image:
+    if p.stat().st_size == 0:
+        raise ImageReadError(f"{p}: the file is empty")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise ImageReadError(
+            f"{p}: not a readable image ({_first_line(e)}); supported: NIfTI (.nii, .nii.gz), NRRD (.nrrd, "
+            ".seg.nrrd), MetaImage (.mha) or a folder of DICOM files"
+        ) from None
+    dim = reader.GetDimension()
+    size = reader.GetSize()
+    ncomp = reader.GetNumberOfComponents()
+    if dim == 4 and size[3] == 1:
+        pass  # a 4D file with a single volume is read as 3D below
+    elif dim != 3:
+        raise InvalidImageError(f"{p}: a {dim}D image of size {list(size)}; a 3D volume is required")
+    if ncomp != 1 and extension(p) != ".seg.nrrd":
+        raise InvalidImageError(f"{p}: {ncomp} components per voxel (colour or vector image); a scalar volume is required")
+    if int(np.prod(size, dtype=np.int64)) > 1024**3:
+        raise InvalidImageError(f"{p}: {list(size)} voxels is larger than the supported 1024^3")
+    try:
+        img = reader.Execute()
+    except RuntimeError as e:
+        raise ImageReadError(f"{p}: the file is truncated or corrupt ({_first_line(e)})") from None
+    if img.GetDimension() == 4:
+        img = sitk.Extract(img, list(img.GetSize()[:3]) + [0], [0, 0, 0, 0])
+    metadata = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
+    if img.GetNumberOfComponentsPerPixel() > 1:  # a .seg.nrrd with overlapping segments in layers
+        raise InvalidImageError(
+            f"{p}: the segmentation holds {img.GetNumberOfComponentsPerPixel()} layers (overlapping segments); "
+            "export it from Slicer as a label map, or collapse the layers first"
+        )
+    image = from_sitk(img, metadata=metadata)
+    image.metadata["source"] = str(p)
+    return image
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    # ITK messages start with a file:line prefix; the description is the most useful line.
+    for ln in lines:
+        if "Description:" in ln:
+            return ln.split("Description:", 1)[1].strip()
+    return lines[-1] if lines else type(e).__name__
+
+
+def as_label_map(image: Image, source: str = "label") -> Image:
+    """Check that voxels are integers and collect label names (Slicer .seg.nrrd segments, JSON sidecars)."""
+    a = image.array
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all() or not np.all(a == np.round(a)):
+            raise InvalidImageError(f"{source}: a label map must hold whole numbers; found fractional or NaN values")
+        if a.min() < 0 or a.max() > 65535:
+            raise InvalidImageError(f"{source}: label values must lie in 0..65535, found {a.min()}..{a.max()}")
+        a = a.astype(np.uint16 if a.max() > 255 else np.uint8)
+    elif not np.issubdtype(a.dtype, np.integer):
+        raise InvalidImageError(f"{source}: a label map must hold integers, got {a.dtype}")
+    labels = dict(image.labels) or segment_labels_from_metadata(image.metadata)
+    meta = dict(image.metadata, is_label=True)
+    return Image(a, image.origin, image.spacing, image.direction, labels, meta)
+
+
+def segment_labels_from_metadata(meta: dict) -> dict[int, LabelInfo]:
+    """Label names and colours from Slicer's .seg.nrrd keys (``SegmentN_Name``, ``SegmentN_LabelValue``...)."""
+    labels: dict[int, LabelInfo] = {}
+    n = 0
+    while f"Segment{n}_Name" in meta or f"Segment{n}_ID" in meta:
+        name = meta.get(f"Segment{n}_Name") or meta.get(f"Segment{n}_ID") or f"Segment_{n + 1}"
+        value = int(meta.get(f"Segment{n}_LabelValue", n + 1))
+        color = None
+        if f"Segment{n}_Color" in meta:
+            try:
+                c = tuple(float(v) for v in meta[f"Segment{n}_Color"].split())
+                color = c if len(c) == 3 else None
+            except ValueError:
+                color = None
+        labels[value] = LabelInfo(name, color)
+        n += 1
+    if not labels and "claraseg_labels" in meta:
+        try:
+            labels = {int(k): LabelInfo(v["name"], tuple(v["color"]) if v.get("color") else None)
+                      for k, v in json.loads(meta["claraseg_labels"]).items()}
+        except (ValueError, KeyError, TypeError):
+            labels = {}
+    return labels
+
+
+def read_labels_json(path: str | os.PathLike) -> dict[int, LabelInfo]:
+    """Read a ``labels.json`` sidecar: ``{"1": "spleen"}`` or ``{"1": {"name": "spleen", ...}}``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ImageReadError(f"{path}: cannot read label names ({e})") from None
+    if isinstance(data, dict) and "labels" in data and isinstance(data["labels"], dict):
+        data = data["labels"]
+    out = {}
+    for k, v in data.items():
+        name = v if isinstance(v, str) else v.get("name", str(k))
+        color = None if isinstance(v, str) or not v.get("color") else tuple(v["color"])
+        out[int(k)] = LabelInfo(name, color)
+    return out
+
+
+# ----- DICOM ---------------------------------------------------------------------------------------
+def list_dicom_series(folder: str | os.PathLike) -> dict[str, list[str]]:
+    """SeriesInstanceUID -> file names (sorted by slice position) of every series in a folder tree."""
+    folder = str(folder)
+    series: dict[str, list[str]] = {}
+    dirs = [folder] + [str(d) for d in sorted(Path(folder).rglob("*")) if d.is_dir()]
+    for d in dirs:
+        try:
+            uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(d)
+        except RuntimeError:
+            uids = ()
+        for uid in uids:
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(d, uid)
+            if files:
+                series.setdefault(uid, []).extend(files)
+    return series
+
+
+def _describe_series(files: list[str]) -> str:
+    r = sitk.ImageFileReader()
+    r.SetFileName(files[0])
+    try:
+        r.ReadImageInformation()
+        desc = r.GetMetaData("0008|103e").strip() if r.HasMetaDataKey("0008|103e") else ""
+        mod = r.GetMetaData("0008|0060").strip() if r.HasMetaDataKey("0008|0060") else ""
+    except RuntimeError:
+        desc, mod = "", ""
+    return f"{mod} '{desc}' ({len(files)} files)".strip()
+
+
+def read_dicom_series(folder: str | os.PathLike, *, series_uid: str | None = None) -> Image:
+    """Read one DICOM series: slices sorted by position, rescale slope/intercept applied.
+
+    A folder with several series needs ``series_uid``; the error lists the series found.
+    """
+    folder = Path(folder)
+    series = list_dicom_series(folder)
+    if not series:
+        raise DicomError(f"{folder}: no DICOM series found (the folder is empty or holds no readable DICOM files)")
+    if series_uid is None:
+        if len(series) > 1:
+            listing = "; ".join(f"{uid}: {_describe_series(f)}" for uid, f in series.items())
+            raise DicomError(f"{folder}: holds {len(series)} DICOM series, choose one by its series UID: {listing}")
+        series_uid = next(iter(series))
+    if series_uid not in series:
+        raise DicomError(f"{folder}: no series with UID {series_uid!r}; found {sorted(series)}")
+    files = series[series_uid]
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    reader.LoadPrivateTagsOff()
+    try:
+        img = reader.Execute()  # GDCM sorts by ImagePositionPatient and applies slope/intercept
+    except RuntimeError as e:
+        raise DicomError(f"{folder}: cannot read series {series_uid} ({_first_line(e)})") from None
+    if img.GetDimension() == 2:
+        img = sitk.JoinSeries(img)
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise InvalidImageError(f"{folder}: series {series_uid} is a colour image; a scalar volume is required")
+    meta = {}
+    for key, name in (("0008|0060", "modality"), ("0008|103e", "series_description"),
+                      ("0010|0020", "patient_id"), ("0020|000d", "study_uid")):
+        if reader.HasMetaDataKey(0, key):
+            meta[name] = reader.GetMetaData(0, key).strip()
+    meta["series_uid"] = series_uid
+    meta["source"] = str(folder)
+    _check_slice_spacing(reader, files, folder)
+    return from_sitk(img, metadata=meta)
+
+
+def _check_slice_spacing(reader: sitk.ImageSeriesReader, files: list[str], folder: Path) -> None:
+    """Reject series with missing slices or irregular spacing, which would silently distort geometry."""
+    if len(files) < 3:
+        return
+    try:
+        pos = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(len(files))])
+        ori = np.array([float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")])
+    except (RuntimeError, ValueError):
+        return
+    normal = np.cross(ori[:3], ori[3:])
+    d = np.diff(pos @ normal)
+    if np.any(np.abs(d) < 1e-6):
+        raise DicomError(f"{folder}: two slices share one position; the series is duplicated or mixes acquisitions")
+    if np.max(np.abs(d)) > 1.5 * np.median(np.abs(d)) + 1e-3:
+        raise DicomError(
+            f"{folder}: slice spacing is irregular ({np.min(np.abs(d)):.3f}..{np.max(np.abs(d)):.3f} mm); "
+            "slices are missing or the series mixes acquisitions"
+        )
+
+
+def write_dicom_series(image: Image, folder: str | os.PathLike, *, modality: str = "CT",
+                       series_description: str = "claraseg", series_uid: str | None = None,
+                       rescale: tuple[float, float] | None = None) -> list[Path]:
+    """Write an image as a DICOM series (one file per k slice), e.g. for tests and demo data.
+
+    ``rescale=(slope, intercept)`` stores ``(value - intercept) / slope`` as uint16/int16 pixel data.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arr = image.array.astype(np.float64)
+    slope, intercept = rescale if rescale else (1.0, 0.0)
+    stored = np.rint((arr - intercept) / slope)
+    stored = stored.astype(np.int16 if stored.min() < 0 else np.uint16)
+    uid_root = "1.2.826.0.1.3680043.8.498"
+    series_uid = series_uid or f"{uid_root}.{np.random.default_rng().integers(1, 2**62)}"
+    study_uid = f"{uid_root}.{np.random.default_rng().integers(1, 2**62)}"
+    d = image.direction
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    paths = []
+    for k in range(arr.shape[0]):
+        sl = sitk.GetImageFromArray(stored[k])
+        pos = image.origin + d[:, 2] * image.spacing[2] * k
+        tags = {
+            "0008|0060": modality,
+            "0008|103e": series_description,
+            "0020|000e": series_uid,
+            "0020|000d": study_uid,
+            "0008|0018": f"{series_uid}.{k + 1}",
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in pos),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in np.concatenate([d[:, 0], d[:, 1]])),
+            "0028|0030": f"{image.spacing[1]:.6f}\\{image.spacing[0]:.6f}",
+            "0018|0050": f"{image.spacing[2]:.6f}",
+            "0028|1053": f"{slope:g}",
+            "0028|1052": f"{intercept:g}",
+            "0010|0020": "PHANTOM",
+        }
+        for key, value in tags.items():
+            sl.SetMetaData(key, value)
+        path = folder / f"slice{k:04d}.dcm"
+        writer.SetFileName(str(path))
+        writer.Execute(sl)
+        paths.append(path)
+    return paths
+
+
+# ----- writing -------------------------------------------------------------------------------------
+def write_image(image: Image, path: str | os.PathLike, *, compress: bool = True) -> Path:
+    """Write atomically (temporary file in the same folder, then rename) as NIfTI, NRRD or .seg.nrrd.
+
+    A .seg.nrrd gets Slicer's segment metadata (names, colours, label values) from ``image.labels``.
+    """
+    path = Path(path)
+    ext = extension(path)
+    if ext not in IMAGE_EXTENSIONS or ext == ".mhd":
+        raise ImageWriteError(f"{path}: unknown image extension {ext!r}; use one of {', '.join(IMAGE_EXTENSIONS[:-1])}")
+    if not path.parent.is_dir():
+        raise ImageWriteError(f"{path.parent}: folder does not exist")
+    img = to_sitk(image)
+    if image.labels:
+        if ext == ".seg.nrrd":
+            for key, value in _segment_metadata(image).items():
+                img.SetMetaData(key, value)
+        elif ext in (".nrrd", ".nhdr", ".mha"):
+            img.SetMetaData("claraseg_labels", json.dumps(
+                {str(k): {"name": v.name, "color": list(v.color) if v.color else None} for k, v in image.labels.items()}))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=path.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(img, tmp, useCompression=compress)
+        os.replace(tmp, path)
+    except RuntimeError as e:
+        raise ImageWriteError(f"{path}: cannot write ({_first_line(e)})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    if image.labels and ext in (".nii", ".nii.gz"):
+        # NIfTI has no room for names: keep them in a sidecar next to the file.
+        side = path.with_name(path.name[: -len(ext)] + ".labels.json")
+        write_text_atomic(side, json.dumps(
+            {str(k): {"name": v.name, "color": list(v.color) if v.color else None} for k, v in image.labels.items()},
+            indent=1))
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _segment_metadata(image: Image) -> dict[str, str]:
+    """Slicer's segmentation NRRD fields for a single-layer label map."""
+    k, j, i = image.array.shape
+    meta = {
+        "Segmentation_MasterRepresentation": "Binary labelmap",
+        "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
+        "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+    }
+    for n, (value, info) in enumerate(sorted(image.labels.items())):
+        color = info.color or _default_color(value)
+        meta.update({
+            f"Segment{n}_ID": f"Segment_{value}",
+            f"Segment{n}_Name": info.name,
+            f"Segment{n}_NameAutoGenerated": "0",
+            f"Segment{n}_Color": " ".join(f"{c:.6f}" for c in color),
+            f"Segment{n}_ColorAutoGenerated": "0",
+            f"Segment{n}_LabelValue": str(value),
+            f"Segment{n}_Layer": "0",
+            f"Segment{n}_Extent": f"0 {i - 1} 0 {j - 1} 0 {k - 1}",
+            f"Segment{n}_Tags": "|",
+        })
+    return meta
+
+
+def _default_color(value: int) -> tuple[float, float, float]:
+    """A stable, distinct colour per label value (golden-ratio hue walk)."""
+    import colorsys
+
+    return colorsys.hsv_to_rgb((value * 0.618034) % 1.0, 0.65, 0.95)
