@@ -107,3 +107,45 @@ class CancelledError(ClarasegError):
 
     http_status = 409
     code = "cancelled"
+
+
+class ServerBusyError(ClarasegError):
+    """The server's inference queue is full; try again in a moment (the answer says when)."""
+
+    http_status = 503
+    code = "server_busy"
+
+
+class ServerUnavailableError(ClarasegError):
+    """The server cannot be reached, timed out, or answered something that is not claraseg."""
+
+    http_status = 502
+    code = "server_unavailable"
+
+
+class AuthenticationError(ClarasegError):
+    """The request carries no token or a wrong one; pass the server's token (``--token``)."""
+
+    http_status = 401
+    code = "unauthorized"
+
+
+class RequestTooLargeError(ClarasegError):
+    """The request body exceeds the server's size limit."""
+
+    http_status = 413
+    code = "request_too_large"
+
+
+class UnsupportedMediaTypeError(ClarasegError):
+    """The request body is of a content type the route does not accept."""
+
+    http_status = 415
+    code = "unsupported_media_type"
+
+
+class NotAvailableError(ClarasegError):
+    """The operation exists in the API but is not available on this server (yet)."""
+
+    http_status = 501
+    code = "not_available"
