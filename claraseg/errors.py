@@ -149,3 +149,10 @@ class NotAvailableError(ClarasegError):
 
     http_status = 501
     code = "not_available"
+
+
+class DatastoreNotFoundError(ClarasegError):
+    """No image, label or label version of that id exists in the datastore."""
+
+    http_status = 404
+    code = "not_found"
