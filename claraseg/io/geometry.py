@@ -125,8 +125,11 @@ def box_to_physical(image: Image, start_ijk, stop_ijk, *, ras: bool = False) -> 
 def physical_box_to_index(image: Image, corners, *, ras: bool = False, clip: bool = True):
     """Smallest voxel box [start, stop) (``[i, j, k]``) containing physical points; optionally clipped."""
     idx = physical_to_index(image, corners, ras=ras)
-    start = np.floor(idx.min(axis=0) + 0.5).astype(np.int64)
-    stop = np.floor(idx.max(axis=0) + 0.5).astype(np.int64) + 1
+    # Voxel v covers indices [v - 0.5, v + 0.5); a point on a voxel edge (within rounding) does not pull
+    # the neighbour in, so box_to_physical -> physical_box_to_index is the identity.
+    eps = 1e-6
+    start = np.floor(idx.min(axis=0) + 0.5 + eps).astype(np.int64)
+    stop = np.maximum(np.ceil(idx.max(axis=0) + 0.5 - eps).astype(np.int64), start + 1)
     if clip:
         start, stop = clip_box(start, stop, image.size_ijk)
     return start, stop
@@ -190,7 +193,13 @@ def paste(into: np.ndarray, patch: np.ndarray, start_ijk) -> np.ndarray:
 
 # ----- SimpleITK bridge and resampling ------------------------------------------------------------
 def to_sitk(image: Image) -> sitk.Image:
-    img = sitk.GetImageFromArray(image.array, isVector=False)
+    """The image as a SimpleITK image (boolean voxels become uint8, float16 becomes float32)."""
+    a = image.array
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8)
+    elif a.dtype == np.float16:
+        a = a.astype(np.float32)
+    img = sitk.GetImageFromArray(a, isVector=False)
     img.SetOrigin([float(v) for v in image.origin])
     img.SetSpacing([float(v) for v in image.spacing])
     img.SetDirection([float(v) for v in image.direction.ravel()])
@@ -198,6 +207,7 @@ def to_sitk(image: Image) -> sitk.Image:
 
 
 def from_sitk(img: sitk.Image, **kwargs) -> Image:
+    """An :class:`Image` from a 3D scalar SimpleITK image; ``kwargs`` go to :class:`Image` (labels, metadata)."""
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
         raise InvalidImageError(
             f"expected a 3D scalar image, got {img.GetDimension()}D with "
@@ -235,7 +245,8 @@ def resample_to(image: Image, reference: Image, *, is_label: bool | None = None,
 
 
 def resample_to_spacing(image: Image, spacing, *, is_label: bool | None = None) -> Image:
-    """Resample to a new voxel spacing (mm, along i, j, k), same origin, direction and physical extent."""
+    """Resample to a new voxel spacing (mm, along i, j, k): same direction, the centre of the field of view
+    kept, the extent as close as whole voxels allow (linear for images, nearest for label maps)."""
     if is_label is None:
         is_label = image.is_label
     spacing = np.asarray(spacing, dtype=np.float64).reshape(3)

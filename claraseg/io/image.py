@@ -62,6 +62,10 @@ class Image:
                 "2D images must be given as a single slice (shape [1, j, i]) and 4D/multi-channel images "
                 "split into 3D volumes first"
             )
+        if self.array.dtype.kind not in "biuf":
+            raise InvalidImageError(
+                f"voxels of type {self.array.dtype} are not supported; use integer, float or boolean voxels"
+            )
         if min(self.array.shape) < 1:
             raise InvalidImageError(f"the volume is empty (shape {self.array.shape})")
         if self.array.size > MAX_VOXELS:

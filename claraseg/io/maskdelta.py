@@ -33,7 +33,7 @@ _HEADER = struct.Struct("<4sBBBB3i3i3iII")
 MEDIA_TYPE = "application/x-claraseg-maskdelta"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MaskDelta:
     """A changed box and the mask inside it; see the module docstring."""
 
@@ -59,8 +59,12 @@ class MaskDelta:
         if m.shape != expected:
             raise MaskDeltaError(f"mask shape {m.shape} does not match the box (expected [k, j, i] = {expected})")
         if m.dtype != np.uint8:
+            if m.dtype.kind not in "biuf":
+                raise MaskDeltaError(f"mask voxels of type {m.dtype} are not supported; use uint8")
             if m.size and (m.min() < 0 or m.max() > 255):
                 raise MaskDeltaError("mask values must fit in uint8 (0..255)")
+            if m.dtype.kind == "f" and not np.array_equal(m, np.round(m)):
+                raise MaskDeltaError("mask values must be whole numbers (threshold probabilities first)")
             m = m.astype(np.uint8)
         object.__setattr__(self, "mask", m)
         object.__setattr__(self, "labels", {int(k): str(v) for k, v in self.labels.items()})
@@ -173,6 +177,8 @@ class MaskDelta:
             raw = payload
         else:
             raise MaskDeltaError(f"unknown mask delta codec {codec}")
+        if packing not in (0, 1):
+            raise MaskDeltaError(f"unknown mask delta packing {packing}")
         if packing == 1:
             if len(raw) != (n + 7) // 8:
                 raise MaskDeltaError("mask delta payload size does not match its box")
@@ -182,6 +188,14 @@ class MaskDelta:
                 raise MaskDeltaError("mask delta payload size does not match its box")
             flat = np.frombuffer(raw, np.uint8)
         return cls(start, stop, flat.reshape(shape), size, labels)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MaskDelta):
+            return NotImplemented
+        return (self.start == other.start and self.stop == other.stop and self.image_size == other.image_size
+                and self.labels == other.labels and np.array_equal(self.mask, other.mask))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable numpy payload
 
     def __repr__(self) -> str:
         return f"MaskDelta(start={list(self.start)}, stop={list(self.stop)}, voxels={int(np.count_nonzero(self.mask))})"

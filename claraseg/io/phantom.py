@@ -26,13 +26,13 @@ class Organ:
 
 # Rough abdominal layout, LPS offsets in mm. Values are deliberately plausible, not anatomical truth.
 ORGANS = (
-    Organ("liver", 60, (-45, -5, 20), (55, 45, 50), (0.87, 0.47, 0.33)),
-    Organ("spleen", 45, (65, 25, 30), (22, 28, 35), (0.62, 0.35, 0.53)),
-    Organ("kidney_right", 150, (-40, 45, -15), (17, 20, 30), (0.72, 0.63, 0.37)),
-    Organ("kidney_left", 150, (40, 45, -10), (17, 20, 30), (0.72, 0.60, 0.40)),
-    Organ("vertebra", 650, (0, 55, 0), (14, 14, 70), (0.95, 0.94, 0.85)),
-    Organ("aorta", 200, (10, 30, 0), (9, 9, 70), (0.88, 0.25, 0.25)),
-    Organ("stomach", 20, (30, -35, 40), (30, 20, 25), (0.85, 0.75, 0.55)),
+    Organ("liver", 105, (-45, -5, 20), (60, 50, 55), (0.87, 0.47, 0.33)),
+    Organ("spleen", 115, (65, 25, 30), (22, 30, 38), (0.62, 0.35, 0.53)),
+    Organ("kidney_right", 170, (-45, 45, -15), (18, 22, 32), (0.72, 0.63, 0.37)),
+    Organ("kidney_left", 170, (45, 45, -10), (18, 22, 32), (0.72, 0.60, 0.40)),
+    Organ("vertebra", 600, (0, 62, 0), (16, 15, 70), (0.95, 0.94, 0.85)),
+    Organ("aorta", 220, (12, 35, 0), (10, 10, 70), (0.88, 0.25, 0.25)),
+    Organ("stomach", 25, (35, -40, 40), (32, 22, 26), (0.85, 0.75, 0.55)),
 )
 
 
@@ -84,22 +84,25 @@ def make_phantom(
     rel = xyz - body_centre.astype(np.float32)
     voxel = float(np.min(spacing))
 
-    # Body: an elliptic cylinder of fat with a muscle wall, in air.
+    # Body: an elliptic cylinder in air: subcutaneous fat, a muscle wall, and an abdominal cavity of
+    # fat and bowel (low-frequency texture) that the organs sit in.
     body_r = np.array([150, 110], dtype=np.float32) * rng.uniform(0.9, 1.1, size=2).astype(np.float32)
-    body_f = np.sqrt((rel[:, 0] / body_r[0]) ** 2 + (rel[:, 1] / body_r[1]) ** 2)
     hu = np.full(len(rel), -1000.0, dtype=np.float32)
-    occ_body = _soft(body_f, voxel / float(body_r.min()))
-    hu = hu * (1 - occ_body) + (-90.0) * occ_body
-    inner_f = np.sqrt((rel[:, 0] / (body_r[0] - 15)) ** 2 + (rel[:, 1] / (body_r[1] - 15)) ** 2)
-    occ_inner = _soft(inner_f, voxel / float(body_r.min() - 15))
-    hu = hu * (1 - occ_inner) + 40.0 * occ_inner
+    for inset, tissue_hu in ((0.0, -100.0), (15.0, 45.0), (27.0, -40.0)):
+        r = body_r - np.float32(inset)
+        f = np.sqrt((rel[:, 0] / r[0]) ** 2 + (rel[:, 1] / r[1]) ** 2)
+        occ = _soft(f, voxel / float(r.min()))
+        hu = hu * (1 - occ) + tissue_hu * occ
+    cavity = _soft(np.sqrt((rel[:, 0] / (body_r[0] - 27)) ** 2 + (rel[:, 1] / (body_r[1] - 27)) ** 2),
+                   voxel / float(body_r.min() - 27))
+    hu += cavity * _texture(rel, rng, amplitude=35.0, wavelength_mm=(25.0, 60.0))
 
     label = np.zeros(len(rel), dtype=np.uint8)
     labels = {}
     for value, organ in enumerate(organs, start=1):
         f, scale = _organ_field(organ, rel, rng)
         occ = _soft(f, voxel / scale)
-        organ_hu = organ.hu + rng.normal(0, 8)
+        organ_hu = organ.hu + rng.normal(0, 8) + _texture(rel, rng, amplitude=6.0, wavelength_mm=(10.0, 30.0))
         hu = hu * (1 - occ) + organ_hu * occ
         label[f < 1.0] = value
         labels[value] = LabelInfo(organ.name, organ.color)
@@ -130,3 +133,14 @@ def _organ_field(organ: Organ, rel: np.ndarray, rng: np.random.Generator) -> tup
         w = (w / np.linalg.norm(w) * rng.uniform(1.5, 3.5)).astype(np.float32)
         f = f + np.float32(rng.uniform(0.04, 0.1)) * np.sin(q @ w + np.float32(rng.uniform(0, 2 * np.pi)))
     return f, float(radii.min())
+
+
+def _texture(rel: np.ndarray, rng: np.random.Generator, amplitude: float,
+             wavelength_mm: tuple[float, float], waves: int = 4) -> np.ndarray:
+    """Smooth random intensity variation (sum of plane waves, peak about ``amplitude`` HU)."""
+    out = np.zeros(len(rel), dtype=np.float32)
+    for _ in range(waves):
+        k = rng.normal(size=3)
+        k = (k / np.linalg.norm(k) * 2 * np.pi / rng.uniform(*wavelength_mm)).astype(np.float32)
+        out += np.sin(rel @ k + np.float32(rng.uniform(0, 2 * np.pi)))
+    return out * np.float32(amplitude / np.sqrt(waves))

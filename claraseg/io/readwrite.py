@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from claraseg.errors import DicomError, ImageReadError, ImageWriteError, InvalidImageError
 from claraseg.io.geometry import from_sitk, to_sitk
-from claraseg.io.image import Image, LabelInfo
+from claraseg.io.image import Image, LabelInfo, check_finite
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd")
 LABEL_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.int64, np.uint64)
@@ -27,13 +27,16 @@ def extension(path: str | os.PathLike) -> str:
 
 
 # ----- reading -----------------------------------------------------------------------------------
-def read_image(path: str | os.PathLike, *, series_uid: str | None = None, label: bool = False) -> Image:
+def read_image(path: str | os.PathLike, *, series_uid: str | None = None, label: bool = False,
+               allow_nonfinite: bool = False) -> Image:
     """Read a NIfTI/NRRD/MetaImage file or a DICOM series folder into an :class:`Image`.
 
     Args:
         path: a file, or a folder of DICOM files.
         series_uid: for folders holding several DICOM series, the SeriesInstanceUID to read.
-        label: read as a label map: the voxels must be integers; names come from .seg.nrrd metadata.
+        label: read as a label map: the voxels must be integers. Files that carry label names (.seg.nrrd,
+            an NRRD written by claraseg, a NIfTI with a ``.labels.json`` sidecar) are label maps anyway.
+        allow_nonfinite: accept float voxels that are NaN or infinite (rejected by default).
     """
     p = Path(path)
     if not p.exists():
@@ -42,9 +45,26 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None, label:
         image = read_dicom_series(p, series_uid=series_uid)
     else:
         image = _read_file(p)
-    if label or extension(p) == ".seg.nrrd":
+    side = label_sidecar_path(p) if p.is_file() else None
+    if side is not None and side.is_file():
+        image.labels = read_labels_json(side)
+    if label or image.labels or extension(p) == ".seg.nrrd" or segment_labels_from_metadata(image.metadata):
         image = as_label_map(image, source=str(p))
+    elif not allow_nonfinite:
+        try:
+            check_finite(image)
+        except InvalidImageError as e:
+            raise InvalidImageError(f"{p}: {e}") from None
     return image
+
+
+def label_sidecar_path(path: str | os.PathLike) -> Path | None:
+    """Where label names of a NIfTI label map live: ``name.nii.gz`` -> ``name.labels.json`` (else None)."""
+    path = Path(path)
+    ext = extension(path)
+    if ext not in (".nii", ".nii.gz"):
+        return None
+    return path.with_name(path.name[: -len(ext)] + ".labels.json")
 
 
 def _read_file(p: Path) -> Image:
@@ -74,6 +94,8 @@ def _read_file(p: Path) -> Image:
         img = reader.Execute()
     except RuntimeError as e:
         raise ImageReadError(f"{p}: the file is truncated or corrupt ({_first_line(e)})") from None
+    except MemoryError:
+        raise InvalidImageError(f"{p}: {list(size)} voxels do not fit in memory; crop or downsample it first") from None
     if img.GetDimension() == 4:
         img = sitk.Extract(img, list(img.GetSize()[:3]) + [0], [0, 0, 0, 0])
     metadata = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
@@ -99,9 +121,18 @@ def _first_line(e: Exception) -> str:
 def as_label_map(image: Image, source: str = "label") -> Image:
     """Check that voxels are integers and collect label names (Slicer .seg.nrrd segments, JSON sidecars)."""
     a = image.array
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8)
     if np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all() or not np.all(a == np.round(a)):
-            raise InvalidImageError(f"{source}: a label map must hold whole numbers; found fractional or NaN values")
+        if not np.isfinite(a).all():
+            raise InvalidImageError(f"{source}: a label map must hold whole numbers; found NaN or infinite values")
+        frac = a != np.round(a)
+        if frac.any():
+            raise InvalidImageError(
+                f"{source}: a label map must hold whole numbers; {int(frac.sum()):,} voxels are fractional "
+                f"(e.g. {float(a[frac][0]):g}). Is it a probability map or an intensity image? Threshold it, or "
+                "read it as an image"
+            )
         if a.min() < 0 or a.max() > 65535:
             raise InvalidImageError(f"{source}: label values must lie in 0..65535, found {a.min()}..{a.max()}")
         a = a.astype(np.uint16 if a.max() > 255 else np.uint8)
@@ -199,19 +230,21 @@ def read_dicom_series(folder: str | os.PathLike, *, series_uid: str | None = Non
         series_uid = next(iter(series))
     if series_uid not in series:
         raise DicomError(f"{folder}: no series with UID {series_uid!r}; found {sorted(series)}")
-    files = series[series_uid]
+    files = _sort_slices(series[series_uid], folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     reader.LoadPrivateTagsOff()
     try:
-        img = reader.Execute()  # GDCM sorts by ImagePositionPatient and applies slope/intercept
+        img = reader.Execute()  # applies rescale slope/intercept
     except RuntimeError as e:
         raise DicomError(f"{folder}: cannot read series {series_uid} ({_first_line(e)})") from None
     if img.GetDimension() == 2:
         img = sitk.JoinSeries(img)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InvalidImageError(f"{folder}: series {series_uid} is a colour image; a scalar volume is required")
+    if img.GetPixelID() == sitk.sitkFloat64:  # rescaled values: float32 holds them and halves the memory
+        img = sitk.Cast(img, sitk.sitkFloat32)
     meta = {}
     for key, name in (("0008|0060", "modality"), ("0008|103e", "series_description"),
                       ("0010|0020", "patient_id"), ("0020|000d", "study_uid")):
@@ -219,28 +252,57 @@ def read_dicom_series(folder: str | os.PathLike, *, series_uid: str | None = Non
             meta[name] = reader.GetMetaData(0, key).strip()
     meta["series_uid"] = series_uid
     meta["source"] = str(folder)
-    _check_slice_spacing(reader, files, folder)
     return from_sitk(img, metadata=meta)
 
 
-def _check_slice_spacing(reader: sitk.ImageSeriesReader, files: list[str], folder: Path) -> None:
-    """Reject series with missing slices or irregular spacing, which would silently distort geometry."""
-    if len(files) < 3:
-        return
-    try:
-        pos = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(len(files))])
-        ori = np.array([float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")])
-    except (RuntimeError, ValueError):
-        return
-    normal = np.cross(ori[:3], ori[3:])
-    d = np.diff(pos @ normal)
-    if np.any(np.abs(d) < 1e-6):
-        raise DicomError(f"{folder}: two slices share one position; the series is duplicated or mixes acquisitions")
-    if np.max(np.abs(d)) > 1.5 * np.median(np.abs(d)) + 1e-3:
+def _sort_slices(files: list[str], folder: Path) -> list[str]:
+    """Sort a series' files by position along the slice normal; reject duplicated, missing or
+    irregularly spaced slices and mixed orientations, which would silently distort the geometry."""
+    positions, orientations = [], []
+    for f in files:
+        r = sitk.ImageFileReader()
+        r.SetFileName(f)
+        try:
+            r.ReadImageInformation()
+            positions.append([float(v) for v in r.GetMetaData("0020|0032").split("\\")])
+            orientations.append([float(v) for v in r.GetMetaData("0020|0037").split("\\")])
+        except RuntimeError:
+            if len(files) == 1:
+                return files
+            raise DicomError(
+                f"{f}: unreadable DICOM slice or no image position/orientation; remove the file or re-export the series"
+            ) from None
+        except ValueError:
+            raise DicomError(f"{f}: malformed image position or orientation tag") from None
+    pos, ori = np.asarray(positions), np.asarray(orientations)
+    if pos.shape[1:] != (3,) or ori.shape[1:] != (6,):
+        raise DicomError(f"{folder}: malformed image position or orientation tags")
+    if not np.allclose(ori, ori[0], atol=1e-3):
+        raise DicomError(f"{folder}: the series mixes slice orientations (e.g. a scout or a reformat); "
+                         "choose another series or remove those files")
+    normal = np.cross(ori[0, :3], ori[0, 3:])
+    along = pos @ normal
+    order = np.argsort(along, kind="stable")
+    along = along[order]
+    files = [files[i] for i in order]
+    if len(files) < 2:
+        return files
+    d = np.diff(along)
+    dup = np.nonzero(d < 1e-3)[0]
+    if dup.size:
+        a, b = Path(files[dup[0]]).name, Path(files[dup[0] + 1]).name
         raise DicomError(
-            f"{folder}: slice spacing is irregular ({np.min(np.abs(d)):.3f}..{np.max(np.abs(d)):.3f} mm); "
-            "slices are missing or the series mixes acquisitions"
+            f"{folder}: {dup.size + 1} slices share a position (e.g. {a} and {b} at {along[dup[0]]:.3f} mm); "
+            "the series holds a duplicated slice or mixes acquisitions: remove the duplicates"
         )
+    step = float(np.median(d))
+    if np.max(np.abs(d - step)) > max(0.01 * step, 1e-3):
+        gap = int(np.argmax(np.abs(d - step)))
+        raise DicomError(
+            f"{folder}: slice spacing is irregular ({d.min():.3f}..{d.max():.3f} mm, e.g. {d[gap]:.3f} mm after "
+            f"{Path(files[gap]).name}); slices are missing or the series mixes acquisitions"
+        )
+    return files
 
 
 def write_dicom_series(image: Image, folder: str | os.PathLike, *, modality: str = "CT",
@@ -248,23 +310,38 @@ def write_dicom_series(image: Image, folder: str | os.PathLike, *, modality: str
                        rescale: tuple[float, float] | None = None) -> list[Path]:
     """Write an image as a DICOM series (one file per k slice), e.g. for tests and demo data.
 
-    ``rescale=(slope, intercept)`` stores ``(value - intercept) / slope`` as uint16/int16 pixel data.
+    Pixel data are 16-bit signed integers ``stored = round((value - intercept) / slope)`` with
+    ``rescale=(slope, intercept)`` (default ``(1, 0)``), so a reader gets ``stored * slope + intercept``
+    back. DICOM cannot hold a left-handed grid: for a direction whose k axis is flipped the slices are
+    written at the same physical positions and a reader sees the right-handed equivalent (k reversed).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    slope, intercept = (float(v) for v in rescale) if rescale else (1.0, 0.0)
+    if not np.isfinite(slope) or slope == 0 or not np.isfinite(intercept):
+        raise ImageWriteError(f"rescale slope {slope} and intercept {intercept} must be finite, slope non-zero")
     arr = image.array.astype(np.float64)
-    slope, intercept = rescale if rescale else (1.0, 0.0)
+    if not np.isfinite(arr).all():
+        raise InvalidImageError("the image holds NaN or infinite voxels, which DICOM cannot store")
     stored = np.rint((arr - intercept) / slope)
-    stored = stored.astype(np.int16 if stored.min() < 0 else np.uint16)
+    if stored.min() < -32768 or stored.max() > 32767:
+        raise ImageWriteError(
+            f"values {arr.min():g}..{arr.max():g} do not fit 16-bit DICOM pixels with slope {slope:g} and "
+            f"intercept {intercept:g}; choose a rescale that maps them into -32768..32767"
+        )
+    # GDCM applies slope/intercept itself when given real values; integer input needs an integer slope.
+    values = (stored * slope + intercept).astype(np.float32 if rescale else np.int16)
+    rng = np.random.default_rng()
     uid_root = "1.2.826.0.1.3680043.8.498"
-    series_uid = series_uid or f"{uid_root}.{np.random.default_rng().integers(1, 2**62)}"
-    study_uid = f"{uid_root}.{np.random.default_rng().integers(1, 2**62)}"
+    series_uid = series_uid or f"{uid_root}.{rng.integers(1, 2**62)}"
+    study_uid = f"{uid_root}.{rng.integers(1, 2**62)}"
     d = image.direction
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     paths = []
     for k in range(arr.shape[0]):
-        sl = sitk.GetImageFromArray(stored[k])
+        sl = sitk.GetImageFromArray(values[k])
+        sl.SetSpacing([float(image.spacing[0]), float(image.spacing[1])])
         pos = image.origin + d[:, 2] * image.spacing[2] * k
         tags = {
             "0008|0060": modality,
@@ -274,18 +351,24 @@ def write_dicom_series(image: Image, folder: str | os.PathLike, *, modality: str
             "0008|0018": f"{series_uid}.{k + 1}",
             "0020|0013": str(k + 1),
             "0020|0032": "\\".join(f"{v:.6f}" for v in pos),
-            "0020|0037": "\\".join(f"{v:.6f}" for v in np.concatenate([d[:, 0], d[:, 1]])),
-            "0028|0030": f"{image.spacing[1]:.6f}\\{image.spacing[0]:.6f}",
+            "0020|0037": "\\".join(f"{v:.8f}" for v in np.concatenate([d[:, 0], d[:, 1]])),
             "0018|0050": f"{image.spacing[2]:.6f}",
             "0028|1053": f"{slope:g}",
             "0028|1052": f"{intercept:g}",
+            "0028|0100": "16",
+            "0028|0101": "16",
+            "0028|0102": "15",
+            "0028|0103": "1",
             "0010|0020": "PHANTOM",
         }
         for key, value in tags.items():
             sl.SetMetaData(key, value)
         path = folder / f"slice{k:04d}.dcm"
         writer.SetFileName(str(path))
-        writer.Execute(sl)
+        try:
+            writer.Execute(sl)
+        except RuntimeError as e:
+            raise ImageWriteError(f"{path}: cannot write DICOM ({_first_line(e)})") from None
         paths.append(path)
     return paths
 
@@ -322,7 +405,7 @@ def write_image(image: Image, path: str | os.PathLike, *, compress: bool = True)
             os.unlink(tmp)
     if image.labels and ext in (".nii", ".nii.gz"):
         # NIfTI has no room for names: keep them in a sidecar next to the file.
-        side = path.with_name(path.name[: -len(ext)] + ".labels.json")
+        side = label_sidecar_path(path)
         write_text_atomic(side, json.dumps(
             {str(k): {"name": v.name, "color": list(v.color) if v.color else None} for k, v in image.labels.items()},
             indent=1))
