@@ -1,0 +1,315 @@
+"""The annotation controller: one backend, one session per image, per-object masks, silent re-open.
+
+Runs on the worker thread (never touches MRML or Qt). The Slicer widget and the Segment Editor effect
+hand it voxel indices and claraseg images and get :class:`~claraseg.io.MaskDelta` results back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from claraseg.backend import API_VERSION, MODEL_KINDS, Backend, ModelDescriptor, Session
+from claraseg.errors import (
+    ApiVersionError,
+    ClarasegError,
+    InvalidPointsError,
+    SessionExpiredError,
+    SessionNotFoundError,
+    UnknownModelError,
+)
+from claraseg.io import Image, MaskDelta
+
+from .geometry import check_same_slice, extreme_point_count_message
+from .segments import ObjectMask
+from .settings import BackendSettings
+
+log = logging.getLogger(__name__)
+
+#: Human names of the model kinds, in the order the model list shows them.
+KIND_TITLES = {
+    "deepgrow2d": "DeepGrow 2D (clicks, one slice)",
+    "deepgrow3d": "DeepGrow 3D (clicks)",
+    "dextr3d": "DEXTR3D (extreme points)",
+    "segmentation": "Automatic segmentation",
+}
+#: Which tool each kind serves.
+CLICK_KINDS = ("deepgrow2d", "deepgrow3d")
+EXTREME_KINDS = ("dextr3d",)
+AUTO_KINDS = ("segmentation",)
+
+
+class NotConnectedError(ClarasegError):
+    """An operation needs a backend but none is connected."""
+
+    code = "not_connected"
+
+
+class LocalModeUnavailableError(ClarasegError):
+    """The local engine cannot be imported (PyTorch or MONAI missing in Slicer's Python)."""
+
+    code = "local_unavailable"
+
+
+@dataclass
+class ConnectionInfo:
+    """What the backend panel shows after connecting."""
+
+    mode: str
+    url: str = ""
+    api_version: str = API_VERSION
+    server_version: str = ""
+    models: list[ModelDescriptor] = field(default_factory=list)
+
+    @property
+    def summary(self) -> str:
+        where = "in Slicer" if self.mode == "local" else self.url
+        ver = f", server {self.server_version}" if self.server_version else ""
+        return f"Connected ({where}): API {self.api_version}{ver}, {len(self.models)} model(s)"
+
+
+def group_models(models: Sequence[ModelDescriptor]) -> dict[str, list[ModelDescriptor]]:
+    """Models grouped by kind, kinds in :data:`MODEL_KINDS` order (unknown kinds last), names sorted."""
+    groups: dict[str, list[ModelDescriptor]] = {}
+    order = list(MODEL_KINDS) + sorted({m.kind for m in models} - set(MODEL_KINDS))
+    for kind in order:
+        ms = sorted((m for m in models if m.kind == kind), key=lambda m: m.name)
+        if ms:
+            groups[kind] = ms
+    return groups
+
+
+def default_model(models: Sequence[ModelDescriptor], kinds: Sequence[str]) -> ModelDescriptor | None:
+    """The model a tool starts with: the first of ``kinds`` present, preferring unversioned defaults
+    (``deepgrow3d`` over ``deepgrow3d@v2``)."""
+    for kind in kinds:
+        ms = [m for m in models if m.kind == kind]
+        if ms:
+            return sorted(ms, key=lambda m: ("@" in m.name, m.name))[0]
+    return None
+
+
+def make_backend(settings: BackendSettings) -> Backend:
+    """Build the backend the settings ask for. Imports are lazy: the remote mode needs no torch."""
+    settings.validate()
+    if settings.mode == "remote":
+        from claraseg.client import RemoteBackend
+
+        return RemoteBackend(settings.url, settings.token or None)
+    try:
+        from claraseg.engine import LocalBackend
+    except ImportError as e:
+        raise LocalModeUnavailableError(
+            f"Local mode needs PyTorch and MONAI in Slicer's Python ({e}). Click 'Install PyTorch and MONAI' "
+            "in the Backend section, or switch to Remote and connect to an annotation server."
+        ) from None
+    return LocalBackend()
+
+
+def _remote_versions(backend: Any) -> tuple[str, str]:
+    """(api_version, server_version) a backend reports, if it says."""
+    info = getattr(backend, "server_info", None) or getattr(backend, "info", None)
+    if callable(info):
+        info = info()
+    if isinstance(info, dict):
+        return str(info.get("api_version", API_VERSION)), str(info.get("version", info.get("server_version", "")))
+    return str(getattr(backend, "api_version", API_VERSION)), str(getattr(backend, "server_version", ""))
+
+
+def check_api_version(version: str) -> None:
+    """Raise :class:`ApiVersionError` when the major version differs from ours."""
+    if str(version).split(".")[0] != API_VERSION.split(".")[0]:
+        raise ApiVersionError(
+            f"the server speaks API {version}, this Slicer extension speaks {API_VERSION}; "
+            "update the extension or the server so that their major versions match"
+        )
+
+
+class AnnotationController:
+    """See the module docstring. Not thread-safe: call it from one thread (the task queue's)."""
+
+    def __init__(self, backend_factory: Callable[[BackendSettings], Backend] = make_backend) -> None:
+        self._factory = backend_factory
+        self.backend: Backend | None = None
+        self.info: ConnectionInfo | None = None
+        self._session: Session | None = None
+        self._image: Image | None = None
+        self._image_key: Hashable | None = None
+        self.objects: dict[str, ObjectMask] = {}
+        self.reopened = 0
+
+    # ----- backend ---------------------------------------------------------------------------------
+    def connect(self, settings: BackendSettings) -> ConnectionInfo:
+        """(Re)connect; closes the previous backend and session."""
+        self.disconnect()
+        backend = self._factory(settings)
+        try:
+            api, server = _remote_versions(backend) if settings.mode == "remote" else (API_VERSION, "")
+            check_api_version(api)
+            models = list(backend.models())
+        except BaseException:
+            backend.close()
+            raise
+        self.backend = backend
+        self.info = ConnectionInfo(settings.mode, settings.url if settings.mode == "remote" else "", api, server,
+                                   models)
+        return self.info
+
+    def disconnect(self) -> None:
+        self.close_session()
+        if self.backend is not None:
+            try:
+                self.backend.close()
+            finally:
+                self.backend = None
+                self.info = None
+
+    @property
+    def connected(self) -> bool:
+        return self.backend is not None
+
+    def refresh_models(self) -> list[ModelDescriptor]:
+        """Ask the backend again (e.g. after a fine-tune job published a model)."""
+        backend = self._require_backend()
+        models = list(backend.models())
+        if self.info is not None:
+            self.info.models = models
+        return models
+
+    def model(self, name: str) -> ModelDescriptor:
+        for m in self.info.models if self.info else []:
+            if m.name == name:
+                return m
+        raise UnknownModelError(f"model '{name}' is not offered by the backend; pick one from the model list "
+                                "(click Refresh if it was just published)")
+
+    # ----- session ---------------------------------------------------------------------------------
+    def needs_image(self, key: Hashable) -> bool:
+        """True when the image identified by ``key`` (volume id + modification time) has no open session:
+        the caller then exports the voxels (on the GUI thread) and calls :meth:`open`."""
+        return self._session is None or key != self._image_key
+
+    def open(self, image: Image, key: Hashable) -> Session:
+        """Open a session for a new image (closing the previous one)."""
+        backend = self._require_backend()
+        self.close_session()
+        self._session = backend.open_session(image)
+        self._image, self._image_key = image, key
+        self.objects = {}
+        return self._session
+
+    def close_session(self) -> None:
+        if self._session is not None:
+            try:
+                self._session.close()
+            except ClarasegError as e:  # an expired session is already gone: nothing to do
+                log.info("closing session: %s", e)
+            finally:
+                self._session = None
+                self._image = self._image_key = None
+                self.objects = {}
+
+    def _require_backend(self) -> Backend:
+        if self.backend is None:
+            raise NotConnectedError("not connected to a backend: choose Local or Remote and click Connect")
+        return self.backend
+
+    def _call(self, op: Callable[[Session], Any]) -> Any:
+        """Run ``op(session)``; an expired or vanished session is re-opened with the same image, the
+        objects' masks handed back, and ``op`` retried once, without bothering the user."""
+        if self._session is None or self._image is None:
+            raise NotConnectedError("no image is open: select a volume first")
+        try:
+            return op(self._session)
+        except (SessionExpiredError, SessionNotFoundError) as e:
+            log.info("session lost (%s); re-opening", e)
+        backend = self._require_backend()
+        self._session = backend.open_session(self._image)
+        self.reopened += 1
+        for oid, obj in self.objects.items():
+            if not obj.delta.is_empty:
+                self._session.set_mask(oid, obj.delta)
+        return op(self._session)
+
+    def _track(self, object_id: str, delta: MaskDelta) -> MaskDelta:
+        self.objects.setdefault(object_id, ObjectMask(delta.image_size)).apply(delta)
+        return delta
+
+    # ----- interactions ----------------------------------------------------------------------------
+    def click(self, object_id: str, model: str, foreground: Sequence[Sequence[int]] = (),
+              background: Sequence[Sequence[int]] = (), slice_axis: int | None = None) -> MaskDelta:
+        """Foreground/background clicks (voxel ``[i, j, k]``) for one object."""
+        desc = self.model(model)
+        fg = np.asarray(foreground, dtype=np.int64).reshape(-1, 3)
+        bg = np.asarray(background, dtype=np.int64).reshape(-1, 3)
+        if len(fg) + len(bg) == 0:
+            raise InvalidPointsError("place a foreground or background point first")
+        if desc.kind not in CLICK_KINDS:
+            raise InvalidPointsError(f"'{model}' is a {desc.kind} model; clicks need a DeepGrow model")
+        if desc.kind == "deepgrow2d":
+            if slice_axis is None:
+                raise InvalidPointsError("a 2D model needs the slice view the click was made in; click in a slice view")
+            check_same_slice(np.concatenate([fg, bg]), slice_axis)
+        else:
+            slice_axis = None
+        delta = self._call(lambda s: s.click(model, fg.tolist(), bg.tolist(), object_id, slice_axis))
+        return self._track(object_id, delta)
+
+    def extreme_points(self, object_id: str, model: str, points: Sequence[Sequence[int]]) -> MaskDelta:
+        desc = self.model(model)
+        if desc.kind not in EXTREME_KINDS:
+            raise InvalidPointsError(f"'{model}' is a {desc.kind} model; extreme points need a DEXTR3D model")
+        pts = np.asarray(points, dtype=np.int64).reshape(-1, 3)
+        msg = extreme_point_count_message(len(pts), max(6, desc.min_points))
+        if msg:
+            raise InvalidPointsError(msg[0].upper() + msg[1:])
+        delta = self._call(lambda s: s.extreme_points(model, pts.tolist(), object_id))
+        return self._track(object_id, delta)
+
+    def auto_segment(self, model: str) -> MaskDelta:
+        desc = self.model(model)
+        if desc.kind not in AUTO_KINDS:
+            raise InvalidPointsError(f"'{model}' is a {desc.kind} model; auto-segmentation needs a segmentation model")
+        delta = self._call(lambda s: s.auto_segment(model))
+        if not delta.labels:
+            delta = MaskDelta(delta.start, delta.stop, delta.mask, delta.image_size, dict(desc.labels))
+        return delta
+
+    def set_mask(self, object_id: str, mask: MaskDelta) -> None:
+        """Hand a painted segment to the backend before refining it by clicks."""
+        self._call(lambda s: s.set_mask(object_id, mask))
+        obj = ObjectMask(mask.image_size)
+        obj.apply(mask)
+        self.objects[object_id] = obj
+
+    def undo(self, object_id: str) -> MaskDelta:
+        return self._track(object_id, self._call(lambda s: s.undo(object_id)))
+
+    def clear(self, object_id: str) -> MaskDelta:
+        return self._track(object_id, self._call(lambda s: s.clear(object_id)))
+
+    def close(self) -> None:
+        self.disconnect()
+
+
+def user_message(error: BaseException, context: str = "") -> str:
+    """The one line the status area shows for a failure: what happened and what to do, no traceback."""
+    prefix = f"{context}: " if context else ""
+    if isinstance(error, ClarasegError):
+        return prefix + str(error)
+    name = type(error).__name__
+    module = type(error).__module__ or ""
+    if isinstance(error, ImportError):
+        return (prefix + f"a Python package is missing ({error}). Install it with the 'Install' button in the "
+                "Backend section, or use Remote mode.")
+    if isinstance(error, (ConnectionError, TimeoutError)) or module.startswith(("requests", "urllib3", "httpx")):
+        return (prefix + f"cannot reach the annotation server ({name}: {error}). Check the address and that "
+                "`claraseg serve` is running, then click Connect.")
+    if isinstance(error, MemoryError):
+        return prefix + "out of memory. Crop the volume (Crop Volume module) or use a server with more memory."
+    return (prefix + f"unexpected error ({name}: {error}). Details are in the Python console; please report them "
+            "with the steps that led here.")
