@@ -403,9 +403,11 @@ def write_image(image: Image, path: str | os.PathLike, *, compress: bool = True)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    if image.labels and ext in (".nii", ".nii.gz"):
+    side = label_sidecar_path(path)
+    if side is not None and not image.labels and side.exists():
+        side.unlink()  # a stale sidecar would turn the new file into a label map when read
+    if image.labels and side is not None:
         # NIfTI has no room for names: keep them in a sidecar next to the file.
-        side = label_sidecar_path(path)
         write_text_atomic(side, json.dumps(
             {str(k): {"name": v.name, "color": list(v.color) if v.color else None} for k, v in image.labels.items()},
             indent=1))
