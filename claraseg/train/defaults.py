@@ -1,0 +1,97 @@
+"""Default training configs per model kind, so a claraseg bundle fine-tunes without writing a train.json.
+
+The job's config is layered, later layers winning (dicts merged, other values replaced):
+``configs/inference.json`` (for ``network_def``) < these defaults < the bundle's ``configs/train.json``
+< the job's overrides. Every constant comes from the bundle's ``claraseg`` metadata (``@_meta_#claraseg#...``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from claraseg.errors import ConfigError
+
+
+def _intensity(meta: dict[str, Any], inference: dict[str, Any]) -> dict[str, Any]:
+    """The intensity transform: the ``claraseg.intensity`` spec (as the engine normalises), else the
+    ``ScaleIntensityRanged`` of the bundle's inference preprocessing (model-zoo bundles)."""
+    if (meta.get("claraseg") or {}).get("intensity"):
+        return {"_target_": "claraseg.train.transforms.NormaliseIntensityd", "keys": "image",
+                "spec": "@_meta_#claraseg#intensity"}
+    steps = ((inference.get("preprocessing") or {}).get("transforms")) or []
+    for step in steps:
+        if isinstance(step, dict) and str(step.get("_target_", "")).endswith("ScaleIntensityRanged"):
+            return {**{k: v for k, v in step.items() if not str(v).startswith("@")}, "keys": "image"}
+    raise ConfigError("the bundle states no intensity normalisation (claraseg.intensity in metadata.json, or a "
+                      "ScaleIntensityRanged in inference.json's preprocessing); add one, or give train#preprocessing")
+
+
+def _load(meta: dict[str, Any], inference: dict[str, Any]) -> list[dict[str, Any]]:
+    spacing = (meta.get("claraseg") or {}).get("spacing")
+    steps: list[dict[str, Any]] = [
+        {"_target_": "LoadImaged", "keys": ["image", "label"], "image_only": True},
+        {"_target_": "EnsureChannelFirstd", "keys": ["image", "label"]},
+        {"_target_": "Orientationd", "keys": ["image", "label"], "axcodes": "RAS"},
+    ]
+    if spacing:
+        steps.append({"_target_": "Spacingd", "keys": ["image", "label"], "pixdim": "@_meta_#claraseg#spacing",
+                      "mode": ["bilinear", "nearest"]})
+    steps += [_intensity(meta, inference),
+              {"_target_": "EnsureTyped", "keys": ["image", "label"], "dtype": ["$torch.float32", "$torch.int64"],
+               "track_meta": False}]
+    return steps
+
+
+def segmentation_config(meta: dict[str, Any], inference: dict[str, Any]) -> dict[str, Any]:
+    """Supervised training as the bundle infers: RAS, the bundle's spacing and intensity window, then
+    ``crops_per_image`` positive/negative crops of ``roi_size`` per image (batch-by-transform)."""
+    load = _load(meta, inference)
+    return {
+        "loss": {"_target_": "DiceCELoss", "to_onehot_y": True, "softmax": True},
+        "optimizer": {"_target_": "torch.optim.Adam", "params": "$@network_def.parameters()", "lr": 1e-4},
+        "crops_per_image": 2,
+        "roi_size": "$@_meta_#claraseg#roi_size",
+        "train": {"preprocessing": {"_target_": "Compose", "transforms": load + [
+            {"_target_": "RandCropByPosNegLabeld", "keys": ["image", "label"], "label_key": "label",
+             "spatial_size": "@roi_size", "pos": 2, "neg": 1, "num_samples": "@crops_per_image",
+             "allow_smaller": True},
+            {"_target_": "SpatialPadd", "keys": ["image", "label"], "spatial_size": "@roi_size"},
+            {"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.2, "spatial_axis": 0},
+            {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.1, "prob": 0.3},
+        ]}},
+        "validate": {"preprocessing": {"_target_": "Compose", "transforms": load}},
+    }
+
+
+def recipe_config(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A claraseg pretrain recipe (``configs/train.json`` with ``claraseg_recipe``: flat settings, not a MONAI
+    config) as config layers: batch size and learning rate; the rest stays readable as ``@recipe``."""
+    out: dict[str, Any] = {"recipe": recipe}
+    if "batch_size" in recipe:
+        out["training"] = {"batch_size": int(recipe["batch_size"])}
+    if "learning_rate" in recipe:
+        out["optimizer"] = {"lr": float(recipe["learning_rate"])}
+    return out
+
+
+def default_config(kind: str, meta: dict[str, Any], inference: dict[str, Any]) -> dict[str, Any]:
+    """The default training config of a bundle of ``kind`` (interactive kinds: :mod:`claraseg.train.interactive`)."""
+    if kind == "segmentation":
+        return segmentation_config(meta, inference)
+    if kind in ("deepgrow2d", "deepgrow3d", "dextr3d"):
+        from claraseg.train.interactive import default_config as interactive
+
+        return interactive(kind, meta)
+    raise ConfigError(f"model kind {kind!r} cannot be fine-tuned; expected segmentation, deepgrow2d, deepgrow3d or dextr3d")
+
+
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: plain dicts (not components with ``_target_``) merged recursively."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and "_target_" not in value:
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
