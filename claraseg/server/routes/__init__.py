@@ -1,0 +1,1 @@
+"""One router per resource (MONAI Label's names where the operation exists)."""
