@@ -38,7 +38,7 @@ KIND_TITLES = {
     "segmentation": "Automatic segmentation",
 }
 #: Which tool each kind serves.
-CLICK_KINDS = ("deepgrow2d", "deepgrow3d")
+CLICK_KINDS = ("deepgrow3d", "deepgrow2d")  # first = the default kind
 EXTREME_KINDS = ("dextr3d",)
 AUTO_KINDS = ("segmentation",)
 

@@ -1,0 +1,456 @@
+"""ClaraAnnotate: segment by clicks, extreme points or one button, with a local or remote Clara backend.
+
+Module, Widget, Logic and Test classes only; the arithmetic, threading and backend handling live in
+ClaraAnnotateLib (tested without Slicer), the MRML conversions in ClaraAnnotateLib.nodes.
+"""
+
+import logging
+import os
+from typing import Optional
+
+import qt
+import slicer
+import vtk
+from ClaraAnnotateLib import annotator, segments
+from ClaraAnnotateLib.interaction import InteractionLogic
+from ClaraAnnotateLib.settings import BackendSettings
+from slicer import vtkMRMLMarkupsFiducialNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+log = logging.getLogger(__name__)
+EFFECT_SOURCE = os.path.join(os.path.dirname(__file__), "SegmentEditorClaraLib", "SegmentEditorEffect.py")
+
+
+class ClaraAnnotate(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Clara Annotate")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Segmentations", "SegmentEditor", "Markups"]
+        self.parent.contributors = ["Clara for 3D Slicer contributors"]
+        self.parent.helpText = _(
+            "Segment structures with AI models: foreground/background clicks (DeepGrow 2D/3D), six or more "
+            "extreme points (DEXTR3D) or automatic segmentation. Models run in Slicer (Local) or on a Clara "
+            "annotation server (Remote). Also available as the 'Clara' effect of the Segment Editor.")
+        self.parent.acknowledgementText = _(
+            "Built on MONAI and 3D Slicer. Interaction design follows NVIDIA Clara AIAA and MONAI Label.")
+        slicer.app.connect("startupCompleted()", registerEditorEffect)
+
+
+def registerEditorEffect():
+    """Offer the tools inside the Segment Editor as the 'Clara' effect."""
+    import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+    instance = effects.qSlicerSegmentEditorScriptedEffect(None)
+    instance.setPythonSource(EFFECT_SOURCE.replace("\\", "/"))
+    instance.self().register()
+
+
+@parameterNodeWrapper
+class ClaraAnnotateParameterNode:
+    """Click point lists and tool choices, saved with the scene."""
+
+    foregroundPoints: vtkMRMLMarkupsFiducialNode
+    backgroundPoints: vtkMRMLMarkupsFiducialNode
+    extremePoints: vtkMRMLMarkupsFiducialNode
+    clickModel: str = ""
+    extremeModel: str = ""
+    autoModel: str = ""
+
+
+class ClaraAnnotateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._updatingGui = False
+
+    # ----- setup ---------------------------------------------------------------------------------
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ClaraAnnotate.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = ClaraAnnotateLogic.shared()
+
+        editor = self.ui.embeddedSegmentEditorWidget
+        editor.setMRMLScene(slicer.mrmlScene)
+        editor.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
+        editor.setMaximumNumberOfUndoStates(10)
+        for widget in (self.ui.foregroundPlaceWidget, self.ui.backgroundPlaceWidget, self.ui.extremePlaceWidget):
+            widget.setMRMLScene(slicer.mrmlScene)
+            widget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
+            widget.buttonsVisible = False
+            widget.placeButton().show()
+            widget.deleteButton().show()
+
+        settings = BackendSettings.load(qt.QSettings())
+        self.ui.remoteRadioButton.checked = settings.mode == "remote"
+        self.ui.localRadioButton.checked = settings.mode != "remote"
+        self.ui.serverComboBox.clear()
+        self.ui.serverComboBox.addItems(settings.history or [settings.url])
+        self.ui.serverComboBox.setEditText(settings.url)
+        self.ui.tokenLineEdit.text = settings.token
+        self.ui.rememberTokenCheckBox.checked = settings.remember_token
+
+        self.ui.localRadioButton.connect("toggled(bool)", self.updateBackendGui)
+        self.ui.connectButton.connect("clicked()", self.onConnect)
+        self.ui.installButton.connect("clicked()", self.onInstall)
+        self.ui.refreshModelsButton.connect("clicked()", self.logic.refreshModels)
+        self.ui.runExtremeButton.connect("clicked()", self.onRunExtremePoints)
+        self.ui.autoSegmentButton.connect("clicked()", self.onAutoSegment)
+        self.ui.refineButton.connect("clicked()", self.onRefine)
+        self.ui.undoButton.connect("clicked()", self.onUndo)
+        self.ui.clearButton.connect("clicked()", self.onClear)
+        self.ui.cancelButton.connect("clicked()", self.logic.cancel)
+        self.ui.modelsTreeWidget.connect("itemClicked(QTreeWidgetItem*,int)", self.onModelItemClicked)
+        for combo, field in ((self.ui.clickModelComboBox, "clickModel"), (self.ui.extremeModelComboBox, "extremeModel"),
+                             (self.ui.autoModelComboBox, "autoModel")):
+            combo.connect("currentIndexChanged(int)", lambda _i, c=combo, f=field: self.onModelChosen(c, f))
+
+        self.logic.addListener(self)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+        self.updateBackendGui()
+        self.onConnectionChanged(self.logic.connectionInfo)
+        self.onBusyChanged(False, "")
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self.logic:
+            self.logic.removeListener(self)
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        self.ui.embeddedSegmentEditorWidget.installKeyboardShortcuts()
+        self.ui.embeddedSegmentEditorWidget.updateWidgetFromMRML()
+
+    def exit(self) -> None:
+        self.ui.embeddedSegmentEditorWidget.setActiveEffect(None)
+        self.ui.embeddedSegmentEditorWidget.uninstallKeyboardShortcuts()
+        for widget in (self.ui.foregroundPlaceWidget, self.ui.backgroundPlaceWidget, self.ui.extremePlaceWidget):
+            widget.setPlaceModeEnabled(False)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._parameterNode = None
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self._parameterNode = self.logic.getParameterNode()
+        pn = self._parameterNode
+        self.logic.ensurePointLists(pn)
+        self.ui.foregroundPlaceWidget.setCurrentNode(pn.foregroundPoints)
+        self.ui.backgroundPlaceWidget.setCurrentNode(pn.backgroundPoints)
+        self.ui.extremePlaceWidget.setCurrentNode(pn.extremePoints)
+        self.onPointsChanged()
+
+    # ----- backend -------------------------------------------------------------------------------
+    def currentSettings(self) -> BackendSettings:
+        s = BackendSettings.load(qt.QSettings())
+        s.mode = "remote" if self.ui.remoteRadioButton.checked else "local"
+        s.url = self.ui.serverComboBox.currentText.strip()
+        s.token = self.ui.tokenLineEdit.text.strip()
+        s.remember_token = self.ui.rememberTokenCheckBox.checked
+        return s
+
+    def updateBackendGui(self, _checked=None) -> None:
+        remote = self.ui.remoteRadioButton.checked
+        for w in (self.ui.serverComboBox, self.ui.tokenLineEdit, self.ui.rememberTokenCheckBox):
+            w.enabled = remote
+        self.ui.installButton.visible = not remote
+
+    def onConnect(self) -> None:
+        try:
+            settings = self.currentSettings().validate()
+            settings.save(qt.QSettings())
+        except Exception as e:
+            self.onStatus(annotator.user_message(e, _("Cannot connect")), "error")
+            return
+        self.ui.serverComboBox.clear()
+        self.ui.serverComboBox.addItems(settings.history or [settings.url])
+        self.ui.serverComboBox.setEditText(settings.url)
+        self.logic.connect(settings)
+
+    def onInstall(self) -> None:
+        self.logic.installLocalRequirements(confirm=True)
+
+    # ----- listener callbacks (main thread) ------------------------------------------------------
+    def onStatus(self, message: str, level: str = "info") -> None:
+        colors = {"error": "#c0392b", "warning": "#b9770e", "info": "", "ok": "#1e8449"}
+        self.ui.statusLabel.text = message
+        self.ui.statusLabel.setStyleSheet(f"color: {colors.get(level, '')}" if colors.get(level) else "")
+
+    def onBusyChanged(self, busy: bool, label: str) -> None:
+        self.ui.progressBar.visible = busy
+        self.ui.cancelButton.enabled = busy
+        if busy:
+            self.ui.progressBar.setRange(0, 0)
+            self.ui.progressBar.setFormat(label)
+
+    def onProgress(self, fraction, message: str) -> None:
+        if fraction is None:
+            self.ui.progressBar.setRange(0, 0)
+        else:
+            self.ui.progressBar.setRange(0, 100)
+            self.ui.progressBar.value = int(100 * fraction)
+        if message:
+            self.ui.progressBar.setFormat(message)
+
+    def onConnectionChanged(self, info) -> None:
+        if info is None:
+            self.ui.connectionStatusLabel.text = _("Not connected")
+            self.ui.toolsCollapsibleButton.enabled = False
+            return
+        self.ui.connectionStatusLabel.text = info.summary
+        self.ui.toolsCollapsibleButton.enabled = True
+        self.onModelsChanged(info.models)
+
+    def onModelsChanged(self, models) -> None:
+        self._updatingGui = True
+        try:
+            tree = self.ui.modelsTreeWidget
+            tree.clear()
+            for kind, ms in annotator.group_models(models).items():
+                top = qt.QTreeWidgetItem([annotator.KIND_TITLES.get(kind, kind), ""])
+                tree.addTopLevelItem(top)
+                for m in ms:
+                    dice = m.extra.get("val_dice_after") or m.extra.get("val_dice")
+                    before = m.extra.get("val_dice_before")
+                    score = f"Dice {before:.3f} -> {dice:.3f}" if before is not None and dice is not None else (
+                        f"Dice {dice:.3f}" if isinstance(dice, (int, float)) else "")
+                    item = qt.QTreeWidgetItem([m.name, f"v{m.version} {score}".strip()])
+                    item.setToolTip(0, m.description or m.name)
+                    item.setData(0, qt.Qt.UserRole, m.name)
+                    top.addChild(item)
+                top.setExpanded(True)
+            pn = self._parameterNode
+            for combo, kinds, field in ((self.ui.clickModelComboBox, annotator.CLICK_KINDS, "clickModel"),
+                                        (self.ui.extremeModelComboBox, annotator.EXTREME_KINDS, "extremeModel"),
+                                        (self.ui.autoModelComboBox, annotator.AUTO_KINDS, "autoModel")):
+                combo.clear()
+                names = [m.name for m in models if m.kind in kinds]
+                combo.addItems(names)
+                chosen = getattr(pn, field) if pn else ""
+                if chosen not in names:
+                    default = annotator.default_model(models, kinds)
+                    chosen = default.name if default else ""
+                    if pn:
+                        setattr(pn, field, chosen)
+                combo.setCurrentIndex(names.index(chosen) if chosen in names else -1)
+        finally:
+            self._updatingGui = False
+
+    def onModelChosen(self, combo, field: str) -> None:
+        if not self._updatingGui and self._parameterNode:
+            setattr(self._parameterNode, field, combo.currentText)
+
+    def onModelItemClicked(self, item, _column) -> None:
+        name = item.data(0, qt.Qt.UserRole)
+        if not name:
+            return
+        for combo in (self.ui.clickModelComboBox, self.ui.extremeModelComboBox, self.ui.autoModelComboBox):
+            index = combo.findText(name)
+            if index >= 0:
+                combo.setCurrentIndex(index)
+
+    def onPointsChanged(self) -> None:
+        pn = self._parameterNode
+        n = pn.extremePoints.GetNumberOfDefinedControlPoints() if pn and pn.extremePoints else 0
+        self.ui.extremePointsLabel.text = _("{n} of at least 6 points placed").format(n=n)
+        self.ui.runExtremeButton.enabled = n >= 6
+
+    # ----- tools ---------------------------------------------------------------------------------
+    def onRunExtremePoints(self) -> None:
+        self.logic.runExtremePoints()
+
+    def onAutoSegment(self) -> None:
+        self.logic.runAutoSegment()
+
+    def onRefine(self) -> None:
+        self.logic.refineFromSegment()
+
+    def onUndo(self) -> None:
+        self.logic.undoObject()
+
+    def onClear(self) -> None:
+        self.logic.clearObject()
+
+
+class ClaraAnnotateLogic(ScriptedLoadableModuleLogic, InteractionLogic):
+    """The annotation tools without GUI (scripts, self-tests, the Segment Editor effect): see
+    ClaraAnnotateLib.interaction. One instance serves the panel and the effect (:meth:`shared`)."""
+
+    _shared = None
+
+    @classmethod
+    def shared(cls) -> "ClaraAnnotateLogic":
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)  # initialises InteractionLogic too (cooperative super())
+
+    def getParameterNode(self):
+        return ClaraAnnotateParameterNode(super().getParameterNode())
+
+
+class ClaraAnnotateTest(ScriptedLoadableModuleTest):
+    """Loads the sample CT and its labels, then runs a click, extreme points and an auto-segmentation with
+    the default models and checks each result against the label (Dice). Data: ``CLARASEG_DATA`` (the
+    folder holding ``ct_abdomen_3mm/``), else ``../shared/data`` beside the extension's source tree.
+    Backend: local, or ``CLARASEG_TEST_SERVER`` (URL) for remote."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        for name in ("test_ClickSpleen", "test_ExtremePointsSpleen", "test_AutoSegment", "test_ParentTransform"):
+            self.setUp()
+            getattr(self, name)()
+
+    # ----- fixtures ------------------------------------------------------------------------------
+    def _dataDir(self) -> Optional[str]:
+        here = os.path.dirname(os.path.abspath(__file__))
+        for d in (os.environ.get("CLARASEG_DATA"), os.path.join(here, "..", "..", "shared", "data")):
+            if d and os.path.exists(os.path.join(d, "ct_abdomen_3mm", "image.nii.gz")):
+                return d
+        return None
+
+    def _load(self):
+        import json
+
+        import numpy as np
+
+        d = self._dataDir()
+        if d is None:
+            self.skipTest("sample CT not found: set CLARASEG_DATA to the folder holding ct_abdomen_3mm/")
+        folder = os.path.join(d, "ct_abdomen_3mm")
+        volume = slicer.util.loadVolume(os.path.join(folder, "image.nii.gz"))
+        label = slicer.util.loadLabelVolume(os.path.join(folder, "label.nii.gz"))
+        with open(os.path.join(folder, "labels.json")) as f:
+            names = json.load(f)
+        labels = np.array(slicer.util.arrayFromVolume(label), copy=True)
+        return volume, labels, names
+
+    def _labelValue(self, names, wanted: str) -> int:
+        for k, v in names.items():
+            name = v["name"] if isinstance(v, dict) else v
+            if name == wanted:
+                return int(k)
+        self.fail(f"label '{wanted}' not in labels.json")
+
+    def _logic(self):
+        logic = ClaraAnnotateLogic.shared()
+        settings = BackendSettings(mode="remote" if os.environ.get("CLARASEG_TEST_SERVER") else "local",
+                                   url=os.environ.get("CLARASEG_TEST_SERVER", "http://127.0.0.1:8000"),
+                                   token=os.environ.get("CLARASEG_TEST_TOKEN", ""))
+        task = logic.wait(logic.connect(settings))
+        self.assertEqual(task.state, "done", f"connect failed: {task.error}")
+        return logic
+
+    def _segmentationOf(self, volume):
+        editorNode = ClaraAnnotateLogic.shared().segmentEditorNode()
+        editorNode.SetAndObserveSourceVolumeNode(volume)
+        seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        seg.CreateDefaultDisplayNodes()
+        seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        editorNode.SetAndObserveSegmentationNode(seg)
+        segmentId = seg.GetSegmentation().AddEmptySegment("", "spleen", [0.6, 0.4, 0.6])
+        editorNode.SetSelectedSegmentID(segmentId)
+        return seg, segmentId
+
+    def _ras(self, volume, ijk):
+        m = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(m)
+        return list(m.MultiplyPoint([float(ijk[0]), float(ijk[1]), float(ijk[2]), 1.0])[:3])
+
+    # ----- tests ---------------------------------------------------------------------------------
+    def test_ClickSpleen(self):
+        import numpy as np
+        from scipy import ndimage
+
+        volume, labels, names = self._load()
+        logic = self._logic()
+        spleen = labels == self._labelValue(names, "spleen")
+        seg, segmentId = self._segmentationOf(volume)
+        dist = ndimage.distance_transform_edt(spleen)
+        k, j, i = np.unravel_index(int(np.argmax(dist)), dist.shape)
+        self.delayDisplay(f"Click the spleen at [i, j, k] = {[i, j, k]}")
+        task = logic.wait(logic.clickAt(self._ras(volume, (i, j, k)), True, sliceNode=slicer.util.getNode("vtkMRMLSliceNodeRed")))
+        self.assertEqual(task.state, "done", f"click failed: {task.error}")
+        result = slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentId, volume)
+        d = segments.dice(result, spleen)
+        self.delayDisplay(f"Dice after one click: {d:.3f}")
+        self.assertGreater(d, 0.5)
+
+    def test_ExtremePointsSpleen(self):
+        import numpy as np
+
+        volume, labels, names = self._load()
+        logic = self._logic()
+        spleen = labels == self._labelValue(names, "spleen")
+        seg, segmentId = self._segmentationOf(volume)
+        kji = np.argwhere(spleen)
+        centroid = kji.mean(axis=0)
+        points = []
+        for axis in range(3):
+            for pick in (np.min, np.max):
+                at = kji[kji[:, axis] == pick(kji[:, axis])]
+                k, j, i = at[np.argmin(np.linalg.norm(at - centroid, axis=1))]
+                points.append(self._ras(volume, (i, j, k)))
+        task = logic.wait(logic.runExtremePoints(points))
+        self.assertEqual(task.state, "done", f"extreme points failed: {task.error}")
+        d = segments.dice(slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentId, volume), spleen)
+        self.delayDisplay(f"Dice from six extreme points: {d:.3f}")
+        self.assertGreater(d, 0.6)
+
+    def test_AutoSegment(self):
+        volume, labels, names = self._load()
+        logic = self._logic()
+        seg, _segmentId = self._segmentationOf(volume)
+        task = logic.wait(logic.runAutoSegment(), timeout=1200)
+        self.assertEqual(task.state, "done", f"auto-segment failed: {task.error}")
+        model = logic.controller.model(logic.getParameterNode().autoModel)
+        checked = 0
+        for value, name in model.labels.items():
+            segmentId = seg.GetSegmentation().GetSegmentIdBySegmentName(segments.display_name(name))
+            self.assertTrue(segmentId, f"no segment named after label {value} '{name}'")
+            truth = [int(k) for k, v in names.items() if (v["name"] if isinstance(v, dict) else v) == name]
+            if truth:
+                d = segments.dice(slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentId, volume), labels == truth[0])
+                self.delayDisplay(f"Auto-segment Dice for {name}: {d:.3f}")
+                self.assertGreater(d, 0.5)
+                checked += 1
+        self.assertGreater(checked, 0, "the default segmentation model shares no label with the sample CT")
+
+    def test_ParentTransform(self):
+        """A click under a parent transform lands on the voxel under the mouse, not beside it."""
+        import numpy as np
+        from ClaraAnnotateLib import nodes
+
+        volume, _labels, _names = self._load()
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        m = np.eye(4)
+        m[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]
+        m[:3, 3] = [20.0, -7.0, 12.0]
+        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(m))
+        volume.SetAndObserveTransformNodeID(transform.GetID())
+        ijk = np.array([40, 30, 50])
+        world = (m @ np.append(self._ras(volume, ijk), 1.0))[:3]
+        np.testing.assert_array_equal(nodes.world_points_to_ijk(volume, [world])[0], ijk)
