@@ -207,6 +207,10 @@ class Runner:
         self.task = make_task(kind, comps, cmeta)
         network: torch.nn.Module = comps["network_def"].to(self.device)
         warm = load_weights(network, bundle)
+        if "validation_samples" in parser and hasattr(self.task, "validation_samples"):
+            self.task.validation_samples = int(cfg.parsed(parser, "validation_samples"))
+        if hasattr(self.task, "attach"):
+            self.task.attach(network)
         ev.emit("info", message="configuration validated", kind=kind, settings=settings, warm_start=warm,
                 device=str(self.device))
         self._seed(settings)

@@ -1,0 +1,164 @@
+"""``claraseg train``: start, follow, resume, cancel and list fine-tune jobs; translate MMAR configs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from claraseg.errors import ClarasegError, ConfigError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune a model bundle on new labels (runs in its own process)",
+                       description="Fine-tune jobs: a model bundle + a datalist of (image, label) + overrides.")
+    tsub = p.add_subparsers(dest="train_command", metavar="ACTION", required=True)
+
+    run = tsub.add_parser("run", help="start a job and show its progress")
+    run.add_argument("bundle", help="model bundle folder")
+    run.add_argument("datalist", help="JSON datalist: [{image, label, labels?}] or {training, validation}")
+    run.add_argument("-w", "--workdir", help="job folder (default: jobs/<time stamp>)")
+    run.add_argument("-o", "--override", action="append", default=[], metavar="ID=VALUE",
+                     help="config override, e.g. training#max_iterations=200 or optimizer#lr=1e-3 (JSON values)")
+    run.add_argument("--overrides", help="JSON/YAML file of overrides (applied before -o)")
+    run.add_argument("--name", help="name of the published model (default: the bundle's)")
+    run.add_argument("--registry", help="models folder to publish into (default: the bundle's parent)")
+    run.add_argument("--structures", help="interactive models: comma-separated structure names to train on")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--threads", type=int, help="torch CPU threads")
+    run.add_argument("--nproc", type=int, default=1, help="processes (DDP through torchrun: gloo on CPU, NCCL on GPUs)")
+    run.add_argument("--detach", action="store_true", help="start and return at once (follow with 'status')")
+    run.set_defaults(func=_run)
+
+    resume = tsub.add_parser("resume", help="continue a crashed, killed or cancelled job from its last checkpoint")
+    resume.add_argument("workdir")
+    resume.add_argument("--detach", action="store_true")
+    resume.set_defaults(func=_resume)
+
+    status = tsub.add_parser("status", help="a job's state as JSON")
+    status.add_argument("workdir")
+    status.set_defaults(func=_status)
+
+    cancel = tsub.add_parser("cancel", help="stop a running job (it can be resumed)")
+    cancel.add_argument("workdir")
+    cancel.set_defaults(func=_cancel)
+
+    lst = tsub.add_parser("list", help="the jobs in a folder")
+    lst.add_argument("root", nargs="?", default="jobs")
+    lst.set_defaults(func=_list)
+
+    mmar = tsub.add_parser("mmar", help="translate a Clara MMAR config_train.json into a bundle train.json")
+    mmar.add_argument("config", help="the MMAR's config/config_train.json")
+    mmar.add_argument("output", help="the bundle's configs/train.json to write")
+    mmar.set_defaults(func=_mmar)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``id=value`` with a JSON value (bare words are strings)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected ID=VALUE, e.g. training#max_iterations=200")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), json.loads(raw)
+    except ValueError:
+        return key.strip(), raw
+
+
+def _run(args) -> int:
+    from claraseg.train.config import load_overrides
+    from claraseg.train.job import FineTuneJob
+
+    overrides = load_overrides(args.overrides)
+    overrides.update(dict(parse_override(o) for o in args.override))
+    workdir = args.workdir or str(Path("jobs") / time.strftime("%Y%m%d-%H%M%S"))
+    structures = [s.strip() for s in args.structures.split(",")] if args.structures else None
+    job = FineTuneJob(args.bundle, args.datalist, overrides, workdir, name=args.name, registry=args.registry,
+                      structures=structures, device=args.device, threads=args.threads, nproc=args.nproc).start()
+    print(f"job {job.id} started in {job.workdir} (pid {job.pid()})", file=sys.stderr)
+    return 0 if args.detach else follow(job)
+
+
+def _resume(args) -> int:
+    from claraseg.train.job import FineTuneJob
+
+    job = FineTuneJob.open(args.workdir).resume()
+    return 0 if args.detach else follow(job)
+
+
+def follow(job) -> int:
+    """Show a progress bar until the job ends; Ctrl-C cancels it. Returns 0 when it completed."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, unit="it", dynamic_ncols=True, file=sys.stderr)
+    try:
+        for e in job.follow(poll=0.5):
+            kind = e.get("event")
+            if kind == "state":
+                bar.set_description(e["state"])
+                if e.get("max_iterations"):
+                    bar.total = e["max_iterations"]
+                    bar.n = e.get("iteration", 0)
+                    bar.refresh()
+            elif kind == "iteration":
+                bar.total = e["max_iterations"]
+                bar.n = e["iteration"]
+                bar.set_postfix(loss=f"{e['loss']:.4f}", lr=f"{e['lr']:.2e}")
+            elif kind == "validation":
+                bar.write(f"validation at iteration {e['iteration']}: Dice {e['dice']:.4f}"
+                          + (" (starting model)" if e.get("baseline") else ""))
+            elif kind == "error":
+                bar.write(f"error: {e['message']}")
+            elif kind == "published":
+                bar.write(f"published {e['name']} ({e.get('path')})")
+    except KeyboardInterrupt:
+        bar.write("cancelling (resume later with: claraseg train resume " + str(job.workdir) + ")")
+        job.cancel()
+    finally:
+        bar.close()
+    status = job.status()
+    print(json.dumps({k: status[k] for k in ("state", "iteration", "baseline_dice", "best_dice", "published",
+                                             "curves", "error")}, indent=1))
+    if status["state"] == "failed" and status.get("error"):
+        raise ClarasegError(status["error"]["message"])
+    return 0 if status["state"] == "completed" else 1
+
+
+def _status(args) -> int:
+    from claraseg.train.job import FineTuneJob
+
+    print(json.dumps(FineTuneJob.open(args.workdir).status(), indent=1))
+    return 0
+
+
+def _cancel(args) -> int:
+    from claraseg.train.job import FineTuneJob
+
+    print(json.dumps(FineTuneJob.open(args.workdir).cancel(), indent=1))
+    return 0
+
+
+def _list(args) -> int:
+    from claraseg.train.job import JobManager
+
+    for job in JobManager(args.root).list():
+        s = job.status()
+        print(f"{job.id}\t{s['state']}\titeration {s['iteration']}\tbest Dice {s['best_dice']}\t{s['published'] or ''}")
+    return 0
+
+
+def _mmar(args) -> int:
+    from claraseg.train.config import read_config_file
+    from claraseg.train.mmar import translate_mmar
+
+    result = translate_mmar(read_config_file(args.config))
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result.config, indent=2) + "\n")
+    print(f"wrote {out}")
+    for d in result.dropped:
+        print(f"  not translated (the job runner provides it): {d}")
+    for n in result.notes:
+        print(f"  note: {n}")
+    return 0

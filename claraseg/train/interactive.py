@@ -1,0 +1,178 @@
+"""Fine-tuning the interactive models (DeepGrow 2D/3D, DEXTR3D) on new labels with simulated clicks.
+
+Samples are made by the engine's own building blocks (:mod:`claraseg.models.training`): the ROI, the
+click simulation (:mod:`claraseg.guidance`) and the channel encoding are those used at inference, and
+every constant comes from the bundle's ``claraseg`` metadata. Here they are wrapped as MONAI dictionary
+transforms, so the job's datasets (plain, cached, Smart Cache) cache the loaded, normalised volume and
+draw fresh clicks every time (seeded per item, so a resumed job draws the same ones).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform, Randomizable
+
+from claraseg.errors import TrainingDataError
+
+#: Draws per sample before giving up on a structure too small for the drawn ROI.
+MAX_DRAWS = 20
+
+
+class LoadTrainingVolumed(MapTransform):
+    """``{"image": path, "label": path}`` -> ``{"volume": TrainingVolume}`` (normalised as the engine does)."""
+
+    def __init__(self, intensity: dict[str, Any], modality: str | None = None, min_voxels: int = 1) -> None:
+        super().__init__(keys=("image", "label"))
+        self.intensity = intensity
+        self.modality = modality
+        self.min_voxels = min_voxels
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        from claraseg.io import read_image
+        from claraseg.models.training import volume_from_images
+
+        image = read_image(data["image"])
+        label = read_image(data["label"], label=True)
+        volume = volume_from_images(str(data["label"]), image, label, self.intensity, min_voxels=self.min_voxels,
+                                    modality=self.modality)
+        if not volume.structures:
+            raise TrainingDataError(f"{data['label']}: no structure of at least {self.min_voxels} voxels")
+        return {**data, "volume": volume}
+
+
+class InteractiveSampled(Randomizable, MapTransform):
+    """``{"volume": ...}`` -> ``num_samples`` dicts ``{"image": input [C, ...], "label": target [1, ...]}``.
+
+    Each draw is a random ROI with simulated clicks (or extreme points) on one of the volume's
+    structures (:func:`claraseg.models.training.make_sample`); :attr:`predict` (set by the job to the
+    network being trained) enables clicks on the network's own errors, as in pre-training.
+    """
+
+    def __init__(self, kind: str, settings: dict[str, Any], train: dict[str, Any] | None = None,
+                 num_samples: int = 1) -> None:
+        super().__init__(keys=("volume",))
+        self.kind = kind
+        self.settings = dict(settings)
+        self.train = dict(train or {})
+        self.num_samples = int(num_samples)
+        self.predict = None
+
+    def randomize(self, data: Any = None) -> None:
+        self._seed = int(self.R.randint(0, 2**31 - 1))
+
+    def __call__(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        from claraseg.models.training import make_sample
+
+        self.randomize()
+        rng = np.random.default_rng(self._seed)
+        volume = data["volume"]
+        out = []
+        for _ in range(self.num_samples):
+            for _draw in range(MAX_DRAWS):
+                structure = volume.structures[int(rng.integers(len(volume.structures)))]
+                sample = make_sample(self.kind, volume, structure, self.settings, rng, self.predict, self.train)
+                if sample is not None:
+                    break
+            else:
+                raise TrainingDataError(f"{volume.name}: no training ROI of this model holds the structure "
+                                        f"(tried {MAX_DRAWS} draws); is it tiny?")
+            out.append({"image": sample[0], "label": sample[1]})
+        return out
+
+
+def default_config(kind: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The default training config of an interactive bundle (network from its inference.json)."""
+    load = {"_target_": "claraseg.train.interactive.LoadTrainingVolumed", "intensity": "@_meta_#claraseg#intensity"}
+    return {
+        "loss": {"_target_": "claraseg.models.training.make_loss", "kind": kind},
+        "optimizer": {"_target_": "torch.optim.Adam", "params": "$@network_def.parameters()", "lr": 1e-4},
+        "crops_per_image": 2,
+        "validation_samples": 4,
+        "recipe": {},
+        "train": {"preprocessing": {"_target_": "Compose", "transforms": [
+            load,
+            {"_target_": "claraseg.train.interactive.InteractiveSampled", "kind": kind, "settings": "@_meta_#claraseg",
+             "train": "@recipe", "num_samples": "@crops_per_image"},
+        ]}},
+        "validate": {"preprocessing": {"_target_": "Compose", "transforms": [load]}},
+    }
+
+
+class InteractiveTask:
+    """Training and validation of an interactive kind.
+
+    Validation: for each held-out structure, ``validation_samples`` fixed-seed simulated-click samples
+    (the same for the starting and the fine-tuned model); Dice of the thresholded output against the target.
+    """
+
+    def __init__(self, kind: str, components: dict[str, Any], claraseg_meta: dict[str, Any],
+                 validation_samples: int = 4) -> None:
+        from claraseg.models.training import make_loss
+
+        self.kind = kind
+        self.settings = dict(claraseg_meta)
+        self.loss = components.get("loss") or make_loss(kind)
+        self.validation_samples = validation_samples
+        self.sampler = _find_sampler(components["train#preprocessing"])
+
+    def items(self, cases: Sequence) -> list[dict[str, Any]]:
+        return [{"image": c.image, "label": c.label} for c in cases]
+
+    def attach(self, network: torch.nn.Module) -> None:
+        """Let the sampler click on the network's own predictions (model in the loop)."""
+        from claraseg.models.training import predictor
+
+        if self.sampler is not None:
+            self.sampler.predict = predictor(network, self.kind)
+
+    def _forward(self, network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return network(x[:, :, 0] if self.kind == "deepgrow2d" else x)
+
+    def batch_loss(self, network: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+        x = batch["image"].to(device)
+        y = batch["label"].to(device)
+        return self.loss(self._forward(network, x), y[:, :, 0] if self.kind == "deepgrow2d" else y)
+
+    @torch.no_grad()
+    def validate(self, network: torch.nn.Module, items: list[dict[str, Any]], cases: Sequence,
+                 device: torch.device, sw_batch_size: int = 1) -> tuple[float, dict[str, float]]:
+        from claraseg.models.training import make_sample
+        from claraseg.train.tasks import dice
+
+        network.eval()
+        per: dict[str, list[float]] = {}
+        threshold = float(self.settings.get("threshold", 0.5))
+        for n, (item, case) in enumerate(zip(items, cases)):
+            volume = item["volume"]
+            for s in range(self.validation_samples):
+                rng = np.random.default_rng([20260, n, s])
+                sample = None
+                for _draw in range(MAX_DRAWS):
+                    sample = make_sample(self.kind, volume, volume.structures[0], self.settings, rng)
+                    if sample is not None:
+                        break
+                if sample is None:
+                    continue
+                x, y = sample
+                prob = torch.sigmoid(self._forward(network, x[None].to(device)))[0, 0].cpu().numpy()
+                truth = y[0, 0].numpy() if self.kind == "deepgrow2d" else y[0].numpy()
+                per.setdefault(case.structures[1], []).append(dice(prob > threshold, truth > 0.5))
+        network.train()
+        if not per:
+            raise TrainingDataError("no validation sample could be drawn from the held-out structures")
+        scores = [v for vals in per.values() for v in vals]
+        return float(np.mean(scores)), {k: float(np.mean(v)) for k, v in per.items()}
+
+
+def _find_sampler(transform: Any) -> InteractiveSampled | None:
+    for t in getattr(transform, "transforms", [transform]):
+        if isinstance(t, InteractiveSampled):
+            return t
+    return None
+
+
+__all__ = ["InteractiveSampled", "InteractiveTask", "LoadTrainingVolumed", "default_config"]
