@@ -1,0 +1,162 @@
+"""The 'Clara' Segment Editor effect: the ClaraAnnotate tools without leaving the editor.
+
+Left-click in a slice view places a foreground point, a background point or an extreme point (the
+mode chosen in the options); each foreground/background point updates the selected segment at once,
+with the 2D model's slice taken from the view clicked in. The work is done by the shared
+ClaraAnnotateLogic (backend, worker thread, undo): this file is the editor-side glue only.
+"""
+
+import os
+
+import qt
+import slicer
+import vtk
+from SegmentEditorEffects.AbstractScriptedSegmentEditorEffect import AbstractScriptedSegmentEditorEffect
+
+MODES = ("foreground", "background", "extreme")
+UI_FILE = os.path.join(os.path.dirname(__file__), "..", "Resources", "UI", "SegmentEditorClara.ui")
+ICON_FILE = os.path.join(os.path.dirname(__file__), "..", "Resources", "Icons", "ClaraAnnotate.png")
+
+
+class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
+    def __init__(self, scriptedEffect):
+        scriptedEffect.name = "Clara"
+        scriptedEffect.perSegment = True
+        scriptedEffect.requireSegments = False
+        AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
+        self.ui = None
+        self._logic = None
+
+    def clone(self):
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+        clonedEffect = effects.qSlicerSegmentEditorScriptedEffect(None)
+        clonedEffect.setPythonSource(__file__.replace("\\", "/"))
+        return clonedEffect
+
+    def icon(self):
+        return qt.QIcon(ICON_FILE) if os.path.exists(ICON_FILE) else qt.QIcon()
+
+    def helpText(self):
+        return ("<html>AI segmentation with Clara models (connect in the <b>Clara Annotate</b> module).<br>"
+                "<b>Foreground/Background</b>: left-click in a slice view; the segment updates after each click. "
+                "<b>Extreme points</b>: click the six outermost points of the structure, then <i>Run</i>. "
+                "<b>Auto-segment</b>: one segment per model label.</html>")
+
+    @property
+    def logic(self):
+        if self._logic is None:
+            from ClaraAnnotate import ClaraAnnotateLogic
+
+            self._logic = ClaraAnnotateLogic.shared()
+            self._logic.addListener(self)
+        return self._logic
+
+    def setupOptionsFrame(self):
+        uiWidget = slicer.util.loadUI(UI_FILE)
+        self.scriptedEffect.addOptionsWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        self.ui.foregroundModeRadioButton.checked = True
+        self.ui.runExtremeButton.connect("clicked()", self.onRunExtremePoints)
+        self.ui.autoSegmentButton.connect("clicked()", self.onAutoSegment)
+        self.ui.refineButton.connect("clicked()", lambda: self.logic.refineFromSegment())
+        self.ui.undoButton.connect("clicked()", lambda: self.logic.undoObject(self._saveUndo))
+        self.ui.clearButton.connect("clicked()", lambda: self.logic.clearObject(self._saveUndo))
+        self.ui.cancelButton.connect("clicked()", lambda: self.logic.cancel())
+        self.ui.connectButton.connect("clicked()", self.onConnect)
+
+    def cleanup(self):
+        if self._logic is not None:
+            self._logic.removeListener(self)
+
+    def activate(self):
+        pn = self.logic.getParameterNode()
+        self.logic.ensurePointLists(pn)
+        self.onConnectionChanged(self.logic.connectionInfo)
+        self.onPointsChanged()
+
+    def deactivate(self):
+        pass
+
+    def createCursor(self, widget):
+        return slicer.util.mainWindow().cursor if slicer.util.mainWindow() else qt.QCursor()
+
+    def _saveUndo(self):
+        self.scriptedEffect.saveStateForUndo()
+
+    def _mode(self):
+        if self.ui.backgroundModeRadioButton.checked:
+            return "background"
+        if self.ui.extremeModeRadioButton.checked:
+            return "extreme"
+        return "foreground"
+
+    # ----- clicks --------------------------------------------------------------------------------
+    def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
+        if viewWidget.className() != "qMRMLSliceWidget" or eventId != vtk.vtkCommand.LeftButtonPressEvent:
+            return False
+        if callerInteractor.GetShiftKey() or callerInteractor.GetControlKey() or callerInteractor.GetAltKey():
+            return False
+        ras = self.xyToRas(callerInteractor.GetEventPosition(), viewWidget)
+        pn = self.logic.getParameterNode()
+        mode = self._mode()
+        if mode == "extreme":
+            self.logic.addPoint(pn.extremePoints, ras)
+            self.onPointsChanged()
+            return True
+        points = pn.foregroundPoints if mode == "foreground" else pn.backgroundPoints
+        self.logic.addPoint(points, ras)
+        self.logic.clickAt(ras, mode == "foreground", sliceNode=viewWidget.mrmlSliceNode(), saveUndo=self._saveUndo)
+        return True
+
+    def onRunExtremePoints(self):
+        self.logic.runExtremePoints(saveUndo=self._saveUndo)
+
+    def onAutoSegment(self):
+        self.logic.runAutoSegment(saveUndo=self._saveUndo)
+
+    def onConnect(self):
+        from ClaraAnnotateLib.settings import BackendSettings
+
+        self.logic.connect(BackendSettings.load(qt.QSettings()))
+
+    # ----- listener callbacks from the shared logic ----------------------------------------------
+    def onStatus(self, message, level="info"):
+        if self.ui:
+            self.ui.statusLabel.text = message
+
+    def onBusyChanged(self, busy, label):
+        if self.ui:
+            self.ui.cancelButton.enabled = busy
+            self.ui.progressBar.visible = busy
+
+    def onProgress(self, fraction, message):
+        if self.ui and fraction is not None:
+            self.ui.progressBar.setRange(0, 100)
+            self.ui.progressBar.value = int(100 * fraction)
+
+    def onConnectionChanged(self, info):
+        if not self.ui:
+            return
+        self.ui.connectionLabel.text = info.summary if info else "Not connected: set up the backend in Clara Annotate"
+        for w in (self.ui.runExtremeButton, self.ui.autoSegmentButton, self.ui.refineButton, self.ui.undoButton,
+                  self.ui.clearButton):
+            w.enabled = info is not None
+        if info is not None:
+            self.onModelsChanged(info.models)
+
+    def onModelsChanged(self, models):
+        if not self.ui:
+            return
+        pn = self.logic.getParameterNode()
+        self.ui.modelsLabel.text = " | ".join(
+            f"{name}: {getattr(pn, field) or '-'}" for name, field in
+            (("clicks", "clickModel"), ("extreme points", "extremeModel"), ("auto", "autoModel")))
+
+    def onPointsChanged(self):
+        if not self.ui:
+            return
+        pn = self.logic.getParameterNode()
+        n = pn.extremePoints.GetNumberOfDefinedControlPoints() if pn.extremePoints else 0
+        self.ui.extremePointsLabel.text = f"{n} of at least 6 extreme points"
+        self.ui.runExtremeButton.enabled = n >= 6 and self.logic.connectionInfo is not None

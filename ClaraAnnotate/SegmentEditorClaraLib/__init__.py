@@ -1,0 +1,1 @@
+"""The 'Clara' Segment Editor effect (registered by the ClaraAnnotate module at startup)."""
