@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import re
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +94,8 @@ def _read_file(p: Path) -> Image:
         raise InvalidImageError(f"{p}: {ncomp} components per voxel (colour or vector image); a scalar volume is required")
     if int(np.prod(size, dtype=np.int64)) > 1024**3:
         raise InvalidImageError(f"{p}: {list(size)} voxels is larger than the supported 1024^3")
+    if extension(p) in (".nii", ".nii.gz"):
+        _check_nifti_complete(p)  # ITK's NIfTI reader fills missing voxels with zeros without a word
     try:
         img = reader.Execute()
     except RuntimeError as e:
@@ -109,13 +115,57 @@ def _read_file(p: Path) -> Image:
     return image
 
 
+def _nifti_data_end(header: bytes) -> int | None:
+    """Byte offset where a NIfTI-1/2 file's voxel data ends, from its header (None if not NIfTI)."""
+    for endian in "<>":
+        (sizeof_hdr,) = struct.unpack_from(endian + "i", header, 0)
+        if sizeof_hdr == 348 and len(header) >= 348:
+            dims = struct.unpack_from(endian + "8h", header, 40)
+            (bitpix,) = struct.unpack_from(endian + "h", header, 72)
+            (offset,) = struct.unpack_from(endian + "f", header, 108)
+        elif sizeof_hdr == 540 and len(header) >= 540:
+            (bitpix,) = struct.unpack_from(endian + "h", header, 14)
+            dims = struct.unpack_from(endian + "8q", header, 16)
+            (offset,) = struct.unpack_from(endian + "q", header, 168)
+        else:
+            continue
+        n = int(np.prod([max(1, int(d)) for d in dims[1:1 + max(0, min(int(dims[0]), 7))]], dtype=np.int64))
+        return int(offset) + n * max(1, int(bitpix)) // 8
+    return None
+
+
+def _check_nifti_complete(p: Path) -> None:
+    """Raise :class:`ImageReadError` when a NIfTI file (or its gzip stream) ends before its voxel data do."""
+    truncated = f"{p}: the file is truncated (incomplete download or copy?); get the file again"
+    try:
+        with gzip.open(p, "rb") if extension(p) == ".nii.gz" else open(p, "rb") as f:
+            end = _nifti_data_end(f.read(540))
+            if end is None:
+                return
+            f.seek(0)
+            total = 0
+            while True:
+                chunk = f.read(1 << 24)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (EOFError, zlib.error, gzip.BadGzipFile, struct.error):
+        raise ImageReadError(truncated) from None
+    if total < end:
+        raise ImageReadError(f"{truncated} ({total:,} of {end:,} bytes)")
+
+
 def _first_line(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    """The useful part of a SimpleITK/ITK error message (no source locations, prefixes or repeated paths)."""
+    # "Reason:" lines repeat a stale errno ("No such file or directory" for a truncated file): drop them.
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith("Reason:")]
     # ITK messages start with a file:line prefix; the description is the most useful line.
-    for ln in lines:
-        if "Description:" in ln:
-            return ln.split("Description:", 1)[1].strip()
-    return lines[-1] if lines else type(e).__name__
+    text = next((ln.split("Description:", 1)[1].strip() for ln in lines if "Description:" in ln),
+                lines[-1] if lines else type(e).__name__)
+    text = re.sub(r"^(s?itk::ERROR:|ITK ERROR:)\s*(\w+\(0x[0-9a-f]+\):)?", "", text).strip()
+    if "Unable to determine ImageIO reader" in text:
+        return "the contents are not in any image format SimpleITK knows"
+    return text
 
 
 def as_label_map(image: Image, source: str = "label") -> Image:
