@@ -37,7 +37,7 @@ from claraseg.errors import (
     SessionExpiredError,
     SessionNotFoundError,
 )
-from claraseg.io import Image, MaskDelta, read_image, write_image
+from claraseg.io import Image, LabelInfo, MaskDelta, read_image, write_image
 
 from .wire import MASKDELTA_MEDIA_TYPE, VOLUME_MEDIA_TYPE, encode_volume_parts
 
@@ -117,6 +117,8 @@ class RemoteBackend:
         self._sessions: weakref.WeakSet[RemoteSession] = weakref.WeakSet()
         self._errors = _error_classes()
         self._closed = False
+        #: idle seconds after which the server expires new sessions (0: the server's default).
+        self.session_expiry = 0
         self.server_info: dict[str, Any] = self.info()
         if check_version:
             self._check_version(self.server_info)
@@ -269,8 +271,9 @@ class RemoteBackend:
             headers["Content-Encoding"] = "gzip"
         else:
             data = _Body([head, voxels])
+        params = {"expiry": int(self.session_expiry)} if self.session_expiry else None
         return self._call("PUT", "/session/", "opening a session", timeout=self.upload_timeout,
-                          data=data, headers=headers).json()
+                          data=data, headers=headers, params=params).json()
 
     # ----- datastore ---------------------------------------------------------------------------------
     def datastore(self, full: bool = True) -> dict[str, Any]:
@@ -298,7 +301,13 @@ class RemoteBackend:
         if version is not None:
             params["version"] = version
         r = self._call("GET", "/datastore/label", "downloading a label", timeout=self.upload_timeout, params=params)
-        return _image_from_bytes(r.content, label=True)
+        image = _image_from_bytes(r.content, label=True)
+        try:
+            names = json.loads(r.headers.get("X-Label-Names", "{}"))
+            image.labels = {int(k): LabelInfo(str(v)) for k, v in names.items()}
+        except (ValueError, AttributeError):
+            pass
+        return image
 
     def download_image(self, image_id: str) -> Image:
         r = self._call("GET", "/datastore/image", "downloading an image", timeout=self.upload_timeout,

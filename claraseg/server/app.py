@@ -113,9 +113,15 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
         for e in exc.errors()[:5]:
+            if e.get("type") == "json_invalid":
+                parts.append(f"the body is not valid JSON ({(e.get('ctx') or {}).get('error', 'decode error')})")
+                continue
             where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
             parts.append(f"{where}: {e.get('msg', 'invalid')}")
-        return _answer(request, 422, "invalid_request", "invalid request: " + "; ".join(parts))
+        hint = ""
+        if request.headers.get("content-type", "").split(";")[0].strip() not in ("application/json", ""):
+            hint = " (JSON bodies need Content-Type: application/json)"
+        return _answer(request, 422, "invalid_request", "invalid request: " + "; ".join(parts) + hint)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -108,8 +108,11 @@ async def save_label(request: Request, image: str, tag: str = DEFAULT_TAG,
 async def download_label(label: str, tag: str = DEFAULT_TAG, version: Optional[int] = Query(None, ge=1, le=9999),
                          ctx: ServerContext = Depends(get_ctx)) -> FileResponse:
     store = _store(ctx)
-    path = store.label_path(label, tag, version)
-    return FileResponse(path, media_type=NIFTI, filename=f"{label}_{tag}_{path.stem.split('.')[0]}.nii.gz")
+    rec = store.label_record(label, tag, version)
+    path = store.label_path(label, tag, rec["version"])
+    return FileResponse(path, media_type=NIFTI, filename=f"{label}_{tag}_v{rec['version']:04d}.nii.gz",
+                        headers={"X-Label-Names": json.dumps(rec.get("label_names", {})),
+                                 "X-Label-Version": str(rec["version"])})
 
 
 @router.get("/label/info", summary="A label version's record (author, time, names)")

@@ -1,0 +1,208 @@
+"""The annotation server over real HTTP: info, sessions, expiry, datastore, auth, limits, docs, logs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from claraseg.backend import API_VERSION
+from claraseg.errors import ApiVersionError, AuthenticationError, CancelledError, SessionExpiredError
+from claraseg.io import Image, MaskDelta
+
+
+def _h(served, **extra):
+    return {"Authorization": f"Bearer {served.token}", **extra}
+
+
+def _noise(size_ijk):
+    rng = np.random.default_rng(0)
+    return Image(rng.integers(-1000, 1000, size_ijk[::-1], dtype=np.int16), spacing=(0.8, 0.8, 2.0))
+
+
+def _first(remote, kinds):
+    return next((d for d in remote.models() if d.kind in kinds), None)
+
+
+def test_info_versions_models_and_request_id(served, remote):
+    r = requests.get(served.url + "/info/", headers=_h(served, **{"X-Request-ID": "abc-123"}), timeout=10)
+    assert r.status_code == 200 and r.headers["X-Request-ID"] == "abc-123"
+    info = r.json()
+    assert info["api_version"] == API_VERSION
+    for key in ("name", "version", "labels", "models", "trainers", "datastore", "devices"):  # MONAI Label fields
+        assert key in info
+    models = remote.models()
+    assert models and {m.name for m in models} == set(info["models"])
+    for m in info["models"].values():
+        assert m["type"] and m["dimension"] in (2, 3) and "descriptor" in m
+
+
+def test_session_roundtrip_sends_only_small_deltas(served, remote, phantom):
+    image, _ = phantom
+    d = _first(remote, ("deepgrow3d", "deepgrow2d"))
+    s = remote.open_session(image)
+    assert s.image_size == image.size_ijk
+    delta = s.click(d.name, foreground=[[24, 24, 16]], slice_axis=2 if d.kind == "deepgrow2d" else None)
+    assert isinstance(delta, MaskDelta) and delta.image_size == image.size_ijk
+    assert s.last_bytes < image.array.nbytes / 20
+    info = s.info()
+    assert info["interactions"] == 1 and info["image_size"] == list(image.size_ijk)
+    s.close()
+    r = requests.get(f"{served.url}/session/{s.id}", headers=_h(served), timeout=10)
+    assert r.status_code == 404 and r.json()["code"] == "session_not_found"
+
+
+def test_expired_session_is_distinct_and_reopened_transparently(served, remote, phantom):
+    image, _ = phantom
+    d = _first(remote, ("deepgrow3d",))
+    if d is None:
+        pytest.skip("the hosted backend has no deepgrow3d model")
+    ref = remote.open_session(image)
+    a1 = ref.click(d.name, foreground=[[20, 24, 16]])
+    a2 = ref.click(d.name, foreground=[[28, 24, 16]], background=[[10, 10, 10]])
+    ref.close()
+
+    remote.session_expiry = 1
+    try:
+        s = remote.open_session(image)
+    finally:
+        remote.session_expiry = 0
+    b1 = s.click(d.name, foreground=[[20, 24, 16]])
+    old_id = s.id
+    time.sleep(1.6)
+    r = requests.get(f"{served.url}/session/{s.id}", headers=_h(served), timeout=10)
+    assert r.status_code == 440 and r.json()["code"] == "session_expired"
+    b2 = s.click(d.name, foreground=[[28, 24, 16]], background=[[10, 10, 10]])  # re-opened and replayed
+    assert s.reopened == 1
+    for x, y in ((a1, b1), (a2, b2)):
+        assert x.start == y.start and x.stop == y.stop and np.array_equal(x.mask, y.mask)
+    s.close()
+    with pytest.raises(SessionExpiredError):
+        remote._call("GET", f"/session/{old_id}", "probe")
+    unknown = requests.get(f"{served.url}/session/{'0' * 32}", headers=_h(served), timeout=10)
+    assert unknown.status_code == 404
+
+
+def test_datastore_versions_labels_atomically(served, remote, phantom):
+    image, label = phantom
+    remote.upload_image(image, "phantom-ds", author="tester")
+    listing = remote.datastore()
+    assert "phantom-ds" in listing["objects"]
+    names = {k: v.name for k, v in label.labels.items()}
+
+    def save(n):
+        lab = label.with_array((label.array == (n % 3) + 1).astype(np.uint8))
+        return remote.save_label("phantom-ds", lab, author=f"writer{n}", label_names={1: f"organ{n}"})
+
+    results = [None] * 6
+    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, save(n))) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r["version"] for r in results) == list(range(1, 7))
+    for r in results:
+        got = remote.download_label("phantom-ds", version=r["version"])
+        n = int(r["info"]["author"][6:])
+        assert np.array_equal(got.array, (label.array == (n % 3) + 1).astype(np.uint8))
+        assert got.labels[1].name == f"organ{n}"
+    latest = requests.get(served.url + "/datastore/label/info", params={"label": "phantom-ds"}, headers=_h(served),
+                          timeout=10).json()
+    assert latest["version"] == 6 and latest["author"] and latest["time"]
+    rec = remote.save_label("phantom-ds", label, tag="multi")
+    assert rec["info"]["label_names"] == {str(k): v for k, v in sorted(names.items())}
+    tmp_files = list(served.datastore.rglob(".tmp-*"))
+    assert not tmp_files
+
+
+def test_sample_ct_preloaded_when_datastore_new(served, remote, data_dir):
+    listing = remote.datastore()
+    assert "ct_abdomen_3mm" in listing["objects"]
+    assert "original" in listing["objects"]["ct_abdomen_3mm"]["labels"]
+
+
+def test_auth_required_and_checked(served):
+    for headers in ({}, {"Authorization": "Bearer wrong-token-xxxx"}, {"Authorization": f"Basic {served.token}"}):
+        r = requests.get(served.url + "/info/", headers=headers, timeout=10)
+        assert r.status_code == 401 and r.json()["code"] == "unauthorized"
+        assert r.headers.get("WWW-Authenticate") == "Bearer"
+    from claraseg.client import RemoteBackend
+
+    with pytest.raises(AuthenticationError):
+        RemoteBackend(served.url, "wrong-token-xxxx")
+
+
+def test_refuses_public_bind_without_token(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "claraseg", "serve", "--host", "0.0.0.0", "--datastore", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "--token" in p.stderr
+
+
+def test_docs_and_status_page_work_offline(served):
+    r = requests.get(served.url + "/docs", timeout=10)
+    assert r.status_code == 200
+    assert "http://" not in r.text and "https://" not in r.text  # no CDN
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert requests.get(f"{served.url}/static-docs/{asset}", timeout=10).status_code == 200
+    assert requests.get(served.url + "/redoc", timeout=10).status_code == 200
+    spec = requests.get(served.url + "/openapi.json", timeout=10).json()
+    assert "/session/{session_id}/click" in spec["paths"] and "/infer/{model}" in spec["paths"]
+    page = requests.get(served.url + "/", timeout=10)
+    assert page.status_code == 200 and "Models" in page.text and "Sessions" in page.text
+
+
+def test_structured_logs_have_request_ids_and_timings(served):
+    requests.get(served.url + "/info/", headers=_h(served, **{"X-Request-ID": "log-probe-1"}), timeout=10)
+    time.sleep(0.3)
+    lines = [json.loads(x) for x in served.log_path.read_text().splitlines() if x.startswith("{")]
+    hit = [x for x in lines if x.get("request_id") == "log-probe-1"]
+    assert hit and hit[0]["status"] == 200 and hit[0]["ms"] >= 0 and hit[0]["path"] == "/info/"
+
+
+def test_version_mismatch_is_explained(served, monkeypatch):
+    import claraseg.client.remote as remote_mod
+
+    monkeypatch.setattr(remote_mod, "API_VERSION", "99.0")
+    with pytest.raises(ApiVersionError, match=r"99\.0.*" + API_VERSION.replace(".", r"\.")):
+        remote_mod.RemoteBackend(served.url, served.token)
+
+
+def test_slow_upload_does_not_stall_info(served, remote):
+    big = _noise((256, 256, 160))
+    done = threading.Event()
+    worst = []
+
+    def probe():
+        while not done.is_set():
+            t0 = time.perf_counter()
+            assert requests.get(served.url + "/info/", headers=_h(served), timeout=10).status_code == 200
+            worst.append(time.perf_counter() - t0)
+            time.sleep(0.02)
+
+    t = threading.Thread(target=probe)
+    t.start()
+    try:
+        s = remote.open_session(big)
+        s.close()
+    finally:
+        done.set()
+        t.join()
+    assert worst and max(worst) < 1.0
+
+
+def test_cancel_interrupts_a_call_in_flight(served, remote):
+    big = _noise((320, 320, 200))
+    timer = threading.Timer(0.02, remote.cancel)
+    timer.start()
+    t0 = time.perf_counter()
+    with pytest.raises(CancelledError):
+        remote.open_session(big)
+    assert time.perf_counter() - t0 < 3.0
+    assert requests.get(served.url + "/info/", headers=_h(served), timeout=10).status_code == 200
+    assert remote.models()  # the backend still works after a cancel
