@@ -424,29 +424,38 @@ def write_dicom_series(image: Image, folder: str | os.PathLike, *, modality: str
 
 
 # ----- writing -------------------------------------------------------------------------------------
-def write_image(image: Image, path: str | os.PathLike, *, compress: bool = True) -> Path:
-    """Write atomically (temporary file in the same folder, then rename) as NIfTI, NRRD or .seg.nrrd.
+#: Extensions :func:`write_image` writes (single-file formats, so the write can be atomic).
+WRITE_EXTENSIONS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha")
 
-    A .seg.nrrd gets Slicer's segment metadata (names, colours, label values) from ``image.labels``.
+
+def write_image(image: Image, path: str | os.PathLike, *, compress: bool = True) -> Path:
+    """Write atomically (temporary file in the same folder, then rename) as NIfTI, NRRD, .seg.nrrd or .mha.
+
+    A .seg.nrrd gets Slicer's segment metadata (names, colours, label values) from ``image.labels``; an
+    NRRD or MetaImage keeps them in a ``claraseg_labels`` field; a NIfTI in a ``.labels.json`` sidecar.
     """
     path = Path(path)
     ext = extension(path)
-    if ext not in IMAGE_EXTENSIONS or ext == ".mhd":
-        raise ImageWriteError(f"{path}: unknown image extension {ext!r}; use one of {', '.join(IMAGE_EXTENSIONS[:-1])}")
+    if ext not in WRITE_EXTENSIONS:
+        raise ImageWriteError(f"{path}: unknown image extension {ext!r}; use one of {', '.join(WRITE_EXTENSIONS)}")
     if not path.parent.is_dir():
         raise ImageWriteError(f"{path.parent}: folder does not exist")
+    if ext in (".nii", ".nii.gz") and image.array.dtype.kind == "f" and not np.isfinite(image.array).all():
+        raise ImageWriteError(f"{path}: NIfTI would silently store the image's NaN or infinite voxels as 0; "
+                              "write .nrrd, or replace them first")
     img = to_sitk(image)
     if image.labels:
         if ext == ".seg.nrrd":
             for key, value in _segment_metadata(image).items():
                 img.SetMetaData(key, value)
-        elif ext in (".nrrd", ".nhdr", ".mha"):
+        elif ext in (".nrrd", ".mha"):
             img.SetMetaData("claraseg_labels", json.dumps(
                 {str(k): {"name": v.name, "color": list(v.color) if v.color else None} for k, v in image.labels.items()}))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=path.parent)
     os.close(fd)
     try:
         sitk.WriteImage(img, tmp, useCompression=compress)
+        _chmod_default(tmp)
         os.replace(tmp, path)
     except RuntimeError as e:
         raise ImageWriteError(f"{path}: cannot write ({_first_line(e)})") from None
@@ -464,12 +473,29 @@ def write_image(image: Image, path: str | os.PathLike, *, compress: bool = True)
     return path
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+#: Read once at import: os.umask can only be read by setting it, which would race with other threads.
+_UMASK = _read_umask()
+
+
+def _chmod_default(path: str) -> None:
+    """Give a temporary file (created 0600) the permissions a plain ``open`` would (0666 minus umask)."""
+    os.chmod(path, 0o666 & ~_UMASK)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        _chmod_default(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

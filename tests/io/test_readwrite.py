@@ -143,6 +143,11 @@ def test_write_errors(tmp_path, phantom_pair):
         write_image(image, tmp_path / "x.png")
     with pytest.raises(ImageWriteError, match="does not exist"):
         write_image(image, tmp_path / "missing" / "x.nii.gz")
+    with pytest.raises(ImageWriteError, match="unknown image extension '.nhdr'"):
+        write_image(image, tmp_path / "x.nhdr")  # two-file formats cannot be written atomically
+    nan = Image(np.full((2, 2, 2), np.nan, np.float32))
+    with pytest.raises(ImageWriteError, match="NaN or infinite voxels as 0"):
+        write_image(nan, tmp_path / "nan.nii.gz")
     # A failed write leaves no temporary file behind.
     assert list(tmp_path.iterdir()) == []
 
@@ -154,7 +159,16 @@ def test_write_is_atomic_and_overwrites(tmp_path, phantom_pair):
     write_image(label, p)
     assert read_image(p).is_label
     assert sorted(f.name for f in tmp_path.iterdir()) == ["x.labels.json", "x.nii.gz"]
+    assert p.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not the temporary file's 0600
     # Overwriting with an image removes the label names that no longer belong to the file.
     write_image(image, p)
     assert not read_image(p).is_label
     assert sorted(f.name for f in tmp_path.iterdir()) == ["x.nii.gz"]
+
+
+def current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
