@@ -175,9 +175,9 @@ class FineTuneJob:
         return self.status()
 
     # ----- progress -----------------------------------------------------------------------------------
-    def events(self, start: int = 0) -> list[dict[str, Any]]:
-        """All events written so far (see docs/training.md for their fields)."""
-        return read_events(self.events_path, start)
+    def events(self, since: int = 0) -> list[dict[str, Any]]:
+        """The events written so far, from the ``since``-th on (0-based; fields in docs/training.md)."""
+        return read_events(self.events_path)[since:]
 
     def follow(self, poll: float = 0.5, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Yield events as the job writes them, until its process has exited and every event is read."""
