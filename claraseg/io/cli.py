@@ -20,6 +20,7 @@ BONE_NAMES = ("vertebra", "rib", "sacrum", "hip", "femur", "sternum", "costal", 
 
 
 def register(sub) -> None:
+    """Add the I/O sub-commands to the `claraseg` command's sub-parsers."""
     p = sub.add_parser("info", help="print an image's geometry and value range (file or DICOM folder)")
     p.add_argument("path")
     p.add_argument("--series-uid")

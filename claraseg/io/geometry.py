@@ -31,6 +31,7 @@ def _as_points(points, what: str = "points") -> np.ndarray:
 
 
 def lps_to_ras(points) -> np.ndarray:
+    """Negate x and y of one or N points: LPS -> RAS (and, being its own inverse, RAS -> LPS)."""
     p = _as_points(points)
     return p * np.array([-1.0, -1.0, 1.0])
 
@@ -136,6 +137,7 @@ def physical_box_to_index(image: Image, corners, *, ras: bool = False, clip: boo
 
 
 def clip_box(start_ijk, stop_ijk, size_ijk):
+    """Clip a box ``[start, stop)`` (``[i, j, k]``) to a volume of ``size_ijk``; an outside box becomes empty."""
     size = np.asarray(size_ijk, dtype=np.int64)
     start = np.clip(np.asarray(start_ijk, dtype=np.int64), 0, size)
     stop = np.clip(np.asarray(stop_ijk, dtype=np.int64), 0, size)

@@ -83,6 +83,7 @@ class Image:
 
     @property
     def is_label(self) -> bool:
+        """Integer voxels flagged as a label map (names in ``labels`` or ``metadata["is_label"]``)."""
         return np.issubdtype(self.array.dtype, np.integer) and bool(self.labels or self.metadata.get("is_label"))
 
     # ----- geometry --------------------------------------------------------------------------------
@@ -130,6 +131,7 @@ class Image:
         return diffs
 
     def same_grid(self, other: Image, atol: float = GRID_ATOL) -> bool:
+        """True when both images have the same size, spacing, origin and direction (within ``atol``)."""
         return not self.grid_differences(other, atol)
 
     def check_same_grid(self, other: Image, what: str = "label", atol: float = GRID_ATOL) -> None:

@@ -72,12 +72,17 @@ class MaskDelta:
     # ----- construction -----------------------------------------------------------------------------
     @classmethod
     def empty(cls, image_size) -> MaskDelta:
+        """A delta that changes nothing in a volume of ``image_size`` ``[i, j, k]``."""
         return cls((0, 0, 0), (0, 0, 0), np.zeros((0, 0, 0), np.uint8), tuple(image_size))
 
     @classmethod
     def from_full(cls, new: np.ndarray, old: np.ndarray | None = None, labels: dict[int, str] | None = None) -> MaskDelta:
         """The smallest delta that turns ``old`` into ``new`` (both ``[k, j, i]``); with no ``old``,
         the bounding box of ``new``."""
+        new = np.asarray(new)
+        if new.ndim != 3 or (old is not None and np.shape(old) != new.shape):
+            raise MaskDeltaError(f"from_full needs two [k, j, i] volumes of one shape, got {new.shape} and "
+                                 f"{None if old is None else np.shape(old)}")
         size = tuple(new.shape[::-1])
         changed = new != 0 if old is None else new != old
         box = bounding_box(changed)
@@ -89,6 +94,7 @@ class MaskDelta:
     # ----- use --------------------------------------------------------------------------------------
     @property
     def is_empty(self) -> bool:
+        """True when the box holds no voxels."""
         return self.mask.size == 0
 
     @property
@@ -120,6 +126,7 @@ class MaskDelta:
         return into
 
     def to_full(self, dtype=np.uint8) -> np.ndarray:
+        """The delta pasted into a zero volume of ``image_size`` (``[k, j, i]``)."""
         out = np.zeros(self.image_size[::-1], dtype=dtype)
         return self.paste(out)
 
@@ -140,6 +147,7 @@ class MaskDelta:
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> MaskDelta:
+        """Parse :meth:`encode`'s bytes; any corrupt, truncated or foreign input raises :class:`MaskDeltaError`."""
         buf = memoryview(data)
         if len(buf) < _HEADER.size:
             raise MaskDeltaError(f"mask delta too short ({len(buf)} bytes; the header alone is {_HEADER.size})")

@@ -23,6 +23,7 @@ LABEL_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.
 
 
 def extension(path: str | os.PathLike) -> str:
+    """The image extension of a path, lower case, double ones included (``.nii.gz``, ``.seg.nrrd``)."""
     name = str(path).lower()
     for ext in IMAGE_EXTENSIONS:
         if name.endswith(ext):

@@ -181,4 +181,6 @@ def test_invalid_construction_and_paste():
     assert delta.mask.dtype == np.uint8
     with pytest.raises(MaskDeltaError, match="made for a volume of size"):
         delta.paste(np.zeros((5, 5, 6), np.uint8))
+    with pytest.raises(MaskDeltaError, match="one shape"):
+        MaskDelta.from_full(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)))
     assert struct.calcsize("<4sBBBB3i3i3iII") == _HEADER.size == 52
