@@ -155,3 +155,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     if total == 0:
         return 1.0
     return 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def label_key(segment_name: str) -> str:
+    """Segment name -> model label name (the inverse of :func:`display_name`: ``kidney left`` -> ``kidney_left``)."""
+    return "_".join(segment_name.split())
