@@ -120,7 +120,6 @@ def _demo(args) -> int:
     t0 = time.perf_counter()
     image = read_image(args.image)
     seg = threshold_segment(image)
-    seg.metadata["is_label"] = True
     args.out.mkdir(parents=True, exist_ok=True)
     seg_path = write_image(seg, args.out / "body_bone.seg.nrrd")
     voxel_ml = float(np.prod(image.spacing)) / 1000.0
