@@ -1,0 +1,66 @@
+"""Publishing a fine-tuned model: the best checkpoint becomes a new version in the models registry.
+
+The new bundle is staged completely inside the job folder (configs and ``scripts/`` of the starting
+bundle, the best weights, metadata recording the job and its before/after Dice), then handed to the
+engine's registry, whose ``publish`` makes it visible atomically and keeps the older versions.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def base_name(bundle: Path, meta: dict[str, Any]) -> str:
+    """The model name of a bundle folder (``liver@v3`` -> ``liver``)."""
+    return bundle.name.split("@", 1)[0]
+
+
+def stage_bundle(bundle: Path, meta: dict[str, Any], state: dict[str, torch.Tensor], out: Path,
+                 record: dict[str, Any]) -> Path:
+    """Write a complete bundle to ``out``: the starting bundle's files, the new weights, updated metadata."""
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(bundle, out, ignore=shutil.ignore_patterns("*.pt", "*.ts", "__pycache__", "eval", ".*"))
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, out / "models" / "model.pt")
+    new = copy.deepcopy(meta)
+    section = new.setdefault("claraseg", {})
+    history = list(section.get("fine_tune_history", []))
+    if section.get("fine_tune"):
+        history.append(section["fine_tune"])
+    section["fine_tune"] = record
+    section["fine_tune_history"] = history
+    new.setdefault("changelog", {})[time.strftime("%Y-%m-%d %H:%M:%S")] = (
+        f"fine-tuned by claraseg job {record['job']}: validation Dice {record['baseline_dice']} -> {record['best_dice']}")
+    (out / "configs" / "metadata.json").write_text(json.dumps(new, indent=2) + "\n")
+    return out
+
+
+def publish_best(bundle: Path, meta: dict[str, Any], state: dict[str, torch.Tensor], spec, workdir: Path,
+                 baseline: float | None, best: dict[str, Any]) -> dict[str, Any]:
+    """Stage the new version and publish it through :class:`claraseg.models.registry.ModelRegistry`.
+
+    Returns the ``published`` event's fields: ``name`` (the new version's model name), ``path``,
+    ``registry``, ``baseline_dice``, ``best_dice``.
+    """
+    from claraseg.models.registry import ModelRegistry
+
+    name = spec.name or base_name(bundle, meta)
+    registry_root = Path(spec.registry) if spec.registry else bundle.parent
+    prepared = json.loads((workdir / "data" / "prepared.json").read_text())
+    record = {"job": workdir.name, "workdir": str(workdir), "parent": str(bundle),
+              "parent_version": meta.get("version"), "baseline_dice": baseline, "best_dice": best["dice"],
+              "best_iteration": best["iteration"], "train_cases": [c["source_label"] for c in prepared["train"]],
+              "val_cases": [c["source_label"] for c in prepared["val"]], "overrides": spec.overrides,
+              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    staged = stage_bundle(bundle, meta, state, workdir / "publish" / name, record)
+    published = ModelRegistry(registry_root).publish(staged, name)
+    return {"name": str(getattr(published, "name", published)), "path": str(getattr(published, "path", "")),
+            "registry": str(registry_root), "baseline_dice": baseline, "best_dice": best["dice"]}

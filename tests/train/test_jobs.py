@@ -1,0 +1,116 @@
+"""Real tiny fine-tune jobs in their own processes: events, TensorBoard, curves, cancel, kill -9 + resume,
+determinism, interactive kinds, DDP."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from claraseg.train.events import EVENT_TYPES, STATES
+from claraseg.train.job import FineTuneJob, JobManager
+
+from .conftest import FAST, run_job, tiny_bundle, wait_for_event
+
+
+def check_events(events: list[dict]) -> None:
+    """Every event is well-formed: a known type, a time, the fields its type promises."""
+    assert events and events[0] == {**events[0], "event": "state", "state": "preparing"}
+    required = {"iteration": {"iteration", "max_iterations", "epoch", "loss", "lr", "its_per_s", "eta_s"},
+                "validation": {"iteration", "dice", "per_label", "baseline"}, "checkpoint": {"path", "iteration"},
+                "state": {"state"}, "error": {"type", "code", "message"}, "epoch": {"epoch", "loss", "time_s"}}
+    for e in events:
+        assert e["event"] in EVENT_TYPES and isinstance(e["t"], float) and e["time"].endswith("+00:00")
+        assert required.get(e["event"], set()) <= set(e), e
+        if e["event"] == "state":
+            assert e["state"] in STATES
+
+
+def losses(events: list[dict]) -> dict[int, float]:
+    return {e["iteration"]: e["loss"] for e in events if e["event"] == "iteration"}
+
+
+def test_segmentation_job(tmp_path, seg_bundle, seg_data):
+    overrides = {**FAST, "training#max_iterations": 10, "training#dataset": "smart", "training#cache_rate": 0.5,
+                 "training#replace_rate": 0.5, "optimizer#lr": 0.01}
+    job, status = run_job(seg_bundle, seg_data, overrides, tmp_path / "job")
+    assert status["state"] == "completed", status
+    events = job.events()
+    check_events(events)
+    curve = losses(events)
+    assert sorted(curve) == list(range(1, 11))
+    assert np.mean([curve[i] for i in (8, 9, 10)]) < np.mean([curve[i] for i in (1, 2, 3)])
+    vals = [e for e in events if e["event"] == "validation"]
+    assert vals[0]["baseline"] and vals[0]["iteration"] == 0 and vals[-1]["iteration"] == 10
+    assert set(vals[0]["per_label"]) <= {"liver", "spleen", "kidney_right", "kidney_left", "stomach"}
+    assert status["baseline_dice"] == vals[0]["dice"] and status["best_dice"] == max(v["dice"] for v in vals[1:])
+    assert list((tmp_path / "job" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "job" / "curves.png").stat().st_size > 5000
+    assert JobManager(tmp_path).list()[0].id == "job"
+
+
+def test_cancel(tmp_path, seg_bundle, seg_data):
+    job = FineTuneJob(seg_bundle, seg_data, {**FAST, "training#max_iterations": 100000}, tmp_path / "job",
+                      threads=1, device="cpu").start()
+    wait_for_event(job, lambda e: e["event"] == "iteration" and e["iteration"] >= 2)
+    status = job.cancel(timeout=60)
+    assert status["state"] == "cancelled" and not status["running"]
+    assert status["returncode"] == 3
+    assert status["published"] is None and sorted(p.name for p in seg_bundle.parent.iterdir()) == ["segmentation"]
+
+
+def test_kill9_resume_and_determinism(tmp_path, seg_bundle, seg_data):
+    overrides = {**FAST, "training#max_iterations": 24, "training#checkpoint_interval": 5, "training#val_interval": 100,
+                 "training#deterministic": True, "training#publish": False}
+    ref_job, ref = run_job(seg_bundle, seg_data, overrides, tmp_path / "ref")
+    assert ref["state"] == "completed"
+    reference = losses(ref_job.events())
+
+    job = FineTuneJob(seg_bundle, seg_data, overrides, tmp_path / "killed", threads=1, device="cpu").start()
+    wait_for_event(job, lambda e: e["event"] == "iteration" and e["iteration"] >= 12)
+    os.kill(job.pid(), signal.SIGKILL)
+    job.wait(30)
+    assert job.status()["state"] == "interrupted"
+    before = job.events()
+    last_ckpt = max(e["iteration"] for e in before if e["event"] == "checkpoint")
+    done = max(e["iteration"] for e in before if e["event"] == "iteration")
+    assert last_ckpt == 10 and done - last_ckpt <= 5
+    status = job.resume().wait(120)
+    assert status["state"] == "completed" and status["iteration"] == 24
+    after = job.events()[len(before):]
+    resumed = [e for e in after if e["event"] == "info" and e["message"] == "resumed from checkpoint"]
+    assert resumed and resumed[0]["iteration"] == last_ckpt
+    its = [e["iteration"] for e in after if e["event"] == "iteration"]
+    assert its == list(range(last_ckpt + 1, 25))  # nothing lost, nothing repeated beyond the checkpoint
+    # Deterministic mode: the interrupted run and the resumed one reproduce the reference curve exactly.
+    first = losses(before)
+    assert all(first[i] == reference[i] for i in first)
+    assert all(losses(after)[i] == pytest.approx(reference[i], rel=1e-6) for i in its)
+
+
+def test_interactive_job(tmp_path, interactive_data):
+    bundle = tiny_bundle(tmp_path / "models", "deepgrow3d")
+    overrides = {**FAST, "training#max_iterations": 6, "training#val_interval": 3, "training#publish": False,
+                 "validation_samples": 2}
+    job, status = run_job(bundle, interactive_data, overrides, tmp_path / "job", structures=["liver", "spleen", "stomach"])
+    assert status["state"] == "completed", status
+    events = job.events()
+    check_events(events)
+    data = [e for e in events if e.get("message") == "data prepared"][0]
+    assert data["train_cases"] == 2 and data["val_cases"] == 1
+    vals = [e for e in events if e["event"] == "validation"]
+    assert len(vals) == 3 and all(0.0 <= v["dice"] <= 1.0 for v in vals)
+    assert sorted(losses(events)) == list(range(1, 7))
+
+
+def test_ddp_two_gloo_processes(tmp_path, seg_bundle, seg_data):
+    overrides = {**FAST, "training#max_iterations": 4, "training#checkpoint_interval": 2, "training#publish": False,
+                 "training#grad_accumulation": 1}
+    job, status = run_job(seg_bundle, seg_data, overrides, tmp_path / "job", nproc=2, timeout=180)
+    assert status["state"] == "completed", (status, (tmp_path / "job" / "worker.log").read_text()[-3000:])
+    events = job.events()
+    check_events(events)
+    assert events[0]["world_size"] == 2
+    assert [e["iteration"] for e in events if e["event"] == "iteration"] == [1, 2, 3, 4]  # rank 0 writes alone
