@@ -47,6 +47,8 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, help="write the figures as JSON here")
     p.add_argument("--quick", action="store_true", help="smaller volumes and load (a smoke run)")
     p.add_argument("--models", type=Path, help="model bundles (default: the built-in default models)")
+    p.add_argument("--backend", metavar="MODULE:CALLABLE", help="benchmark another Backend (as for serve)")
+    p.add_argument("--device", default="cpu")
     p.set_defaults(func=_bench)
 
 
@@ -118,4 +120,4 @@ def _serve(args) -> int:
 def _bench(args) -> int:
     from .bench import main
 
-    return main(out=args.out, quick=args.quick, models=args.models)
+    return main(out=args.out, quick=args.quick, models=args.models, backend=args.backend, device=args.device)
