@@ -167,7 +167,7 @@ class TaskQueue:
         cb: Callable[..., Any] | None
         try:
             if kind == "progress":
-                if task.on_progress and task.state == "running":
+                if task.on_progress and task.state != "cancelled":
                     task.on_progress(*payload)
                 return
             if kind == "done":

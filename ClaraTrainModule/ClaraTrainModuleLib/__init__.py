@@ -4,3 +4,15 @@
 curves, time left), ``automl`` (the AutoML tab's process and report files). ``export`` is the one module
 that needs Slicer: it writes the scene's volumes and segmentations as training pairs.
 """
+
+import importlib.util
+import os
+import sys
+
+# Run from a source checkout (module folders added in Application Settings > Modules, or
+# --additional-module-paths): claraseg sits beside the module folders; a built extension has it in
+# qt-scripted-modules, already on sys.path.
+if importlib.util.find_spec("claraseg") is None:
+    _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if os.path.isdir(os.path.join(_root, "claraseg")):
+        sys.path.insert(0, _root)

@@ -1,0 +1,64 @@
+"""Model labels -> named, coloured segments; per-label deltas; object masks kept as tight boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+from ClaraAnnotateLib import segments as s
+
+from claraseg.io import MaskDelta
+
+
+def test_segments_for_labels_names_and_colours():
+    specs = s.segments_for_labels({0: "background", 3: "kidney_left", 1: "spleen", 7: "mystery_organ"})
+    assert [x.label_value for x in specs] == [1, 3, 7]
+    assert [x.name for x in specs] == ["spleen", "kidney left", "mystery organ"]
+    assert specs[0].color == s.KNOWN_COLORS["spleen"]
+    assert specs[1].color == s.KNOWN_COLORS["kidney"]  # side suffix ignored
+    assert specs[2].color not in s.KNOWN_COLORS.values()
+    assert all(0 <= c <= 1 for x in specs for c in x.color)
+    assert len({s.palette_color(i) for i in range(20)}) == 20
+    assert s.label_key(s.display_name("kidney_left")) == "kidney_left"
+
+
+def test_split_labels_gives_one_binary_delta_per_label_over_the_whole_box():
+    mask = np.zeros((4, 5, 6), np.uint8)
+    mask[1, 1:3, 2:4] = 1
+    mask[3, 4, 5] = 2
+    d = MaskDelta((1, 2, 3), (7, 7, 7), mask, (10, 10, 10), {1: "spleen", 2: "liver", 5: "absent"})
+    parts = s.split_labels(d)
+    assert sorted(parts) == [1, 2, 5]
+    assert parts[1].labels == {1: "spleen"} and parts[5].labels == {1: "absent"}
+    for v, p in parts.items():
+        assert p.start == d.start and p.stop == d.stop
+        np.testing.assert_array_equal(p.mask, (mask == v).astype(np.uint8))
+
+
+def test_object_mask_matches_pasting_every_delta_into_a_full_volume():
+    rng = np.random.default_rng(5)
+    size = (17, 13, 11)
+    full = np.zeros(size[::-1], np.uint8)
+    obj = s.ObjectMask(size)
+    for _ in range(25):
+        start = rng.integers(0, size)
+        stop = np.minimum(size, start + rng.integers(0, 7, 3))
+        shape = tuple((stop - start)[::-1])
+        d = MaskDelta(tuple(start), tuple(stop), (rng.random(shape) < 0.4).astype(np.uint8), size)
+        d.paste(full)
+        obj.apply(d)
+        np.testing.assert_array_equal(obj.delta.to_full(), full)
+        assert obj.voxels == int(full.sum())
+    # The box stays tight: it is the bounding box of what is set.
+    nz = np.argwhere(full)
+    if len(nz):
+        assert obj.delta.start == tuple(nz.min(axis=0)[::-1]) and obj.delta.stop == tuple(nz.max(axis=0)[::-1] + 1)
+    obj.apply(MaskDelta((0, 0, 0), size, np.zeros(size[::-1], np.uint8), size))
+    assert obj.delta.is_empty
+
+
+def test_dice():
+    a = np.zeros((4, 4, 4), bool)
+    b = np.zeros((4, 4, 4), bool)
+    assert s.dice(a, b) == 1.0
+    a[0, :2] = True
+    b[0, 1:3] = True
+    assert s.dice(a, b) == 0.5
