@@ -248,7 +248,9 @@ def _find(node: Any, needle: str, path: str) -> list[str]:
 def parsed(parser, key: str) -> Any:
     """Instantiate one config element, raising :class:`ConfigError` that names the element on failure."""
     if key not in parser:
-        raise ConfigError(f"the training config has no element {key!r}; a fine-tune job needs it")
+        hint = (" (the default pipelines need claraseg.intensity in metadata.json, or a ScaleIntensityRanged in "
+                "inference.json's preprocessing)") if key.endswith("#preprocessing") else ""
+        raise ConfigError(f"the training config has no element {key!r}; a fine-tune job needs it{hint}")
     return _parsed(parser, key)
 
 

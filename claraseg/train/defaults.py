@@ -13,7 +13,7 @@ from typing import Any
 from claraseg.errors import ConfigError
 
 
-def _intensity(meta: dict[str, Any], inference: dict[str, Any]) -> dict[str, Any]:
+def _intensity(meta: dict[str, Any], inference: dict[str, Any]) -> dict[str, Any] | None:
     """The intensity transform: the ``claraseg.intensity`` spec (as the engine normalises), else the
     ``ScaleIntensityRanged`` of the bundle's inference preprocessing (model-zoo bundles)."""
     if (meta.get("claraseg") or {}).get("intensity"):
@@ -23,8 +23,7 @@ def _intensity(meta: dict[str, Any], inference: dict[str, Any]) -> dict[str, Any
     for step in steps:
         if isinstance(step, dict) and str(step.get("_target_", "")).endswith("ScaleIntensityRanged"):
             return {**{k: v for k, v in step.items() if not str(v).startswith("@")}, "keys": "image"}
-    raise ConfigError("the bundle states no intensity normalisation (claraseg.intensity in metadata.json, or a "
-                      "ScaleIntensityRanged in inference.json's preprocessing); add one, or give train#preprocessing")
+    return None
 
 
 def _load(meta: dict[str, Any], inference: dict[str, Any]) -> list[dict[str, Any]]:
@@ -45,12 +44,18 @@ def _load(meta: dict[str, Any], inference: dict[str, Any]) -> list[dict[str, Any
 
 def segmentation_config(meta: dict[str, Any], inference: dict[str, Any]) -> dict[str, Any]:
     """Supervised training as the bundle infers: RAS, the bundle's spacing and intensity window, then
-    ``crops_per_image`` positive/negative crops of ``roi_size`` per image (batch-by-transform)."""
-    load = _load(meta, inference)
-    return {
+    ``crops_per_image`` positive/negative crops of ``roi_size`` per image (batch-by-transform).
+    Without a known intensity normalisation the bundle's train.json must give both pipelines."""
+    base: dict[str, Any] = {
         "loss": {"_target_": "DiceCELoss", "to_onehot_y": True, "softmax": True},
         "optimizer": {"_target_": "torch.optim.Adam", "params": "$@network_def.parameters()", "lr": 1e-4},
         "crops_per_image": 2,
+    }
+    if _intensity(meta, inference) is None:
+        return base
+    load = _load(meta, inference)
+    return {
+        **base,
         "roi_size": "$@_meta_#claraseg#roi_size",
         "train": {"preprocessing": {"_target_": "Compose", "transforms": load + [
             {"_target_": "RandCropByPosNegLabeld", "keys": ["image", "label"], "label_key": "label",
