@@ -22,6 +22,14 @@ def base_name(bundle: Path, meta: dict[str, Any]) -> str:
     return bundle.name.split("@", 1)[0]
 
 
+def bump_patch(version: str) -> str:
+    """``"0.1.0"`` -> ``"0.1.1"`` (a version that is not x.y.z gets ``.1`` appended)."""
+    parts = version.split(".")
+    if len(parts) == 3 and parts[2].isdigit():
+        return f"{parts[0]}.{parts[1]}.{int(parts[2]) + 1}"
+    return version + ".1"
+
+
 def stage_bundle(bundle: Path, meta: dict[str, Any], state: dict[str, torch.Tensor], out: Path,
                  record: dict[str, Any]) -> Path:
     """Write a complete bundle to ``out``: the starting bundle's files, the new weights, updated metadata."""
@@ -37,7 +45,8 @@ def stage_bundle(bundle: Path, meta: dict[str, Any], state: dict[str, torch.Tens
         history.append(section["fine_tune"])
     section["fine_tune"] = record
     section["fine_tune_history"] = history
-    new.setdefault("changelog", {})[time.strftime("%Y-%m-%d %H:%M:%S")] = (
+    new["version"] = bump_patch(str(meta.get("version", "0.0.0")))
+    new.setdefault("changelog", {})[new["version"]] = (
         f"fine-tuned by claraseg job {record['job']}: validation Dice {record['baseline_dice']} -> {record['best_dice']}")
     (out / "configs" / "metadata.json").write_text(json.dumps(new, indent=2) + "\n")
     return out
@@ -47,8 +56,8 @@ def publish_best(bundle: Path, meta: dict[str, Any], state: dict[str, torch.Tens
                  baseline: float | None, best: dict[str, Any]) -> dict[str, Any]:
     """Stage the new version and publish it through :class:`claraseg.models.registry.ModelRegistry`.
 
-    Returns the ``published`` event's fields: ``name`` (the new version's model name), ``path``,
-    ``registry``, ``baseline_dice``, ``best_dice``.
+    Returns the ``published`` event's fields: ``name`` (``<model>@vN``, selectable in every backend once
+    its registry has reloaded), ``path``, ``registry``, ``baseline_dice``, ``best_dice``.
     """
     from claraseg.models.registry import ModelRegistry
 
@@ -61,6 +70,7 @@ def publish_best(bundle: Path, meta: dict[str, Any], state: dict[str, torch.Tens
               "val_cases": [c["source_label"] for c in prepared["val"]], "overrides": spec.overrides,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     staged = stage_bundle(bundle, meta, state, workdir / "publish" / name, record)
-    published = ModelRegistry(registry_root).publish(staged, name)
-    return {"name": str(getattr(published, "name", published)), "path": str(getattr(published, "path", "")),
-            "registry": str(registry_root), "baseline_dice": baseline, "best_dice": best["dice"]}
+    registry = ModelRegistry(registry_root)
+    version = registry.publish(name, staged)
+    return {"name": version, "path": str(registry.get(version).path), "registry": str(registry_root),
+            "baseline_dice": baseline, "best_dice": best["dice"]}

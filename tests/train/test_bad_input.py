@@ -124,4 +124,6 @@ def test_bad_job_fails_before_training_and_publishes_nothing(tmp_path, seg_bundl
     kinds = [e["event"] for e in job.events()]
     assert "iteration" not in kinds and "published" not in kinds
     assert not (tmp_path / "job" / "checkpoints").exists()
-    assert sorted(p.name for p in seg_bundle.parent.iterdir()) == ["segmentation"]
+    from claraseg.models.registry import ModelRegistry
+
+    assert ModelRegistry(seg_bundle.parent).versions("segmentation") == [1]

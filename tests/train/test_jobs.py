@@ -33,10 +33,26 @@ def losses(events: list[dict]) -> dict[int, float]:
 
 
 def test_segmentation_job(tmp_path, seg_bundle, seg_data):
+    # A bring-your-own loss from the bundle's scripts/ (claraseg is not touched).
+    (seg_bundle / "scripts").mkdir()
+    (seg_bundle / "scripts" / "__init__.py").write_text("")
+    (seg_bundle / "scripts" / "loss.py").write_text(
+        "from monai.losses import DiceCELoss\n\n\nclass WeightedDiceCE(DiceCELoss):\n"
+        "    def __init__(self):\n        super().__init__(to_onehot_y=True, softmax=True, lambda_ce=0.5)\n")
     overrides = {**FAST, "training#max_iterations": 10, "training#dataset": "smart", "training#cache_rate": 0.5,
-                 "training#replace_rate": 0.5, "optimizer#lr": 0.01}
+                 "training#replace_rate": 0.5, "optimizer#lr": 0.01, "loss": {"_target_": "scripts.loss.WeightedDiceCE"}}
     job, status = run_job(seg_bundle, seg_data, overrides, tmp_path / "job")
     assert status["state"] == "completed", status
+    # Published as version 2 beside version 1; the engine's registry serves both.
+    from claraseg.models.registry import ModelRegistry
+
+    registry = ModelRegistry(seg_bundle.parent)
+    assert status["published"] == "segmentation@v2" and registry.versions("segmentation") == [1, 2]
+    meta = registry.get("segmentation@v2").metadata
+    assert meta["claraseg"]["fine_tune"]["best_dice"] == status["best_dice"]
+    assert meta["claraseg"]["fine_tune"]["baseline_dice"] == status["baseline_dice"]
+    assert registry.network("segmentation@v2") is not None and (seg_bundle.parent / "segmentation@v2" / "scripts").is_dir()
+    assert registry.descriptor("segmentation").version == "0.1.1"
     events = job.events()
     check_events(events)
     curve = losses(events)
@@ -59,6 +75,7 @@ def test_cancel(tmp_path, seg_bundle, seg_data):
     assert status["state"] == "cancelled" and not status["running"]
     assert status["returncode"] == 3
     assert status["published"] is None and sorted(p.name for p in seg_bundle.parent.iterdir()) == ["segmentation"]
+    assert not any(e["event"] == "published" for e in job.events())
 
 
 def test_kill9_resume_and_determinism(tmp_path, seg_bundle, seg_data):
@@ -92,8 +109,7 @@ def test_kill9_resume_and_determinism(tmp_path, seg_bundle, seg_data):
 
 def test_interactive_job(tmp_path, interactive_data):
     bundle = tiny_bundle(tmp_path / "models", "deepgrow3d")
-    overrides = {**FAST, "training#max_iterations": 6, "training#val_interval": 3, "training#publish": False,
-                 "validation_samples": 2}
+    overrides = {**FAST, "training#max_iterations": 6, "training#val_interval": 3, "validation_samples": 2}
     job, status = run_job(bundle, interactive_data, overrides, tmp_path / "job", structures=["liver", "spleen", "stomach"])
     assert status["state"] == "completed", status
     events = job.events()
@@ -103,6 +119,10 @@ def test_interactive_job(tmp_path, interactive_data):
     vals = [e for e in events if e["event"] == "validation"]
     assert len(vals) == 3 and all(0.0 <= v["dice"] <= 1.0 for v in vals)
     assert sorted(losses(events)) == list(range(1, 7))
+    from claraseg.models.registry import ModelRegistry
+
+    assert status["published"] == "deepgrow3d@v2"
+    assert ModelRegistry(bundle.parent).descriptor("deepgrow3d").extra["versions"] == ["deepgrow3d@v1", "deepgrow3d@v2"]
 
 
 def test_ddp_two_gloo_processes(tmp_path, seg_bundle, seg_data):
