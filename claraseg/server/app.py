@@ -49,6 +49,8 @@ def create_app(backend: Backend, settings: ServerSettings | None = None, *, jobs
     store = Datastore(settings.datastore) if settings.datastore else None
     if store is not None and store.is_new and settings.sample_data:
         store.preload_sample(settings.sample_data)
+    if jobs_runner is None:
+        jobs_runner = _train_jobs(settings.models_dir or getattr(backend, "models_dir", None), store)
     ctx = ServerContext(
         backend=backend, settings=settings, datastore=store, jobs=jobs_runner,
         pool=WorkPool(settings.workers, settings.max_queue, settings.serialize_device),
@@ -83,6 +85,19 @@ def create_app(backend: Backend, settings: ServerSettings | None = None, *, jobs
                        max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+def _train_jobs(models_dir, store: Datastore | None):
+    """The fine-tuning job runner, when there are bundles, a datastore and the training part."""
+    if not models_dir or store is None or not Path(models_dir).is_dir():
+        return None
+    try:
+        from .jobs import TrainJobs
+
+        return TrainJobs(models_dir, store, store.root / "jobs")
+    except ImportError as e:
+        log.warning("fine-tuning jobs disabled: %s", e)
+        return None
 
 
 async def _expire_loop(ctx: ServerContext) -> None:

@@ -72,7 +72,7 @@ def load_backend(spec: str | None, models: Path | None, device: str):
 
 def settings_from_args(args) -> ServerSettings:
     return ServerSettings(
-        host=args.host, port=args.port, token=args.token or None, datastore=args.datastore,
+        host=args.host, port=args.port, token=args.token or None, datastore=args.datastore, models_dir=args.models,
         sample_data=args.sample_data, workers=args.workers, max_queue=args.max_queue,
         serialize_device=str(args.device).startswith("cuda"), device=args.device,
         idle_timeout=args.session_timeout, max_sessions=args.max_sessions,

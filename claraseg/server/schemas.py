@@ -50,8 +50,12 @@ class ErrorAnswer(BaseModel):
 
 class JobStart(BaseModel):
     model_config = ConfigDict(extra="allow")
-    name: Optional[str] = Field(None, description="job name (default: generated)")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="bundle config overrides")
+    name: Optional[str] = Field(None, description="name of the published model (default: the bundle's)")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="bundle config overrides, e.g. {'optimizer#lr': 1e-4}")
+    images: Optional[list[str]] = Field(None, description="datastore image ids (default: every image with a label)")
+    tag: Optional[str] = Field(None, description="label tag to train on (default: final)")
+    device: Optional[str] = Field(None, description="auto, cpu, cuda or cuda:N")
+    resume: Optional[str] = Field(None, description="id of a stopped job to continue instead of starting one")
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

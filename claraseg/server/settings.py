@@ -19,6 +19,7 @@ class ServerSettings:
         host: interface to bind; anything but loopback requires ``token``.
         token: bearer token every API request must carry (None: no auth, loopback only).
         datastore: folder of the on-disk datastore (None: no datastore routes).
+        models_dir: folder of model bundles; with a datastore it enables fine-tuning jobs (/train/).
         workers: worker threads for blocking work (CPU inference, decoding uploads).
         max_queue: requests allowed to wait for a worker before the server answers 503.
         serialize_device: run inference one request at a time (a GPU).
@@ -34,6 +35,7 @@ class ServerSettings:
     port: int = 8000
     token: str | None = None
     datastore: Path | None = None
+    models_dir: Path | None = None
     sample_data: Path | None = None
     workers: int = 2
     max_queue: int = 16

@@ -6,7 +6,9 @@ import gzip
 import os
 import tempfile
 import zlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
@@ -124,23 +126,27 @@ async def form_file(request: Request, names: tuple[str, ...]) -> tuple[UploadFil
     return file, fields
 
 
-async def image_from_request(request: Request, limit: int, *, file_fields: tuple[str, ...] = ("files", "file"),
-                             label: bool = False) -> tuple[Image, dict]:
-    """Read an image from any accepted body form; returns the image and the form's text fields."""
+async def image_from_request(request: Request, limit: int, run: Callable[..., Awaitable[Any]], *,
+                             file_fields: tuple[str, ...] = ("files", "file"), label: bool = False) -> tuple[Image, dict]:
+    """Read an image from any accepted body form; returns the image and the form's text fields.
+
+    ``run(fn, *args)`` executes the blocking parsing off the event loop (the server's work pool).
+    """
     mt = media_type(request)
     if mt == VOLUME_MEDIA_TYPE:
-        return decode_volume(await read_body(request, limit)), {}
+        return await run(decode_volume, await read_body(request, limit)), {}
     if mt == "multipart/form-data":
         file, fields = await form_file(request, file_fields)
         data = await file.read()
         if len(data) > limit:
             raise RequestTooLargeError(f"the file exceeds the limit of {limit / 2**20:.0f} MiB")
-        return image_from_file_bytes(data, file.filename or "", limit, label=label), fields
+        return await run(image_from_file_bytes, data, file.filename or "", limit, label=label), fields
     if mt in FILE_MEDIA_TYPES:
         name = request.query_params.get("filename")
         if not name:
             raise UnsupportedMediaTypeError("a plain file upload needs ?filename=NAME.nii.gz to tell its format")
-        return image_from_file_bytes(await read_body(request, limit), name, limit, label=label), {}
+        check_filename(name)
+        return await run(image_from_file_bytes, await read_body(request, limit), name, limit, label=label), {}
     raise UnsupportedMediaTypeError(
         f"content type {mt or 'none'!r} is not accepted here; send multipart/form-data with a file, "
         f"{VOLUME_MEDIA_TYPE}, or application/octet-stream with ?filename="

@@ -206,3 +206,29 @@ def test_cancel_interrupts_a_call_in_flight(served, remote):
     assert time.perf_counter() - t0 < 3.0
     assert requests.get(served.url + "/info/", headers=_h(served), timeout=10).status_code == 200
     assert remote.models()  # the backend still works after a cancel
+
+
+def test_job_routes(served, remote, phantom):
+    h = _h(served)
+    available = remote.info()["jobs"]["train"]
+    r = requests.get(served.url + "/automl/", headers=h, timeout=10)
+    assert r.status_code == 501 and "automl" in r.json()["detail"]
+    if not available:
+        r = requests.post(served.url + "/train/deepgrow3d", json={}, headers=h, timeout=10)
+        assert r.status_code == 501 and r.json()["code"] == "not_available"
+        return
+    r = requests.post(served.url + "/train/no-such-model", json={}, headers=h, timeout=10)
+    assert r.status_code == 404
+    r = requests.post(served.url + "/train/deepgrow3d", json={"images": ["ghost"]}, headers=h, timeout=10)
+    assert r.status_code == 404
+    image, label = phantom
+    remote.upload_image(image, "train-case")
+    remote.save_label("train-case", label)
+    r = requests.post(served.url + "/train/deepgrow3d", headers=h, timeout=60,
+                      json={"images": ["train-case"], "overrides": {"training#max_iterations": 1}, "device": "cpu"})
+    assert r.status_code == 200, r.text
+    job = r.json()["job_id"]
+    assert requests.get(f"{served.url}/train/{job}", headers=h, timeout=10).json()["id"] == job
+    assert "events" in requests.get(f"{served.url}/train/{job}/events", headers=h, timeout=10).json()
+    assert requests.delete(f"{served.url}/train/{job}", headers=h, timeout=120).status_code == 200
+    assert any(j["id"] == job for j in requests.get(served.url + "/train/", headers=h, timeout=10).json()["jobs"])

@@ -51,7 +51,7 @@ async def add_image(request: Request, image: Optional[str] = Query(None, descrip
     store = _store(ctx)
     if image is not None:
         check_id(image, "image id")
-    img, fields = await image_from_request(request, ctx.settings.max_upload_bytes, file_fields=("file", "files"))
+    img, fields = await image_from_request(request, ctx.settings.max_upload_bytes, ctx.pool.run, file_fields=("file", "files"))
     params = _params(fields)
     image_id = image or _id_from_name(img.metadata.get("source", ""))
     record = await ctx.pool.run(store.add_image, image_id, img, author=str(params.get("client_id", params.get("author", ""))),
@@ -88,7 +88,7 @@ async def save_label(request: Request, image: str, tag: str = DEFAULT_TAG,
     check_id(image, "image id")
     check_id(tag, "label tag")
     store.image_info(image)
-    label, fields = await image_from_request(request, ctx.settings.max_upload_bytes, file_fields=("label", "file"),
+    label, fields = await image_from_request(request, ctx.settings.max_upload_bytes, ctx.pool.run, file_fields=("label", "file"),
                                              label=True)
     params = _params(fields)
     names = params.get("label_names") or {}

@@ -45,7 +45,8 @@ async def _params_and_upload(request: Request, ctx: ServerContext) -> tuple[dict
         upload = None
         if form.get("file") is not None and not isinstance(form.get("file"), str):
             file, _ = await form_file(request, ("file",))
-            upload = image_from_file_bytes(await file.read(), file.filename or "", ctx.settings.max_upload_bytes)
+            upload = await ctx.pool.run(image_from_file_bytes, await file.read(), file.filename or "",
+                                        ctx.settings.max_upload_bytes)
     elif mt in ("application/x-www-form-urlencoded",):
         raw = (await request.form()).get("params", "{}")
         upload = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import Any
 
@@ -38,7 +39,7 @@ def devices(ctx: ServerContext) -> list[dict[str, Any]]:
     return out
 
 
-def info_dict(ctx: ServerContext) -> dict[str, Any]:
+def info_dict(ctx: ServerContext, datastore_status: dict[str, Any]) -> dict[str, Any]:
     models = {name: model_info(d) for name, d in ctx.descriptors.items()}
     labels: list[str] = []
     for m in models.values():
@@ -54,15 +55,18 @@ def info_dict(ctx: ServerContext) -> dict[str, Any]:
         "strategies": {},
         "scoring": {},
         "train_stats": {},
-        "datastore": ctx.datastore.status() if ctx.datastore else {},
+        "datastore": datastore_status,
         "devices": devices(ctx),
         "sessions": {"open": len(ctx.sessions), "max": ctx.sessions.max_sessions,
                      "idle_timeout": ctx.sessions.idle_timeout},
         "queue": {"workers": ctx.pool.workers, "max_queue": ctx.pool.max_queue, "pending": ctx.pool.pending},
+        "jobs": {"train": ctx.jobs is not None, "automl": False},
         "limits": {"max_upload_bytes": ctx.settings.max_upload_bytes, "max_body_bytes": ctx.settings.max_body_bytes},
     }
 
 
 @router.get("/", summary="Server and API version, models, devices, datastore summary")
 async def app_info(ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
-    return info_dict(ctx)
+    # A thread of its own (not the inference pool), so /info answers while every worker is busy.
+    status = await asyncio.to_thread(ctx.datastore.status) if ctx.datastore else {}
+    return info_dict(ctx, status)

@@ -4,12 +4,14 @@ The routes are fixed now (MONAI Label's where they exist) so clients can be writ
 ``POST /train/{model}`` starts a job and answers its id; ``GET /train/`` lists jobs (MONAI Label's
 status); ``GET /train/{job_id}`` one job's state; ``GET /train/{job_id}/events?since=N`` its event
 lines; ``DELETE /train/{job_id}`` stops it, ``DELETE /train/`` stops all (MONAI Label). ``/automl/``
-has the same shape with a study instead of a model. Until a job runner is attached to the server
-(``ServerContext.jobs``) every route answers 501 with a message.
+has the same shape with a study instead of a model (501: studies run with ``claraseg automl``). Without
+a job runner (``ServerContext.jobs``; ``claraseg serve`` attaches one when it has a models folder and a
+datastore) every route answers 501 with a message.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
@@ -37,31 +39,40 @@ def _router(kind: str, prefix: str, target: str) -> APIRouter:
 
     @r.get("/", summary=f"List {kind} jobs and their states")
     async def list_jobs(ctx: ServerContext = Depends(get_ctx)) -> dict:
-        return {"jobs": _jobs(ctx, kind).list(kind)}
+        return {"jobs": await asyncio.to_thread(_jobs(ctx, kind).list, kind)}
 
     @r.post("/{name}", summary=f"Start a {kind} job on a {target}")
     async def start(name: str, req: JobStart, ctx: ServerContext = Depends(get_ctx)) -> dict:
         check_id(name, target)
-        return _jobs(ctx, kind).start(kind, name, req.model_dump())
+        return await asyncio.to_thread(_jobs(ctx, kind).start, kind, name, req.model_dump())
 
     @r.get("/{job_id}", summary=f"A {kind} job's state")
     async def status(job_id: str, ctx: ServerContext = Depends(get_ctx)) -> dict:
         check_id(job_id, "job id")
-        return _jobs(ctx, kind).status(job_id)
+        jobs = _jobs(ctx, kind)
+        jobs._only_train(kind)
+        st = await asyncio.to_thread(jobs.status, job_id)
+        if st.get("published") and st["published"] not in ctx.descriptors:
+            await asyncio.to_thread(ctx.refresh_models)  # a fine-tuned version was published
+        return st
 
     @r.get("/{job_id}/events", summary=f"A {kind} job's events (JSON lines) from index `since`")
     async def events(job_id: str, since: int = Query(0, ge=0), ctx: ServerContext = Depends(get_ctx)) -> dict:
         check_id(job_id, "job id")
-        return {"events": _jobs(ctx, kind).events(job_id, since)}
+        jobs = _jobs(ctx, kind)
+        jobs._only_train(kind)
+        return {"events": await asyncio.to_thread(jobs.events, job_id, since)}
 
     @r.delete("/{job_id}", summary=f"Stop a {kind} job")
     async def stop(job_id: str, ctx: ServerContext = Depends(get_ctx)) -> dict:
         check_id(job_id, "job id")
-        return _jobs(ctx, kind).stop(job_id)
+        jobs = _jobs(ctx, kind)
+        jobs._only_train(kind)
+        return await asyncio.to_thread(jobs.stop, job_id)
 
     @r.delete("/", summary=f"Stop every running {kind} job")
     async def stop_all(ctx: ServerContext = Depends(get_ctx)) -> dict:
-        return {"stopped": _jobs(ctx, kind).stop_all(kind)}
+        return {"stopped": await asyncio.to_thread(_jobs(ctx, kind).stop_all, kind)}
     return r
 
 

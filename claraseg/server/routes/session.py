@@ -59,7 +59,7 @@ async def create_session(request: Request, expiry: int = Query(0, ge=0, le=7 * 8
         img = await ctx.pool.run(ctx.datastore.read_image, image)
         source = f"datastore:{image}"
     else:
-        img, _ = await image_from_request(request, ctx.settings.max_upload_bytes)
+        img, _ = await image_from_request(request, ctx.settings.max_upload_bytes, ctx.pool.run)
         source = "upload"
     entry = await ctx.pool.run(open_backend_session, ctx, img, expiry or None, source)
     del img
