@@ -50,7 +50,8 @@ def create_app(backend: Backend, settings: ServerSettings | None = None, *, jobs
     if store is not None and store.is_new and settings.sample_data:
         store.preload_sample(settings.sample_data)
     if jobs_runner is None:
-        jobs_runner = _train_jobs(settings.models_dir or getattr(backend, "models_dir", None), store)
+        registry = getattr(backend, "registry", None)
+        jobs_runner = _train_jobs(settings.models_dir or getattr(registry, "publish_dir", None), store)
     ctx = ServerContext(
         backend=backend, settings=settings, datastore=store, jobs=jobs_runner,
         pool=WorkPool(settings.workers, settings.max_queue, settings.serialize_device),

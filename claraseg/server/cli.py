@@ -67,7 +67,8 @@ def load_backend(spec: str | None, models: Path | None, device: str):
         from claraseg.engine import LocalBackend
     except ImportError as e:
         raise ConfigError(f"the inference engine is not installed ({e}); pip install 'claraseg[server]'") from None
-    return LocalBackend(models_dir=models, device=device) if models else LocalBackend(device=device)
+    # The server expires idle sessions itself (--session-timeout), so the engine keeps them until closed.
+    return LocalBackend(models, device=device, idle_timeout=None)
 
 
 def settings_from_args(args) -> ServerSettings:

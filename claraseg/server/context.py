@@ -31,7 +31,11 @@ class ServerContext:
     #: datastore image id -> session id, so /infer on a stored image preprocesses it once.
     image_sessions: dict[str, str] = field(default_factory=dict)
 
-    def refresh_models(self) -> None:
+    def refresh_models(self, rescan: bool = False) -> None:
+        """Re-read the backend's models; ``rescan`` asks its registry to look for newly published bundles."""
+        registry = getattr(self.backend, "registry", None)
+        if rescan and registry is not None and hasattr(registry, "reload"):
+            registry.reload()
         self.descriptors = {d.name: d for d in self.backend.models()}
 
     def model(self, name: str) -> ModelDescriptor:

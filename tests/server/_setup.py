@@ -18,9 +18,8 @@ TOKEN = "test-token-0123456789"
 def backend_setup(tmp: Path) -> tuple[list[str], dict[str, str], Callable[[], object], str]:
     """(``claraseg serve`` arguments, environment, in-process factory of the same backend, description)."""
     try:
-        from claraseg.models.testing import make_tiny_bundle
-
         from claraseg.engine import LocalBackend
+        from claraseg.models.testing import make_tiny_bundle
     except ImportError:
         import standin
 
@@ -33,4 +32,4 @@ def backend_setup(tmp: Path) -> tuple[list[str], dict[str, str], Callable[[], ob
     for kind in MODEL_KINDS:
         if not (models / kind).exists():
             make_tiny_bundle(kind, models / kind)
-    return ["--models", str(models)], {}, lambda: LocalBackend(models_dir=models), "LocalBackend, tiny bundles"
+    return ["--models", str(models)], {}, lambda: LocalBackend(models, device="cpu"), "LocalBackend, tiny bundles"

@@ -53,7 +53,7 @@ def _router(kind: str, prefix: str, target: str) -> APIRouter:
         jobs._only_train(kind)
         st = await asyncio.to_thread(jobs.status, job_id)
         if st.get("published") and st["published"] not in ctx.descriptors:
-            await asyncio.to_thread(ctx.refresh_models)  # a fine-tuned version was published
+            await asyncio.to_thread(ctx.refresh_models, True)  # a fine-tuned version was published
         return st
 
     @r.get("/{job_id}/events", summary=f"A {kind} job's events (JSON lines) from index `since`")
