@@ -28,6 +28,7 @@ from claraseg.errors import ConfigError
 DEFAULT_SETTINGS: dict[str, Any] = {
     "max_iterations": 100,        # optimizer steps of the whole job
     "max_epochs": None,           # stop earlier after this many passes over the training set
+    "max_time_s": None,           # stop earlier after this much training time (not reproducible)
     "batch_size": 2,              # images per batch (each may yield several crops: batch-by-transform)
     "grad_accumulation": 1,       # batches whose gradients are summed before one optimizer step
     "num_workers": 0,             # DataLoader worker processes
@@ -47,7 +48,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "sw_batch_size": 1,           # sliding-window validation
 }
 _SETTING_TYPES: dict[str, tuple[type, ...]] = {
-    "max_iterations": (int,), "max_epochs": (int, type(None)), "batch_size": (int,), "grad_accumulation": (int,),
+    "max_iterations": (int,), "max_epochs": (int, type(None)), "max_time_s": (float, int, type(None)), "batch_size": (int,), "grad_accumulation": (int,),
     "num_workers": (int,), "dataset": (str,), "cache_rate": (float, int), "replace_rate": (float, int),
     "val_interval": (int,), "checkpoint_interval": (int,), "log_interval": (int,), "amp": (bool,),
     "deterministic": (bool,), "seed": (int,), "val_fraction": (float, int), "min_val_cases": (int,),

@@ -380,6 +380,8 @@ class Runner:
                 if self.iteration % s["val_interval"] == 0 and self.iteration < max_it:
                     self._maybe_validate(network, val_items, data)
                     t_it = time.time()
+                if s["max_time_s"] is not None and time.time() - t_start >= s["max_time_s"]:
+                    max_it = self.max_iterations = self.iteration  # the time budget is spent
                 done = self.iteration >= max_it
                 if self.iteration % s["checkpoint_interval"] == 0 and not done:
                     self._save_checkpoint(network, comps, scaler, epoch, cursor, baseline)
@@ -387,11 +389,11 @@ class Runner:
                 self._check_cancel()
                 if done:
                     break
-            if self.iteration >= max_it:
-                break
-            if epoch_losses:
+            if epoch_losses and cursor >= len(batches):
                 ev.emit("epoch", epoch=epoch, iteration=self.iteration, loss=float(np.mean(epoch_losses)),
                         time_s=round(time.time() - t_epoch, 3), peak_memory_mb=round(peak_memory_mb(), 1))
+            if self.iteration >= max_it:
+                break
             epoch += 1
             cursor = 0
             if scheduler is not None:

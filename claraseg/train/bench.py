@@ -1,0 +1,187 @@
+"""Training benchmarks (results in results/train/, commands in docs/training.md).
+
+- :func:`bench_cache`: epoch time of the same segmentation job (same seed) with a plain dataset, MONAI's
+  ``CacheDataset`` and ``SmartCacheDataset``; preprocessing is realistically heavy (load, reorient,
+  resample to 1.5 mm, normalise, 4 crops per image). Also iterations/s and peak memory.
+- :func:`bench_adapt`: fine-tune DeepGrow 3D on structures of the sample CT for a CPU time budget and
+  compare the click-protocol Dice (ANCHORS.md, :mod:`claraseg.evaluate.protocol`) of the starting and
+  the fine-tuned model on held-out slices of those structures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from claraseg.io import LabelInfo, crop, make_phantom, read_image, read_labels_json, write_image
+
+#: The structures of the benchmark segmentation bundle (names of the sample CT's labels).
+CACHE_LABELS = {1: "liver", 2: "spleen", 3: "kidney_right", 4: "kidney_left", 5: "stomach"}
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "load_avg_1m_start": os.getloadavg()[0], "python": platform.python_version(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _keep(label, names: dict[int, str], keep: set[str]):
+    values = [v for v, n in names.items() if n in keep]
+    array = np.where(np.isin(label.array, values), label.array, 0).astype(np.uint8)
+    return label.with_array(array, labels={v: LabelInfo(names[v]) for v in values})
+
+
+def _job_figures(job) -> dict[str, Any]:
+    events = job.events()
+    epochs = [e for e in events if e["event"] == "epoch"]
+    its = [e for e in events if e["event"] == "iteration"]
+    start = next(e["t"] for e in events if e["event"] == "state" and e["state"] == "training")
+    baseline = next(e["t"] for e in events if e["event"] == "validation" and e.get("baseline"))
+    final = [e for e in events if e["event"] == "state" and e["state"] in ("completed", "failed")][-1]
+    prep = next(e["t"] for e in events if e["event"] == "info" and e["message"] == "data prepared")
+    return {"state": final["state"], "epoch_times_s": [e["time_s"] for e in epochs],
+            "mean_epoch_s": float(np.mean([e["time_s"] for e in epochs])) if epochs else None,
+            "dataset_build_s": round(start - baseline, 2), "data_check_s": round(prep - events[0]["t"], 2),
+            "iterations": len(its), "its_per_s": final.get("its_per_s"), "peak_memory_mb": final.get("peak_memory_mb"),
+            "final_loss": its[-1]["loss"] if its else None, "wall_s": round(final["t"] - events[0]["t"], 2)}
+
+
+def bench_cache(data_dir: Path, workdir: Path, threads: int = 2, epochs: int = 4, phantoms: int = 4) -> dict[str, Any]:
+    """Plain vs cached vs Smart Cache datasets on the same job; returns the figures (see module doc)."""
+    import torch
+
+    from claraseg.models.bundle import read_bundle
+    from claraseg.models.defaults import create_bundle
+    from claraseg.train.job import FineTuneJob
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    net = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 6, "channels": [8, 16, 32],
+           "strides": [2, 2], "num_res_units": 1}
+    bundle = create_bundle(workdir / "models" / "segmentation", "segmentation", network=net,
+                           settings={"labels": CACHE_LABELS, "roi_size": [64, 64, 64], "spacing": [1.5, 1.5, 1.5]})
+    torch.manual_seed(0)
+    torch.save(read_bundle(bundle).build_network().state_dict(), bundle / "models" / "model.pt")
+    keep = set(CACHE_LABELS.values())
+    ct = read_image(data_dir / "ct_abdomen_3mm" / "image.nii.gz")
+    ct_label = read_image(data_dir / "ct_abdomen_3mm" / "label.nii.gz", label=True)
+    names = {v: i.name for v, i in read_labels_json(data_dir / "ct_abdomen_3mm" / "labels.json").items()}
+    write_image(ct, workdir / "ct.nii.gz")
+    write_image(_keep(ct_label, names, keep), workdir / "ct_label.nii.gz")
+    entries = [{"image": str(workdir / "ct.nii.gz"), "label": str(workdir / "ct_label.nii.gz")}]
+    for seed in range(phantoms):
+        image, label = make_phantom(seed=100 + seed, size_ijk=(128, 128, 80))
+        write_image(image, workdir / f"ph{seed}.nii.gz")
+        write_image(_keep(label, {v: i.name for v, i in label.labels.items()}, keep), workdir / f"ph{seed}_label.nii.gz")
+        entries.append({"image": str(workdir / f"ph{seed}.nii.gz"), "label": str(workdir / f"ph{seed}_label.nii.gz")})
+    (workdir / "datalist.json").write_text(json.dumps(entries))
+    results: dict[str, Any] = {"machine": machine(), "threads": threads, "cases": len(entries),
+                               "job": {"batch_size": 2, "crops_per_image": 4, "roi": [64, 64, 64], "spacing_mm": 1.5,
+                                       "max_epochs": epochs, "network": net}, "runs": {}}
+    for kind, extra in (("plain", {}), ("cache", {}), ("smart", {"training#cache_rate": 0.5, "training#replace_rate": 0.5})):
+        overrides = {"training#dataset": kind, "training#max_epochs": epochs, "training#max_iterations": 10**6,
+                     "training#batch_size": 2, "crops_per_image": 4, "training#val_interval": 10**6,
+                     "training#publish": False, "training#deterministic": True, "training#seed": 1, **extra}
+        job = FineTuneJob(bundle, workdir / "datalist.json", overrides, workdir / f"job_{kind}_{int(time.time())}",
+                          threads=threads, device="cpu").start()
+        job.wait()
+        results["runs"][kind] = _job_figures(job)
+    plain = results["runs"]["plain"]["mean_epoch_s"]
+    for kind in ("cache", "smart"):
+        r = results["runs"][kind]
+        r["epoch_speedup_vs_plain"] = round(plain / r["mean_epoch_s"], 2) if r["mean_epoch_s"] else None
+    return results
+
+
+def heldout_slices(label, value: int) -> tuple[np.ndarray, int, int, int]:
+    """Split a structure at the middle of its slice range: ``(mask, k_lo, k_mid, k_hi)``; the slices
+    below ``k_mid`` are trained on, the others held out."""
+    mask = label.array == value
+    ks = np.flatnonzero(mask.any(axis=(1, 2)))
+    lo, hi = int(ks.min()), int(ks.max()) + 1
+    return mask, lo, (lo + hi) // 2, hi
+
+
+def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[str], threads: int = 2,
+                budget_s: float = 540.0, interactions: int = 5, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fine-tune an interactive bundle on the lower half (in slices) of each structure of the sample CT and
+    evaluate the click protocol before and after on the upper half, in an image cropped to it."""
+    import shutil
+
+    from claraseg.engine.backend import LocalBackend
+    from claraseg.evaluate.protocol import run_structure
+    from claraseg.models.bundle import read_bundle
+    from claraseg.train.job import FineTuneJob
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    models = workdir / "models"
+    if models.exists():
+        shutil.rmtree(models)
+    start = models / bundle.name.split("@")[0]
+    shutil.copytree(bundle, start)
+    kind = read_bundle(start).kind
+    image = read_image(data_dir / "ct_abdomen_3mm" / "image.nii.gz")
+    label = read_image(data_dir / "ct_abdomen_3mm" / "label.nii.gz", label=True)
+    names = {v: i.name for v, i in read_labels_json(data_dir / "ct_abdomen_3mm" / "labels.json").items()}
+    by_name = {n: v for v, n in names.items()}
+    train = np.zeros(label.array.shape, dtype=np.uint8)
+    held = np.zeros(label.array.shape, dtype=np.uint8)
+    tests = []
+    for n, name in enumerate(structures, start=1):
+        mask, lo, mid, hi = heldout_slices(label, by_name[name])
+        train[:mid][mask[:mid]] = n
+        held[mid:][mask[mid:]] = n
+        tests.append((name, mid, hi))
+    named = {n: LabelInfo(s) for n, s in enumerate(structures, start=1)}
+    write_image(label.with_array(train, labels=named), workdir / "train_label.nii.gz")
+    write_image(label.with_array(held, labels=named), workdir / "heldout_label.nii.gz")
+    ct = str(data_dir / "ct_abdomen_3mm" / "image.nii.gz")
+    # The job validates on the held-out slices too (never trained on).
+    datalist = {"training": [{"image": ct, "label": str(workdir / "train_label.nii.gz")}],
+                "validation": [{"image": ct, "label": str(workdir / "heldout_label.nii.gz")}]}
+    settings = {"training#max_time_s": budget_s, "training#max_iterations": 10**6, "training#val_interval": 50,
+                "training#checkpoint_interval": 25, **(overrides or {})}
+    t0 = time.time()
+    job = FineTuneJob(start, datalist, settings, workdir / f"job_{int(t0)}", threads=threads, device="cpu").start()
+    status = job.wait()
+    train_wall = time.time() - t0
+    if status["state"] != "completed":
+        raise RuntimeError(f"the fine-tune job did not complete: {status}")
+    backend = LocalBackend(models, device="cpu", idle_timeout=None)
+    base = start.name
+    published = status["published"]
+    per: dict[str, Any] = {}
+    for name, mid, hi in tests:
+        sub = crop(image, [0, 0, mid], [image.size_ijk[0], image.size_ijk[1], hi])
+        truth = crop(label, [0, 0, mid], [image.size_ijk[0], image.size_ijk[1], hi]).array == by_name[name]
+        session = backend.open_session(sub)
+        try:
+            row = {}
+            for tag, model in (("before", f"{base}@v1"), ("after", published)):
+                r = run_structure(session, model, kind, truth, name=name, interactions=interactions)
+                row[tag] = [round(float(d), 4) for d in r.dice]
+            per[name] = {"heldout_slices_k": [mid, hi], "voxels": int(truth.sum()), **row}
+        finally:
+            session.close()
+    backend.close()
+    before = float(np.mean([v["before"][-1] for v in per.values()]))
+    after = float(np.mean([v["after"][-1] for v in per.values()]))
+    events = job.events()
+    final = [e for e in events if e["event"] == "state" and e["state"] == "completed"][-1]
+    return {"machine": machine(), "threads": threads, "bundle": str(bundle), "kind": kind, "structures": structures,
+            "budget_s": budget_s, "train_wall_s": round(train_wall, 1), "iterations": final["iteration"],
+            "its_per_s": final.get("its_per_s"), "peak_memory_mb": final.get("peak_memory_mb"),
+            "validation_dice": {"baseline": final.get("baseline_dice"), "best": final.get("best_dice")},
+            "published": published, "interactions": interactions,
+            "mean_dice_at_last_interaction": {"before": round(before, 4), "after": round(after, 4)},
+            "mean_dice_curve": {t: [round(float(np.mean([v[t][i] for v in per.values()])), 4) for i in range(interactions)]
+                                for t in ("before", "after")},
+            "per_structure": per, "job": str(job.workdir)}
