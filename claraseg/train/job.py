@@ -13,6 +13,7 @@ caller (:meth:`FineTuneJob.open`, :class:`JobManager`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ import claraseg
 from claraseg.errors import ClarasegError
 from claraseg.train.config import load_overrides
 from claraseg.train.events import FINAL_STATES, iter_events, read_events, summarize
-from claraseg.train.runner import JobSpec
+from claraseg.train.spec import JobSpec
 
 
 class JobStateError(ClarasegError):
@@ -136,6 +137,8 @@ class FineTuneJob:
         pid = self.pid()
         if pid is None:
             return False
+        if os.name == "nt":  # os.kill would terminate the process there: trust the events instead
+            return summarize(read_events(self.events_path))["state"] not in FINAL_STATES
         try:
             os.kill(pid, 0)
         except (ProcessLookupError, PermissionError):
@@ -153,7 +156,7 @@ class FineTuneJob:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "cancel").write_text(str(time.time()))
         pid = self.pid()
-        if pid is not None and self.running():
+        if pid is not None and self.running() and os.name != "nt":  # on Windows the cancel file alone asks
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -161,9 +164,16 @@ class FineTuneJob:
         try:
             return self.wait(timeout)
         except TimeoutError:
-            if pid is not None:
-                os.killpg(pid, signal.SIGKILL)
+            self._kill(pid)
             return self.wait(10)
+
+    def _kill(self, pid: int | None) -> None:
+        """Stop the job process (and its torchrun workers) at once."""
+        with contextlib.suppress(ProcessLookupError):
+            if self._proc is not None and os.name == "nt":
+                self._proc.kill()
+            elif pid is not None and os.name != "nt":
+                os.killpg(pid, signal.SIGKILL)
 
     def wait(self, timeout: float | None = None, poll: float = 0.2) -> dict[str, Any]:
         """Wait until the job process exits; returns :meth:`status`. Raises ``TimeoutError`` after ``timeout``."""

@@ -8,15 +8,12 @@ Every step reports through :class:`~claraseg.train.events.EventWriter`.
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import resource
 import signal
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,29 +25,8 @@ from claraseg.train import config as cfg
 from claraseg.train.data import PreparedData, prepare_data
 from claraseg.train.datasets import SeededItems, epoch_batches, make_dataset
 from claraseg.train.events import EventWriter, read_events
+from claraseg.train.spec import JobSpec
 from claraseg.train.tasks import make_task
-
-
-@dataclass
-class JobSpec:
-    """What a job trains: written to ``<workdir>/job.json`` by :class:`~claraseg.train.job.FineTuneJob`."""
-
-    bundle: str
-    datalist: Any                       # a datalist file path, or the list/dict itself
-    overrides: dict[str, Any] = field(default_factory=dict)
-    name: str | None = None             # name of the published model (default: the bundle's model name)
-    registry: str | None = None         # models folder the new version is published into (default: the bundle's parent)
-    structures: list[str] | None = None # interactive kinds: train on these structures only
-    device: str = "auto"                # auto | cpu | cuda | cuda:N
-    threads: int | None = None          # torch CPU threads
-    nproc: int = 1                      # processes (torchrun); > 1 runs DDP
-
-    def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=1))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> JobSpec:
-        return cls(**json.loads(Path(path).read_text()))
 
 
 class Dist:
@@ -135,10 +111,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process (MB)."""
+def peak_memory_mb() -> float | None:
+    """Peak resident memory of this process (MB); None where the platform does not say (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024.0 if sys.platform != "darwin" else rss / 2**20
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 class Runner:
@@ -202,6 +186,8 @@ class Runner:
         if not kind:
             raise ConfigError(f"{bundle}/configs/metadata.json has no claraseg.kind (segmentation, deepgrow3d...)")
         parser = cfg.make_parser(bundle, spec.overrides, extra={"device": f"$torch.device('{self.device}')"})
+        parser.parse(reset=True)
+        self._seed(cfg.settings_from(parser))  # before the network is built: its initial weights are seeded too
         comps = cfg.validate(parser)
         settings = self.settings = comps["settings"]
         self.task = make_task(kind, comps, cmeta)
@@ -213,7 +199,6 @@ class Runner:
             self.task.attach(network)
         ev.emit("info", message="configuration validated", kind=kind, settings=settings, warm_start=warm,
                 device=str(self.device))
-        self._seed(settings)
 
         prepared_path = self.workdir / "data" / "prepared.json"
         if self.dist.rank == 0 and not prepared_path.exists():
@@ -391,7 +376,7 @@ class Runner:
                     break
             if epoch_losses and cursor >= len(batches):
                 ev.emit("epoch", epoch=epoch, iteration=self.iteration, loss=float(np.mean(epoch_losses)),
-                        time_s=round(time.time() - t_epoch, 3), peak_memory_mb=round(peak_memory_mb(), 1))
+                        time_s=round(time.time() - t_epoch, 3), peak_memory_mb=_round(peak_memory_mb()))
             if self.iteration >= max_it:
                 break
             epoch += 1
@@ -421,7 +406,7 @@ class Runner:
     def _finish(self, network, bundle: Path, meta: dict[str, Any], baseline: float | None) -> dict[str, Any]:
         result: dict[str, Any] = {"iteration": self.iteration, "baseline_dice": baseline, "best_dice": self.best["dice"],
                                   "best_iteration": self.best["iteration"], "its_per_s": self.throughput,
-                                  "peak_memory_mb": round(peak_memory_mb(), 1), "published": None}
+                                  "peak_memory_mb": _round(peak_memory_mb()), "published": None}
         if self.dist.rank != 0:
             return result
         from claraseg.train.plot import plot_curves
