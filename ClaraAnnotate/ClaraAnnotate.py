@@ -229,11 +229,7 @@ class ClaraAnnotateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 top = qt.QTreeWidgetItem([annotator.KIND_TITLES.get(kind, kind), ""])
                 tree.addTopLevelItem(top)
                 for m in ms:
-                    dice = m.extra.get("val_dice_after") or m.extra.get("val_dice")
-                    before = m.extra.get("val_dice_before")
-                    score = f"Dice {before:.3f} -> {dice:.3f}" if before is not None and dice is not None else (
-                        f"Dice {dice:.3f}" if isinstance(dice, (int, float)) else "")
-                    item = qt.QTreeWidgetItem([m.name, f"v{m.version} {score}".strip()])
+                    item = qt.QTreeWidgetItem([m.name, f"v{m.version} {annotator.model_scores(m)}".strip()])
                     item.setToolTip(0, m.description or m.name)
                     item.setData(0, qt.Qt.UserRole, m.name)
                     top.addChild(item)

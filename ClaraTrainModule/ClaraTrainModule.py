@@ -271,10 +271,8 @@ class ClaraTrainModuleLogic(ScriptedLoadableModuleLogic):
                 with slicer.util.WaitCursor():
                     cases = self.exportCases(pairs, os.path.join(workdir, "data"))
                 datalist = jobs.write_datalist(cases, os.path.join(workdir, "data"))
-                backend = self.annotateLogic().controller.backend
-                bundle = jobs.bundle_for(model, getattr(backend, "models_dir", None))
-                self.job = jobs.LocalJob(bundle, datalist, settings, os.path.join(workdir, "job"),
-                                         registry=getattr(backend, "models_dir", None))
+                bundle, registry = self.bundleAndRegistry(model)
+                self.job = jobs.LocalJob(bundle, datalist, settings, os.path.join(workdir, "job"), registry=registry)
             self.job.start()
         except Exception as e:
             self.status(user_message(e, _("Cannot start the job")), "error")
@@ -284,6 +282,12 @@ class ClaraTrainModuleLogic(ScriptedLoadableModuleLogic):
         self._notify("onJobChanged", self.job.progress)
         self._timer.start()
         return self.job
+
+    def bundleAndRegistry(self, model):
+        """The model's bundle folder and the folder the local backend serves (new versions go there)."""
+        registry = getattr(self.annotateLogic().controller.backend, "registry", None)
+        publishDir = getattr(registry, "publish_dir", None)
+        return jobs.bundle_for(model, publishDir), publishDir
 
     def uploadCases(self, pairs):
         """Send scene pairs to the server's datastore (image + final label); returns their ids."""
@@ -388,8 +392,7 @@ class ClaraTrainModuleLogic(ScriptedLoadableModuleLogic):
             root = os.path.join(self.workRoot, time.strftime("automl-%Y%m%d-%H%M%S"))
             cases = self.exportCases(pairs, os.path.join(root, "data"))
             datalist = jobs.write_datalist(cases, os.path.join(root, "data"))
-            backend = self.annotateLogic().controller.backend
-            bundle = jobs.bundle_for(model, getattr(backend, "models_dir", None))
+            bundle, _registry = self.bundleAndRegistry(model)
             self.automlDir = os.path.join(root, "study")
             cmd = automl.AutoMLSettings(str(bundle), str(datalist), self.automlDir, trials, workers).validate().command()
             os.makedirs(self.automlDir, exist_ok=True)

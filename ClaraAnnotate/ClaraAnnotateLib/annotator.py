@@ -6,7 +6,9 @@ hand it voxel indices and claraseg images and get :class:`~claraseg.io.MaskDelta
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +95,53 @@ def default_model(models: Sequence[ModelDescriptor], kinds: Sequence[str]) -> Mo
     return None
 
 
+def expand_versions(models: Sequence[ModelDescriptor]) -> list[ModelDescriptor]:
+    """Every selectable model: backends list the newest version of each model and name the older ones in
+    ``extra['versions']`` (``deepgrow3d@v1``...); fine-tuning publishes versions, the old stay selectable."""
+    out = list(models)
+    names = {m.name for m in out}
+    for m in models:
+        current = f"{m.name}@v{m.extra.get('revision')}"
+        for v in m.extra.get("versions", []) or []:
+            if isinstance(v, str) and v not in names and v != current and v.split("@")[0] == m.name:
+                out.append(dataclasses.replace(m, name=v, extra={**m.extra, "older_version_of": m.name}))
+                names.add(v)
+    return out
+
+
+def enrich_from_registry(backend: Any, models: Sequence[ModelDescriptor]) -> None:
+    """Local backends know each model's bundle folder and fine-tuning record: add them to ``extra``
+    (``bundle``: where ClaraTrainModule finds the model to adapt; ``fine_tune``: Dice before/after)."""
+    registry = getattr(backend, "registry", None)
+    if registry is None or not hasattr(registry, "get"):
+        return
+    for m in models:
+        try:
+            bundle = registry.get(m.name)
+        except ClarasegError:
+            continue
+        m.extra["bundle"] = str(bundle.path)
+        record = (getattr(bundle, "settings", None) or {}).get("fine_tune")
+        if isinstance(record, dict):
+            m.extra["fine_tune"] = record
+
+
+def model_scores(model: ModelDescriptor) -> str:
+    """``Dice 0.712 -> 0.804`` for a fine-tuned model (from its record, or its changelog line)."""
+    record = model.extra.get("fine_tune")
+    before = after = None
+    if isinstance(record, dict):
+        before, after = record.get("baseline_dice"), record.get("best_dice")
+    else:
+        m = re.search(r"validation Dice ([0-9.]+|None) -> ([0-9.]+)", model.description or "")
+        if m:
+            before = None if m.group(1) == "None" else float(m.group(1))
+            after = float(m.group(2))
+    if after is None:
+        return ""
+    return f"Dice {before:.3f} -> {after:.3f}" if before is not None else f"Dice {after:.3f}"
+
+
 def make_backend(settings: BackendSettings) -> Backend:
     """Build the backend the settings ask for. Imports are lazy: the remote mode needs no torch."""
     settings.validate()
@@ -102,12 +151,12 @@ def make_backend(settings: BackendSettings) -> Backend:
         return RemoteBackend(settings.url, settings.token or None)
     try:
         from claraseg.engine import LocalBackend
-    except ImportError as e:
+    except ImportError as e:  # torch or monai missing in Slicer's Python
         raise LocalModeUnavailableError(
             f"Local mode needs PyTorch and MONAI in Slicer's Python ({e}). Click 'Install PyTorch and MONAI' "
             "in the Backend section, or switch to Remote and connect to an annotation server."
         ) from None
-    return LocalBackend()
+    return LocalBackend(device=settings.device)
 
 
 def _remote_versions(backend: Any) -> tuple[str, str]:
@@ -150,7 +199,7 @@ class AnnotationController:
         try:
             api, server = _remote_versions(backend) if settings.mode == "remote" else (API_VERSION, "")
             check_api_version(api)
-            models = list(backend.models())
+            models = self._list_models(backend)
         except BaseException:
             backend.close()
             raise
@@ -172,10 +221,19 @@ class AnnotationController:
     def connected(self) -> bool:
         return self.backend is not None
 
+    @staticmethod
+    def _list_models(backend: Backend) -> list[ModelDescriptor]:
+        models = expand_versions(list(backend.models()))
+        enrich_from_registry(backend, models)
+        return models
+
     def refresh_models(self) -> list[ModelDescriptor]:
         """Ask the backend again (e.g. after a fine-tune job published a model)."""
         backend = self._require_backend()
-        models = list(backend.models())
+        registry = getattr(backend, "registry", None)
+        if registry is not None and hasattr(registry, "reload"):
+            registry.reload()  # a local job published into the folders this backend serves
+        models = self._list_models(backend)
         if self.info is not None:
             self.info.models = models
         return models

@@ -216,7 +216,7 @@ class InteractionLogic(VTKObservationMixin):
             self._ignorePointEvents = False
 
     def _objectId(self, segmentation, segmentId) -> str:
-        return f"{segmentation.GetID()}/{segmentId}"
+        return segments.object_id(segmentation.GetID(), segmentId)
 
     def _prepare(self, volume, segmentation=None, segmentId=None):
         """On the main thread: what the worker needs to (re)open the image and sync a painted segment."""

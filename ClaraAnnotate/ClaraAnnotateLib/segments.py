@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import colorsys
 import re
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -160,3 +161,13 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def label_key(segment_name: str) -> str:
     """Segment name -> model label name (the inverse of :func:`display_name`: ``kidney left`` -> ``kidney_left``)."""
     return "_".join(segment_name.split())
+
+
+def object_id(segmentation_id: str, segment_id: str) -> str:
+    """The backend object id of a segment: ``<segmentation node id>.<segment id>`` made safe for the server
+    (letters, digits, ``_ . -``, at most 128 characters); a checksum keeps ids that needed changes unique."""
+    raw = f"{segmentation_id}.{segment_id}"
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", raw).replace("..", "._").lstrip(".") or "object"
+    if safe != raw or len(safe) > 128:
+        safe = f"{safe[:119]}-{zlib.crc32(raw.encode()):08x}"
+    return safe

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from ClaraAnnotateLib.settings import MAX_HISTORY, PREFIX, BackendSettings, DictStore, normalize_url, push_history
+from ClaraAnnotateLib.settings import (
+    MAX_HISTORY,
+    PREFIX,
+    BackendSettings,
+    DictStore,
+    normalize_url,
+    push_history,
+)
 
 from claraseg.errors import ConfigError
 
