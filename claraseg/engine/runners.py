@@ -1,0 +1,150 @@
+"""Inference of each model kind on a prepared session volume: choose the ROI, resample, encode the
+guidance exactly as in training (:mod:`claraseg.models.training`), run the network and map the
+probabilities back onto the session grid.
+
+A runner returns ``(start, crop)``: the session-grid box it decided, and the new 0/1 mask inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from claraseg.guidance import Roi, box_roi, object_spacing, sample_from_roi, sample_roi, square_roi
+from claraseg.guidance.roi import slice_axes
+from claraseg.models.training import deepgrow_sigma, dextr_input, interactive_input, network_input
+
+
+@dataclass
+class Volume:
+    """What the runners need of a session image: voxels (compact raw dtype), spacing and the intensity
+    transform of the model's spec (applied to each resampled box)."""
+
+    array: object  # numpy [k, j, i] or torch tensor
+    spacing: np.ndarray
+    normalise: Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        k, j, i = self.array.shape
+        return (i, j, k)
+
+
+def forward(net, x: torch.Tensor, kind: str, device: str) -> torch.Tensor:
+    """Sigmoid probabilities ``[k, j, i]`` (2D: ``[1, j, i]``) of an input ``[C, k, j, i]``; mixed
+    precision on CUDA, float32 on CPU (deterministic run to run)."""
+    inp = network_input(x, kind).to(device)
+    with torch.no_grad(), torch.autocast("cuda", enabled=device.startswith("cuda")):
+        out = torch.sigmoid(net(inp).float())[0, 0].cpu()
+    return out[None] if kind == "deepgrow2d" else out
+
+
+def _roi_mask_extent(pred: np.ndarray, roi: Roi) -> tuple[float, np.ndarray, bool] | None:
+    """(largest extent in mm, centre in ROI voxels [i, j, k], touches the ROI border) of a 0/1 ROI mask."""
+    nz = np.argwhere(pred)
+    if len(nz) == 0:
+        return None
+    lo, hi = nz.min(axis=0)[::-1], nz.max(axis=0)[::-1]
+    size = np.asarray(roi.size)
+    flat = size > 1
+    extent = float(((hi - lo + 1) * roi.spacing)[flat].max())
+    touches = bool(np.any((lo[flat] == 0) | (hi[flat] == size[flat] - 1)))
+    return extent, (lo + hi) / 2.0, touches
+
+
+def _paste_roi(prob: torch.Tensor, roi: Roi, vol: Volume, threshold: float):
+    start, stop = roi.covered_box(vol.spacing, vol.size)
+    if np.any(stop <= start):
+        return start, np.zeros((0, 0, 0), np.uint8)
+    back = sample_from_roi(prob, roi, vol.spacing, start, stop)
+    return start, (back.numpy() > threshold).astype(np.uint8)
+
+
+def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarray, bg: np.ndarray,
+                 device: str, slice_axis: int | None = None, slice_index: int | None = None):
+    """DeepGrow 3D (or 2D on the slice ``slice_index`` normal to ``slice_axis``).
+
+    ``mask`` is the object's current mask (:class:`~claraseg.engine.masks.BoxMask`); ``fg``/``bg`` all
+    the object's clicks (N, 3) ``[i, j, k]`` (2D: those on the slice). The ROI covers the current mask
+    and the clicks at the spacing that makes them fill ``fill`` of it; the first click on an empty
+    object uses ``first_click_spacing_mm`` and, when the result is much smaller or cut off by the ROI,
+    runs once more at the spacing its extent calls for.
+    """
+    sp = vol.spacing
+    size = tuple(int(v) for v in settings["roi_size"])
+    fill, srange = float(settings["fill"]), settings["spacing_range_mm"]
+    two_d = kind == "deepgrow2d"
+    axes = slice_axes(slice_axis) if two_d else np.eye(3)
+    plane = [a for a in range(3) if a != slice_axis] if two_d else [0, 1, 2]
+    clicks = np.concatenate([fg, bg]).astype(np.float64)
+    if two_d:
+        box_lo, box_hi = _mask_box(mask, slice_axis, slice_index)
+        has_mask = box_lo is not None
+    else:
+        has_mask = not mask.is_empty
+        box_lo, box_hi = (mask.start, mask.stop - 1) if has_mask else (None, None)
+    pts = [clicks]
+    if has_mask:
+        pts.append(np.array([box_lo, box_hi], dtype=np.float64))
+    allp = np.concatenate(pts)
+    lo, hi = allp.min(axis=0), allp.max(axis=0)
+    extent = float(((hi - lo + 1) * sp)[plane].max())
+    first = not has_mask and len(bg) == 0 and len(fg) <= 1
+    s = float(settings["first_click_spacing_mm"]) if first else object_spacing(extent, size[0], fill, srange)
+    centre = (lo + hi) / 2.0
+
+    def run_at(spacing: float, centre_ijk: np.ndarray):
+        spv = np.array([spacing, spacing, sp[slice_axis]]) if two_d else np.array([spacing] * 3)
+        c = centre_ijk.copy()
+        if two_d:
+            c[slice_axis] = slice_index
+        roi = square_roi(c, sp, spv, size, axes)
+        img = sample_roi(vol.array, sp, roi, transform=vol.normalise)
+        m = sample_roi(mask, sp, roi, mode="nearest") if has_mask else torch.zeros(img.shape)
+        x = interactive_input(img, roi.index_to_roi(fg, sp) if len(fg) else [],
+                              roi.index_to_roi(bg, sp) if len(bg) else [], m, deepgrow_sigma(settings, roi.spacing))
+        return roi, forward(net, x, kind, device)
+
+    roi, prob = run_at(s, centre)
+    if first:
+        info = _roi_mask_extent(prob.numpy() > settings["threshold"], roi)
+        if info is not None:
+            ext, c_roi, touches = info
+            if touches and s < srange[1]:
+                roi, prob = run_at(min(s * 1.8, srange[1]), centre)
+            else:
+                s2 = object_spacing(ext, size[0], fill, srange)
+                if s2 < 0.7 * s:
+                    c2 = roi.roi_to_index(c_roi[None], sp)[0]
+                    roi, prob = run_at(s2, (c2 + centre) / 2.0 if np.linalg.norm(c2 - centre) > 0 else centre)
+    return _paste_roi(prob, roi, vol, settings["threshold"])
+
+
+def _mask_box(mask, axis: int, index: int):
+    """In-slice bounding box (inclusive, ``[i, j, k]``) of the mask on one slice, or (None, None)."""
+    start = np.array(mask.start)
+    stop = np.array(mask.stop)
+    if mask.is_empty or not (start[axis] <= index < stop[axis]):
+        return None, None
+    s2, e2 = start.copy(), stop.copy()
+    s2[axis], e2[axis] = index, index + 1
+    cut = mask.region(s2, e2)
+    nz = np.argwhere(cut)
+    if len(nz) == 0:
+        return None, None
+    lo = nz.min(axis=0)[::-1] + s2
+    hi = nz.max(axis=0)[::-1] + s2
+    return lo.astype(np.float64), hi.astype(np.float64)
+
+
+def run_dextr(net, settings: dict, vol: Volume, points: np.ndarray, device: str):
+    """DEXTR3D: the points' box plus ``margin_mm`` stretched onto the ROI, points as a heat-map channel."""
+    size = tuple(int(v) for v in settings["roi_size"])
+    roi = box_roi(points.min(axis=0), points.max(axis=0), vol.spacing, float(settings["margin_mm"]), size)
+    img = sample_roi(vol.array, vol.spacing, roi, transform=vol.normalise)
+    x = dextr_input(img, roi.index_to_roi(points.astype(np.float64), vol.spacing), settings["guidance"]["sigma_vox"])
+    prob = forward(net, x, "dextr3d", device)
+    return _paste_roi(prob, roi, vol, settings["threshold"])

@@ -1,0 +1,326 @@
+"""``LocalSession``: one image opened on the in-process engine, its objects, clicks, masks and undo."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from claraseg.engine.masks import BoxMask
+from claraseg.engine.runners import Volume, run_deepgrow, run_dextr
+from claraseg.errors import (
+    InvalidImageError,
+    InvalidPointsError,
+    MaskDeltaError,
+    ModelError,
+    SessionExpiredError,
+    SessionNotFoundError,
+)
+from claraseg.io import Image, MaskDelta, check_finite, check_points_inside
+from claraseg.models.preprocess import apply_intensity, guess_modality, intensity_params
+
+if TYPE_CHECKING:
+    from claraseg.engine.backend import LocalBackend
+
+#: Undo steps kept per object (older ones are dropped first when memory runs short).
+MAX_UNDO = 50
+#: Smallest image extent (voxels) along an axis a 3D model accepts; 2D models need it in-plane only.
+MIN_SIZE = 4
+
+
+@dataclass
+class _Snapshot:
+    mask: bytes  # MaskDelta.encode() of the whole mask (compressed)
+    fg: list
+    bg: list
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.mask) + 24 * (len(self.fg) + len(self.bg))
+
+
+@dataclass
+class ObjectState:
+    """An object's clicks (``[i, j, k]``), current mask and undo history."""
+
+    mask: BoxMask
+    fg: list = field(default_factory=list)
+    bg: list = field(default_factory=list)
+    history: list = field(default_factory=list)
+
+    def snapshot(self) -> None:
+        full = MaskDelta(tuple(self.mask.start), tuple(self.mask.stop), self.mask.crop, self.mask.size)
+        self.history.append(_Snapshot(full.encode(), list(self.fg), list(self.bg)))
+        del self.history[:-MAX_UNDO]
+
+    @property
+    def nbytes(self) -> int:
+        return self.mask.nbytes + sum(s.nbytes for s in self.history)
+
+
+def compact_array(a: np.ndarray) -> np.ndarray:
+    """The session's copy of the voxels in the smallest dtype that holds them exactly (int16 for CT) or
+    closely (float16 for float images within its range). Never larger than the input."""
+    if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        for dt in (np.uint8, np.int8, np.int16, np.uint16, np.int32):
+            info = np.iinfo(dt)
+            if info.min <= lo and hi <= info.max and np.dtype(dt).itemsize <= a.dtype.itemsize:
+                return a.astype(dt)
+        return a.copy()
+    finite_max = float(np.abs(a).max()) if a.size else 0.0
+    if finite_max < 60000 and a.dtype.itemsize > 2:
+        return a.astype(np.float16)
+    return a.copy()
+
+
+class LocalSession:
+    """An image preprocessed once (compact voxels, intensity statistics, device transfer), with
+    per-object clicks and masks. Every method takes the session's lock, so a session may be used from
+    several threads; calls on one session run one at a time."""
+
+    def __init__(self, backend: LocalBackend, image: Image, session_id: str | None = None):
+        if not isinstance(image, Image):
+            raise InvalidImageError("open_session needs a claraseg.io.Image")
+        if not np.issubdtype(image.array.dtype, np.number) and image.array.dtype != np.bool_:
+            raise InvalidImageError(f"voxels of dtype {image.array.dtype} cannot be segmented; give numbers")
+        check_finite(image)
+        self._backend = backend
+        self._id = session_id or uuid.uuid4().hex
+        self._lock = threading.RLock()
+        self._closed: str | None = None
+        self.image_bytes = int(image.array.nbytes)
+        self.geometry = Image(np.zeros((1, 1, 1), np.uint8), image.origin, image.spacing, image.direction,
+                              metadata=dict(image.metadata))
+        self._size = image.size_ijk
+        self.modality = guess_modality(image)
+        voxels = compact_array(image.array)
+        self._numpy = voxels
+        dev = backend.device
+        self._voxels = torch.from_numpy(voxels).to(dev) if dev != "cpu" else voxels
+        self._intensity: dict[str, tuple[float, float, float]] = {}
+        for bundle in backend.interactive_bundles():
+            self._params(bundle.settings["intensity"])
+        self.objects: dict[str, ObjectState] = {}
+        self.created = self.last_used = time.monotonic()
+
+    # ----- Session protocol ----------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def image_size(self) -> tuple[int, int, int]:
+        return self._size
+
+    def click(self, model: str, foreground: Sequence = (), background: Sequence = (), object_id: str = "1",
+              slice_axis: int | None = None) -> MaskDelta:
+        fg = check_points_inside(self._size, foreground if len(foreground) else np.zeros((0, 3)), "foreground click")
+        bg = check_points_inside(self._size, background if len(background) else np.zeros((0, 3)), "background click")
+        if len(fg) + len(bg) == 0:
+            raise InvalidPointsError("no clicks given: pass at least one foreground or background point [i, j, k]")
+        with self._lock:
+            self._touch()
+            bundle = self._backend.registry.get(model)
+            kind = bundle.kind
+            if kind == "dextr3d":
+                # DEXTR3D segments from extreme points; its refinement clicks go to its DeepGrow partner.
+                refine = bundle.settings.get("refine_model")
+                if not refine:
+                    raise ModelError(f"model {model!r} takes extreme points; refine its result with a DeepGrow model")
+                model, bundle = refine, self._backend.registry.get(refine)
+                kind = bundle.kind
+            if kind not in ("deepgrow3d", "deepgrow2d"):
+                raise ModelError(f"model {model!r} is a {kind} model; clicks need a deepgrow2d or deepgrow3d model")
+            obj = self.objects.get(object_id) or ObjectState(BoxMask(self._size))
+            all_fg = np.array([*obj.fg, *fg.tolist()], dtype=np.int64).reshape(-1, 3)
+            all_bg = np.array([*obj.bg, *bg.tolist()], dtype=np.int64).reshape(-1, 3)
+            index = None
+            if kind == "deepgrow2d":
+                index = self._slice_index(slice_axis, np.concatenate([fg, bg]))
+                self._check_size(model, plane_axis=slice_axis)
+                all_fg = all_fg[all_fg[:, slice_axis] == index]
+                all_bg = all_bg[all_bg[:, slice_axis] == index]
+            else:
+                self._check_size(model)
+            net = self._backend.registry.network(model, self._backend.device)
+            start, crop = run_deepgrow(net, kind, bundle.settings, self._volume(bundle), obj.mask, all_fg, all_bg,
+                                       self._backend.device, slice_axis, index)
+            obj.snapshot()
+            new = obj.mask.copy()
+            if crop.size:
+                new.write(start, crop)
+            delta = obj.mask.delta_to(new)
+            obj.mask = new
+            obj.fg.extend(fg.tolist())
+            obj.bg.extend(bg.tolist())
+            self.objects[object_id] = obj
+            self._bound_memory()
+            return delta
+
+    def extreme_points(self, model: str, points: Sequence, object_id: str = "1") -> MaskDelta:
+        pts = check_points_inside(self._size, points if len(points) else np.zeros((0, 3)), "extreme point")
+        with self._lock:
+            self._touch()
+            bundle = self._backend.registry.get(model)
+            if bundle.kind != "dextr3d":
+                raise ModelError(f"model {model!r} is a {bundle.kind} model; extreme points need a dextr3d model")
+            need = int(bundle.settings.get("min_points", 6))
+            if len(pts) < need:
+                raise InvalidPointsError(f"{len(pts)} extreme points given; {model} needs at least {need} "
+                                         "(the outermost voxels along i, j and k)")
+            self._check_size(model)
+            net = self._backend.registry.network(model, self._backend.device)
+            start, crop = run_dextr(net, bundle.settings, self._volume(bundle), pts, self._backend.device)
+            obj = self.objects.get(object_id) or ObjectState(BoxMask(self._size))
+            obj.snapshot()
+            new = BoxMask(self._size, start, crop) if crop.size else BoxMask(self._size)
+            delta = obj.mask.delta_to(new)
+            obj.mask, obj.fg, obj.bg = new, [], []
+            self.objects[object_id] = obj
+            self._bound_memory()
+            return delta
+
+    def auto_segment(self, model: str) -> MaskDelta:
+        with self._lock:
+            self._touch()
+            bundle = self._backend.registry.get(model)
+            if bundle.kind != "segmentation":
+                raise ModelError(f"model {model!r} is a {bundle.kind} model; auto-segmentation needs a segmentation model")
+            self._check_size(model)
+            net = self._backend.registry.network(model, self._backend.device)
+            pipeline = self._backend.pipeline(model)
+            image = Image(self._numpy, self.geometry.origin, self.geometry.spacing, self.geometry.direction,
+                          metadata=dict(self.geometry.metadata))
+            labels = pipeline.run(net, image, self._backend.device, amp=self._backend.device.startswith("cuda"))
+            names = self._backend.registry.descriptor(model).labels
+            return MaskDelta.from_full(labels, labels={int(v): names.get(int(v), f"label_{v}") for v in names})
+
+    def set_mask(self, object_id: str, mask: MaskDelta) -> None:
+        if not isinstance(mask, MaskDelta):
+            raise MaskDeltaError("set_mask needs a MaskDelta (box + mask on the session image's grid)")
+        if tuple(mask.image_size) != tuple(self._size):
+            raise MaskDeltaError(f"the mask was made for a volume of size {list(mask.image_size)}, "
+                                 f"not this session's {list(self._size)}")
+        with self._lock:
+            self._touch()
+            obj = self.objects.get(object_id) or ObjectState(BoxMask(self._size))
+            obj.snapshot()
+            obj.mask = BoxMask.from_delta(mask)
+            obj.fg, obj.bg = [], []
+            self.objects[object_id] = obj
+            self._bound_memory()
+
+    def undo(self, object_id: str = "1") -> MaskDelta:
+        with self._lock:
+            self._touch()
+            obj = self.objects.get(object_id)
+            if obj is None or not obj.history:
+                return MaskDelta.empty(self._size)
+            snap = obj.history.pop()
+            old = BoxMask.from_delta(MaskDelta.decode(snap.mask))
+            delta = obj.mask.delta_to(old)
+            obj.mask, obj.fg, obj.bg = old, snap.fg, snap.bg
+            return delta
+
+    def clear(self, object_id: str = "1") -> MaskDelta:
+        with self._lock:
+            self._touch()
+            obj = self.objects.get(object_id)
+            if obj is None:
+                return MaskDelta.empty(self._size)
+            obj.snapshot()
+            empty = BoxMask(self._size)
+            delta = obj.mask.delta_to(empty)
+            obj.mask, obj.fg, obj.bg = empty, [], []
+            return delta
+
+    def close(self) -> None:
+        self._release("closed")
+        self._backend.forget(self._id)
+
+    # ----- helpers -------------------------------------------------------------------------------------
+    def mask(self, object_id: str = "1") -> np.ndarray:
+        """The object's current mask as a full ``[k, j, i]`` uint8 array (for tests and exports)."""
+        with self._lock:
+            self._touch()
+            obj = self.objects.get(object_id)
+            full = np.zeros(self._size[::-1], np.uint8)
+            if obj is not None and not obj.mask.is_empty:
+                full[tuple(slice(a, b) for a, b in zip(obj.mask.start[::-1], obj.mask.stop[::-1]))] = obj.mask.crop
+            return full
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held: the compact voxels plus every object's mask and undo history."""
+        return int(self._numpy.nbytes) + sum(o.nbytes for o in self.objects.values())
+
+    def expire_if_idle(self, idle_seconds: float, now: float | None = None) -> bool:
+        """Release the session if it has been idle longer than ``idle_seconds``; True if it did."""
+        now = time.monotonic() if now is None else now
+        if not self._lock.acquire(blocking=False):
+            return False  # in use right now, so not idle
+        try:
+            if self._closed is None and now - self.last_used > idle_seconds:
+                self._release("expired")
+                return True
+            return False
+        finally:
+            self._lock.release()
+
+    def _release(self, why: str) -> None:
+        with self._lock:
+            if self._closed is None:
+                self._closed = why
+                self._voxels = self._numpy = None
+                self.objects = {}
+
+    def _touch(self) -> None:
+        if self._closed == "expired":
+            raise SessionExpiredError(f"session {self._id} expired after being idle; open a new session")
+        if self._closed is not None:
+            raise SessionNotFoundError(f"session {self._id} was closed; open a new session")
+        self.last_used = time.monotonic()
+
+    def _params(self, spec: dict) -> tuple[float, float, float]:
+        key = json.dumps(spec, sort_keys=True)
+        if key not in self._intensity:
+            self._intensity[key] = intensity_params(self._numpy, self.modality, spec)
+        return self._intensity[key]
+
+    def _volume(self, bundle) -> Volume:
+        params = self._params(bundle.settings["intensity"])
+        return Volume(self._voxels, self.geometry.spacing, lambda t: apply_intensity(t, params))
+
+    def _slice_index(self, axis, points: np.ndarray) -> int:
+        if axis is None or axis not in (0, 1, 2):
+            raise InvalidPointsError("a 2D model needs slice_axis = 0 (i), 1 (j) or 2 (k): the axis normal to "
+                                     f"the slice clicked on (got {axis!r})")
+        values = np.unique(points[:, axis])
+        if len(values) != 1:
+            raise InvalidPointsError(f"2D clicks must all lie on one slice: along axis {axis} they have indices "
+                                     f"{values.tolist()}")
+        return int(values[0])
+
+    def _check_size(self, model: str, plane_axis: int | None = None) -> None:
+        axes = [a for a in range(3) if a != plane_axis]
+        small = [a for a in axes if self._size[a] < MIN_SIZE]
+        if small:
+            raise InvalidImageError(f"the image (size {list(self._size)}) is too small for model {model!r}: it needs "
+                                    f"at least {MIN_SIZE} voxels along axes {axes}")
+
+    def _bound_memory(self) -> None:
+        """Drop the oldest undo steps while the session holds more than its bound (2x the image's bytes)."""
+        bound = self._backend.memory_factor * self.image_bytes
+        while self.memory_bytes > bound:
+            victims = [o for o in self.objects.values() if o.history]
+            if not victims:
+                break
+            max(victims, key=lambda o: sum(s.nbytes for s in o.history)).history.pop(0)
