@@ -1,0 +1,139 @@
+"""What CI can check of the Slicer modules without Slicer: every module file byte-compiles and is
+ruff-clean; every .ui file is valid Qt Designer XML holding every widget the code looks up; every
+script and resource is listed in the module's CMakeLists (only listed files ship); the pure Lib modules
+import without Slicer; the extension CMakeLists follows Slicer's template."""
+
+from __future__ import annotations
+
+import ast
+import py_compile
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULES = ["ClaraAnnotate", "ClaraTrainModule"]
+PY_FILES = sorted(p for m in MODULES for p in (ROOT / m).rglob("*.py")) + sorted((ROOT / "Testing").rglob("*.py"))
+#: Which .ui file each code file's ``self.ui.<name>`` refers to.
+UI_OF = {
+    ROOT / "ClaraAnnotate" / "ClaraAnnotate.py": ROOT / "ClaraAnnotate" / "Resources" / "UI" / "ClaraAnnotate.ui",
+    ROOT / "ClaraAnnotate" / "SegmentEditorClaraLib" / "SegmentEditorEffect.py":
+        ROOT / "ClaraAnnotate" / "Resources" / "UI" / "SegmentEditorClara.ui",
+    ROOT / "ClaraTrainModule" / "ClaraTrainModule.py": ROOT / "ClaraTrainModule" / "Resources" / "UI" / "ClaraTrainModule.ui",
+}
+#: Lib modules that need Slicer (MRML); every other Lib module must import without it.
+NEEDS_SLICER = {"ClaraAnnotateLib.nodes", "ClaraAnnotateLib.interaction", "ClaraTrainModuleLib.export"}
+
+
+@pytest.mark.parametrize("path", PY_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_byte_compiles(path, tmp_path):
+    py_compile.compile(str(path), cfile=str(tmp_path / "x.pyc"), doraise=True)
+
+
+def test_ruff_clean():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed")
+    r = subprocess.run([ruff, "check", *MODULES, "Testing", "tests/slicer"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def ui_names(path: Path) -> set[str]:
+    tree = ET.parse(path)
+    root = tree.getroot()
+    assert root.tag == "ui" and root.get("version") == "4.0"
+    assert root.find("class") is not None and root.find("widget") is not None
+    customs = {c.findtext("class") for c in root.iter("customwidget")}
+    for w in root.iter("widget"):  # every Slicer/CTK widget used is declared for Designer
+        if w.get("class", "").startswith(("q", "ctk")):
+            assert w.get("class") in customs, f"{path.name}: {w.get('class')} not in <customwidgets>"
+    names = [w.get("name") for w in root.iter("widget")]
+    assert len(names) == len(set(names)), f"{path.name}: duplicate widget names"
+    return set(names)
+
+
+@pytest.mark.parametrize("code", sorted(UI_OF), ids=lambda p: p.name)
+def test_ui_has_every_widget_the_code_uses(code):
+    names = ui_names(UI_OF[code])
+    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", code.read_text()))
+    assert used, f"{code.name} looks up no widgets"
+    missing = sorted(used - names)
+    assert not missing, f"{code.name} uses widgets missing from {UI_OF[code].name}: {missing}"
+    assert "loadUI" in code.read_text()
+
+
+def test_mrml_scene_reaches_the_mrml_widgets():
+    root = ET.parse(UI_OF[ROOT / "ClaraAnnotate" / "ClaraAnnotate.py"]).getroot()
+    receivers = {c.findtext("receiver") for c in root.iter("connection") if "mrmlSceneChanged" in c.findtext("signal")}
+    assert {"foregroundPlaceWidget", "backgroundPlaceWidget", "extremePlaceWidget",
+            "embeddedSegmentEditorWidget"} <= receivers
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_cmake_lists_every_script_and_resource(module):
+    folder = ROOT / module
+    text = (folder / "CMakeLists.txt").read_text()
+    listed = {line.strip().replace("${MODULE_NAME}", module) for line in text.splitlines()
+              if line.strip().endswith((".py", ".png", ".ui", ".txt")) and not line.strip().startswith("#")}
+    shipped = {str(p.relative_to(folder)) for p in folder.rglob("*")
+               if p.is_file() and p.suffix in (".py", ".png", ".ui") and "Testing" not in p.parts
+               and "__pycache__" not in p.parts}
+    shipped |= {str(p.relative_to(folder)) for p in (folder / "Resources").glob("*.txt")}
+    assert shipped == listed, f"not listed: {sorted(shipped - listed)}; listed but missing: {sorted(listed - shipped)}"
+    for needed in ("slicerMacroBuildScriptedModule(", "WITH_GENERIC_TESTS", "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)"):
+        assert needed in text
+
+
+def test_extension_cmakelists_follows_the_template():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    for needed in ("project(ClaraForSlicer)", 'set(EXTENSION_CATEGORY "Segmentation")', "find_package(Slicer REQUIRED)",
+                   "include(${Slicer_USE_FILE})", "add_subdirectory(ClaraAnnotate)", "add_subdirectory(ClaraTrainModule)",
+                   "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})",
+                   "ctkMacroCompilePythonScript(", "claraseg/*.py"):
+        assert needed in text, needed
+    for var in ("HOMEPAGE", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        assert f"set(EXTENSION_{var} " in text
+    assert (ROOT / "Resources" / "ClaraForSlicer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_module_files_have_the_four_classes_and_register_the_effect():
+    for module in MODULES:
+        tree = ast.parse((ROOT / module / f"{module}.py").read_text())
+        classes = {n.name: [getattr(b, "id", getattr(b, "attr", "")) for b in n.bases]
+                   for n in tree.body if isinstance(n, ast.ClassDef)}
+        assert "ScriptedLoadableModule" in classes[module]
+        assert "ScriptedLoadableModuleWidget" in classes[module + "Widget"]
+        assert "VTKObservationMixin" in classes[module + "Widget"]
+        assert "ScriptedLoadableModuleLogic" in classes[module + "Logic"]
+        assert "ScriptedLoadableModuleTest" in classes[module + "Test"]
+    annotate = (ROOT / "ClaraAnnotate" / "ClaraAnnotate.py").read_text()
+    assert 'slicer.app.connect("startupCompleted()", registerEditorEffect)' in annotate
+    assert "@parameterNodeWrapper" in annotate
+    effect = ast.parse(UI_OF.__iter__().__next__().parent.joinpath("SegmentEditorClaraLib", "SegmentEditorEffect.py")
+                       .read_text())
+    cls = next(n for n in effect.body if isinstance(n, ast.ClassDef) and n.name == "SegmentEditorEffect")
+    methods = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
+    assert {"clone", "icon", "helpText", "setupOptionsFrame", "processInteractionEvents", "activate"} <= methods
+
+
+def test_pure_lib_modules_import_without_slicer():
+    mods = sorted(f"{lib}.{p.stem}" for m, lib in (("ClaraAnnotate", "ClaraAnnotateLib"), ("ClaraTrainModule", "ClaraTrainModuleLib"))
+                  for p in (ROOT / m / lib).glob("*.py") if p.stem != "__init__")
+    pure = [m for m in mods if m not in NEEDS_SLICER]
+    code = ("import importlib, sys\n"
+            f"for m in {pure!r}: importlib.import_module(m)\n"
+            "bad = sorted(k for k in ('slicer', 'qt', 'vtk', 'ctk', 'torch') if k in sys.modules)\n"
+            "assert not bad, bad\n")
+    env_path = [str(ROOT / m) for m in MODULES]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={"PYTHONPATH": ":".join([*env_path, str(ROOT)]), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    for m in NEEDS_SLICER:  # and the Slicer-side ones say so loudly instead of half-working
+        r = subprocess.run([sys.executable, "-c", f"import {m}"], capture_output=True, text=True,
+                           env={"PYTHONPATH": ":".join([*env_path, str(ROOT)]), "PATH": "/usr/bin:/bin"})
+        assert r.returncode != 0 and re.search(r"No module named '(slicer|qt|vtk)'", r.stderr), r.stderr
