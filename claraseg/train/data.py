@@ -110,8 +110,9 @@ def label_names(entry: dict, label: Image) -> dict[int, str]:
     return {}
 
 
-def load_pair(entry: dict, n: int) -> tuple[Image, Image]:
-    """Read an entry's image and label, with the label put on the image's grid (see :func:`fit_label_to_image`)."""
+def load_pair(entry: dict, n: int) -> tuple[Image, Image, bool]:
+    """Read an entry's image and label, with the label put on the image's grid (see :func:`fit_label_to_image`);
+    the flag says whether the label was resampled."""
     for key in ("image", "label"):
         if not Path(entry[key]).exists():
             raise TrainingDataError(f"datalist entry {n}: the {key} file {entry[key]} does not exist")
@@ -120,7 +121,8 @@ def load_pair(entry: dict, n: int) -> tuple[Image, Image]:
         label = read_image(entry["label"], label=True)
     except ClarasegError as e:
         raise TrainingDataError(f"datalist entry {n}: {e}") from None
-    return image, fit_label_to_image(label, image, f"datalist entry {n} ({Path(entry['label']).name})")
+    fitted = fit_label_to_image(label, image, f"datalist entry {n} ({Path(entry['label']).name})")
+    return image, fitted, fitted is not label
 
 
 def physical_corners(image: Image) -> np.ndarray:
@@ -225,10 +227,10 @@ def prepare_data(datalist, model_labels: dict[int, str], kind: str, out_dir: str
     def prepare(entries: list[dict], tag: str) -> list[Case]:
         cases: list[Case] = []
         for n, entry in enumerate(entries):
-            image, label = load_pair(entry, n)
+            image, label, resampled = load_pair(entry, n)
             what = f"{tag} entry {n} ({Path(entry['label']).name})"
             names = label_names(entry, label)
-            if label.metadata.get("source") and not image.same_grid(read_image(entry["label"], label=True)):
+            if resampled:
                 notes.append(f"{what}: label resampled onto the image grid")
             if kind == "segmentation":
                 mapped, held = map_labels(label, names, model_labels, what)

@@ -51,26 +51,15 @@ def interactive_data(tmp_path_factory) -> Path:
     return folder / "datalist.json"
 
 
-TINY_NET = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 1, "channels": [4, 8, 16],
-            "strides": [2, 2], "num_res_units": 0}
-
-
 def tiny_bundle(models: Path, kind: str) -> Path:
-    """A tiny bundle of ``kind`` (the engine's configs, a tiny UNet, seeded weights) in a models folder of its own."""
-    import torch
+    """A tiny bundle of ``kind`` (the engine's test helper; small ROI) in a models folder of its own."""
+    from claraseg.models.testing import make_tiny_bundle
 
-    from claraseg.models.bundle import read_bundle
-    from claraseg.models.defaults import create_bundle
-
-    net = dict(TINY_NET, spatial_dims=2 if kind == "deepgrow2d" else 3)
     if kind == "segmentation":
         settings = {"labels": SEG_LABELS, "roi_size": [32, 32, 32], "spacing": [8.0, 8.0, 8.0]}
     else:
         settings = {"roi_size": [32, 32, 1] if kind == "deepgrow2d" else [32, 32, 32]}
-    path = create_bundle(models / kind, kind, network=net, settings=settings)
-    torch.manual_seed(0)
-    torch.save(read_bundle(path).build_network().state_dict(), path / "models" / "model.pt")
-    return path
+    return make_tiny_bundle(kind, models / kind, settings=settings)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from claraseg.train import config as cfg
 from claraseg.train.config import DEFAULT_SETTINGS
 from claraseg.train.data import fit_label_to_image, prepare_data
 
-from .conftest import SEG_LABELS, phantom_case, run_job
+from .conftest import SEG_LABELS, phantom_case
 
 
 def prep(entries, folder, kind="segmentation", **settings):
@@ -114,16 +114,24 @@ def test_bad_settings_and_override_typos(seg_bundle):
         cfg.validate(cfg.make_parser(seg_bundle, {"training#dataset": "smrt"}))
 
 
-def test_bad_job_fails_before_training_and_publishes_nothing(tmp_path, seg_bundle, seg_data):
+def test_bad_job_fails_before_training_and_publishes_nothing(tmp_path, seg_bundle, seg_data, capsys):
+    # Through the command line: the job process reports the error, the command exits with it.
+    from claraseg.cli import main
+    from claraseg.models.registry import ModelRegistry
+    from claraseg.train.job import FineTuneJob
+
     entries = json.loads(seg_data.read_text())
     entries[0]["labels"] = {"1": "appendix"}
-    job, status = run_job(seg_bundle, entries, {"training#max_iterations": 2}, tmp_path / "job")
-    assert status["state"] == "failed"
-    assert "'appendix' is none of the model's labels" in status["error"]["message"]
-    assert status["error"]["code"] == "training_data_error"
+    (tmp_path / "bad.json").write_text(json.dumps(entries))
+    code = main(["train", "run", str(seg_bundle), str(tmp_path / "bad.json"), "-w", str(tmp_path / "job"),
+                 "-o", "training#max_iterations=2", "--threads", "1", "--device", "cpu"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "claraseg: error: train entry 0 (label11.nii.gz): label 1 'appendix' is none of the model's labels" in err
+    job = FineTuneJob.open(tmp_path / "job")
+    status = job.status()
+    assert status["state"] == "failed" and status["error"]["code"] == "training_data_error"
     kinds = [e["event"] for e in job.events()]
     assert "iteration" not in kinds and "published" not in kinds
     assert not (tmp_path / "job" / "checkpoints").exists()
-    from claraseg.models.registry import ModelRegistry
-
     assert ModelRegistry(seg_bundle.parent).versions("segmentation") == [1]

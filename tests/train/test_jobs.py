@@ -52,7 +52,7 @@ def test_segmentation_job(tmp_path, seg_bundle, seg_data):
     assert meta["claraseg"]["fine_tune"]["best_dice"] == status["best_dice"]
     assert meta["claraseg"]["fine_tune"]["baseline_dice"] == status["baseline_dice"]
     assert registry.network("segmentation@v2") is not None and (seg_bundle.parent / "segmentation@v2" / "scripts").is_dir()
-    assert registry.descriptor("segmentation").version == "0.1.1"
+    assert registry.descriptor("segmentation").version == "0.0.2"  # the starting bundle is 0.0.1
     events = job.events()
     check_events(events)
     curve = losses(events)
@@ -126,11 +126,15 @@ def test_interactive_job(tmp_path, interactive_data):
 
 
 def test_ddp_two_gloo_processes(tmp_path, seg_bundle, seg_data):
+    # Also: gradient accumulation (2 batches per step) and the on-disk PersistentDataset.
     overrides = {**FAST, "training#max_iterations": 4, "training#checkpoint_interval": 2, "training#publish": False,
-                 "training#grad_accumulation": 1}
+                 "training#grad_accumulation": 2, "training#dataset": "persistent"}
     job, status = run_job(seg_bundle, seg_data, overrides, tmp_path / "job", nproc=2, timeout=180)
     assert status["state"] == "completed", (status, (tmp_path / "job" / "worker.log").read_text()[-3000:])
     events = job.events()
     check_events(events)
     assert events[0]["world_size"] == 2
     assert [e["iteration"] for e in events if e["event"] == "iteration"] == [1, 2, 3, 4]  # rank 0 writes alone
+    assert list((tmp_path / "job" / "cache").glob("*.pt"))
+    # 2 training cases on 2 ranks, 1 per batch: 1 batch per rank and epoch, 2 batches per step -> 2 epochs per step.
+    assert [e["epoch"] for e in events if e["event"] == "iteration"] == [1, 3, 5, 7]
