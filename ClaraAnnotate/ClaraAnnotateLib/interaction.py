@@ -82,6 +82,9 @@ class InteractionLogic(VTKObservationMixin):
 
     def cancel(self) -> None:
         n = self.queue.cancel_all()
+        backend = self.controller.backend
+        if n and hasattr(backend, "cancel"):
+            backend.cancel()  # the remote client abandons its in-flight request at once
         if n:
             self.status(_("Cancelling..."), "warning")
 
@@ -223,12 +226,16 @@ class InteractionLogic(VTKObservationMixin):
         key = nodes.image_key(volume)
         image = nodes.image_from_volume(volume) if self.controller.needs_image(key) else None
         painted = None
-        if segmentation is not None and segmentId:
+        if segmentation is not None and segmentId and not self.queue.busy:
+            # Changed since we last wrote it? (Shared labelmap layers change together, so compare content.)
             oid = self._objectId(segmentation, segmentId)
             mtime = nodes.segment_mtime(segmentation, segmentId)
-            if self._written.get(oid) != mtime and mtime:
+            if mtime and self._written.get(oid) != mtime:
                 delta = nodes.segment_mask_delta(segmentation, segmentId, volume)
-                painted = delta if not delta.is_empty else None
+                known = self.controller.objects.get(oid)
+                if not segments.same_mask(delta, known.delta if known else None):
+                    painted = delta
+                self._written[oid] = mtime
         return key, image, painted
 
     def _openIfNeeded(self, key, image) -> None:

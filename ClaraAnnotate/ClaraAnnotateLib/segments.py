@@ -171,3 +171,11 @@ def object_id(segmentation_id: str, segment_id: str) -> str:
     if safe != raw or len(safe) > 128:
         safe = f"{safe[:119]}-{zlib.crc32(raw.encode()):08x}"
     return safe
+
+
+def same_mask(a: MaskDelta, b: MaskDelta | None) -> bool:
+    """Whether two tight-box masks (``MaskDelta.from_full``, :class:`ObjectMask`) hold the same voxels;
+    ``None`` counts as empty."""
+    if b is None or b.is_empty:
+        return a.is_empty or not a.mask.any()
+    return a.start == b.start and a.stop == b.stop and np.array_equal(a.mask != 0, b.mask != 0)

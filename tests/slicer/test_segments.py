@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from ClaraAnnotateLib import segments as s
 
@@ -62,3 +64,23 @@ def test_dice():
     a[0, :2] = True
     b[0, 1:3] = True
     assert s.dice(a, b) == 0.5
+
+
+def test_same_mask_compares_tight_boxes():
+    full = np.zeros((6, 7, 8), np.uint8)
+    full[2:4, 1:5, 3:6] = 1
+    painted = MaskDelta.from_full(full)
+    tracked = s.ObjectMask((8, 7, 6))
+    tracked.apply(MaskDelta((0, 0, 0), (8, 7, 6), full, (8, 7, 6)))
+    assert s.same_mask(painted, tracked.delta)
+    full[3, 2, 4] = 0
+    assert not s.same_mask(MaskDelta.from_full(full), tracked.delta)
+    assert s.same_mask(MaskDelta.empty((8, 7, 6)), None) and not s.same_mask(painted, None)
+
+
+def test_object_ids_are_safe_for_the_server_and_unique():
+    assert s.object_id("vtkMRMLSegmentationNode1", "Segment_1") == "vtkMRMLSegmentationNode1.Segment_1"
+    odd = [s.object_id("vtkMRMLSegmentationNode1", x) for x in ("left kidney", "left/kidney", "..x", "é" * 200)]
+    assert len(set(odd)) == 4
+    for oid in odd:
+        assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", oid) and ".." not in oid
