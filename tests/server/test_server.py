@@ -232,3 +232,9 @@ def test_job_routes(served, remote, phantom):
     assert "events" in requests.get(f"{served.url}/train/{job}/events", headers=h, timeout=10).json()
     assert requests.delete(f"{served.url}/train/{job}", headers=h, timeout=120).status_code == 200
     assert any(j["id"] == job for j in requests.get(served.url + "/train/", headers=h, timeout=10).json()["jobs"])
+
+
+def test_cors_off_by_default(served):
+    r = requests.options(served.url + "/info/", headers={"Origin": "http://evil.example",
+                                                         "Access-Control-Request-Method": "GET"}, timeout=10)
+    assert "access-control-allow-origin" not in {k.lower() for k in r.headers}
