@@ -185,3 +185,39 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
             "mean_dice_curve": {t: [round(float(np.mean([v[t][i] for v in per.values()])), 4) for i in range(interactions)]
                                 for t in ("before", "after")},
             "per_structure": per, "job": str(job.workdir)}
+
+
+def bench_throughput(data_dir: Path, workdir: Path, bundles: list[Path], threads: int = 2, iterations: int = 20,
+                     structures: tuple[str, ...] = ("liver", "spleen", "kidney_right", "kidney_left", "stomach")
+                     ) -> dict[str, Any]:
+    """Iterations/s and peak memory of the default job of each bundle (its default settings) on the sample CT."""
+    from claraseg.models.bundle import read_bundle
+    from claraseg.train.job import FineTuneJob
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    label = read_image(data_dir / "ct_abdomen_3mm" / "label.nii.gz", label=True)
+    names = {v: i.name for v, i in read_labels_json(data_dir / "ct_abdomen_3mm" / "labels.json").items()}
+    write_image(_keep(label, names, set(structures)), workdir / "label.nii.gz")
+    ct = str(data_dir / "ct_abdomen_3mm" / "image.nii.gz")
+    entry = {"image": ct, "label": str(workdir / "label.nii.gz")}
+    out: dict[str, Any] = {"machine": machine(), "threads": threads, "iterations": iterations, "jobs": {}}
+    for bundle in bundles:
+        if not (bundle / "configs" / "metadata.json").is_file():
+            out["jobs"][bundle.name] = {"state": "skipped", "error": f"no bundle at {bundle}"}
+            continue
+        b = read_bundle(bundle)
+        overrides = {"training#max_iterations": iterations, "training#val_interval": 10**6, "training#publish": False}
+        # Segmentation jobs need a held-out case: the same CT serves (throughput only).
+        datalist = {"training": [entry], "validation": [entry]}
+        job = FineTuneJob(bundle, datalist, overrides, workdir / f"job_{b.name}_{int(time.time())}", threads=threads,
+                          device="cpu").start()
+        status = job.wait()
+        events = job.events()
+        settings = next(e["settings"] for e in events if e.get("message") == "configuration validated") \
+            if status["state"] == "completed" else {}
+        final = [e for e in events if e["event"] == "state"][-1]
+        out["jobs"][b.name] = {"kind": b.kind, "state": status["state"], "its_per_s": final.get("its_per_s"),
+                               "peak_memory_mb": final.get("peak_memory_mb"), "batch_size": settings.get("batch_size"),
+                               "roi_size": b.settings.get("roi_size"), "error": status.get("error"),
+                               "weights": (bundle / "models" / "model.pt").is_file()}
+    return out

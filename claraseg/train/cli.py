@@ -76,6 +76,17 @@ def register(sub) -> None:
     ba.add_argument("--out", help="write the JSON result here")
     ba.set_defaults(func=_bench_adapt)
 
+    packaged = Path(__file__).resolve().parents[1] / "models" / "bundles"
+    bt = tsub.add_parser("bench-throughput", help="benchmark: iterations/s and peak memory of the default jobs")
+    bt.add_argument("--data", default=data_default, help="the sample data folder")
+    bt.add_argument("--bundles", nargs="+", default=[str(packaged / k) for k in
+                                                     ("deepgrow3d", "deepgrow2d", "dextr3d", "segmentation")])
+    bt.add_argument("--workdir", default="bench-train/throughput")
+    bt.add_argument("--threads", type=int, default=2)
+    bt.add_argument("--iterations", type=int, default=20)
+    bt.add_argument("--out", help="write the JSON result here")
+    bt.set_defaults(func=_bench_throughput)
+
 
 def _bench_cache(args) -> int:
     from claraseg.train.bench import bench_cache
@@ -91,6 +102,15 @@ def _bench_adapt(args) -> int:
     result = bench_adapt(Path(args.data), Path(args.workdir), Path(args.bundle), args.structures.split(","),
                          threads=args.threads, budget_s=args.budget, interactions=args.interactions,
                          overrides=dict(parse_override(o) for o in args.override))
+    _write_result(result, args.out)
+    return 0
+
+
+def _bench_throughput(args) -> int:
+    from claraseg.train.bench import bench_throughput
+
+    result = bench_throughput(Path(args.data), Path(args.workdir), [Path(b) for b in args.bundles],
+                              threads=args.threads, iterations=args.iterations)
     _write_result(result, args.out)
     return 0
 
