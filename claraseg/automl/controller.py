@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -32,7 +33,7 @@ from claraseg.automl.handlers import AutoMLHandler, Dispatcher, ReportHandler, T
 from claraseg.automl.runners import TrialSpec, get_runner
 from claraseg.automl.scheduler import Scheduler, TrialProcess, parse_devices, pid_alive
 from claraseg.automl.searchspace import SearchSpace, parse_search_space
-from claraseg.errors import ConfigError, TrainingDataError
+from claraseg.errors import ClarasegError, ConfigError, TrainingDataError
 
 log = logging.getLogger(__name__)
 SAMPLERS = ("auto", "tpe", "grid", "random")
@@ -115,7 +116,7 @@ class AutoMLController:
                 if key not in item or not f.exists():
                     raise TrainingDataError(f"{path}: {key} {item.get(key)!r} of a case does not exist")
 
-    def _sampler(self):
+    def _sampler(self, seed: int):
         import optuna
 
         s, space = self.settings, self.space
@@ -125,12 +126,12 @@ class AutoMLController:
         if kind == "grid":
             if not space.enum_only:
                 raise ConfigError("the grid sampler needs an enum-only search space; use tpe or random")
-            return _GridSampler(space.grid(), seed=s.seed)
+            return _GridSampler(space.grid(), seed=seed)
         if kind == "random":
-            return optuna.samplers.RandomSampler(seed=s.seed)
+            return optuna.samplers.RandomSampler(seed=seed)
         # Few trials: TPE starts modelling after ``startup_trials`` random ones; the constant liar keeps
         # parallel workers from proposing the same point.
-        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=max(1, s.startup_trials),
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, s.startup_trials),
                                           multivariate=True, constant_liar=True)
 
     def _pruner(self):
@@ -161,7 +162,13 @@ class AutoMLController:
         except Exception as e:  # sqlalchemy/driver errors of many types
             raise ConfigError(f"cannot open the study storage {_safe_url(url)}: {e}") from None
         self.study = optuna.create_study(storage=storage, study_name=self.settings.study, direction="maximize",
-                                         sampler=self._sampler(), pruner=self._pruner(), load_if_exists=True)
+                                         sampler=self._sampler(self.settings.seed), pruner=self._pruner(),
+                                         load_if_exists=True)
+        existing = len(self.study.get_trials(deepcopy=False))
+        if existing:
+            # A resumed (or joining) controller must not replay the random draws of the first one, which
+            # would propose the same parameters again: its sampler gets a seed of its own.
+            self.study.sampler = self._sampler(self.settings.seed + 7919 * existing + self.pid)
         fingerprint = self.space.fingerprint()
         known = self.study.user_attrs.get("search_space_fingerprint")
         if known is None:
@@ -337,12 +344,11 @@ class AutoMLController:
             spec = TrialSpec(number=trial.number, dir=info.dir, bundle=str(bundle), data=str(Path(self.settings.data).resolve()),
                              overrides=info.overrides, events=str(Path(info.dir) / "events.jsonl"),
                              seed=self.settings.seed)
-            events = Path(spec.events)
-            if events.exists():
-                events.unlink()
+            if Path(info.dir).exists():  # left by an older study in this job folder: never resume its files
+                shutil.rmtree(info.dir)
             try:
                 proc = scheduler.start(spec, info.slot)
-            except OSError as e:
+            except (OSError, ClarasegError) as e:
                 self.study.tell(trial, state=_state("FAIL"))
                 info.state, info.error = "fail", f"could not start: {e}"
                 self.dispatch("trial_end", self, info)

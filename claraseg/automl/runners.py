@@ -46,6 +46,10 @@ class TrialRunner(Protocol):
 
     name: str
 
+    def prepare(self, spec: TrialSpec) -> None:
+        """Write what the trial process reads (called once the trial folder exists)."""
+        ...
+
     def command(self, spec: TrialSpec) -> list[str]:
         """The argv of the trial process (run with the trial dir as working directory)."""
         ...
@@ -72,6 +76,9 @@ class TinyLoopRunner:
 
     name = "tiny"
 
+    def prepare(self, spec: TrialSpec) -> None:
+        spec.write()
+
     def command(self, spec: TrialSpec) -> list[str]:
         return [sys.executable, "-m", "claraseg.automl.tinyloop", str(Path(spec.dir) / "trial.json")]
 
@@ -81,13 +88,42 @@ class TinyLoopRunner:
         return env
 
 
-RUNNERS: dict[str, type] = {"tiny": TinyLoopRunner}
+class FineTuneJobRunner:
+    """Each trial is a fine-tune job of :mod:`claraseg.train` (``python -m claraseg.train.worker``) in the
+    trial folder, with the trial's overrides and publishing turned off (the search exports the best
+    overlay instead; a fine-tune job with it publishes the model)."""
+
+    name = "train"
+
+    def prepare(self, spec: TrialSpec) -> None:
+        from claraseg.train.job import FineTuneJob
+
+        spec.write()
+        overrides = {**spec.overrides, "training#publish": False}
+        job = FineTuneJob(spec.bundle, spec.data, overrides, spec.dir, device=_visible_device(spec),
+                          threads=spec.threads)
+        job.spec.save(Path(spec.dir) / "job.json")
+
+    def command(self, spec: TrialSpec) -> list[str]:
+        return [sys.executable, "-m", "claraseg.train.worker", str(Path(spec.dir))]
+
+    def environment(self, spec: TrialSpec) -> dict[str, str]:
+        return _device_env(spec)
+
+
+RUNNERS: dict[str, type] = {"tiny": TinyLoopRunner, "train": FineTuneJobRunner}
 
 
 def get_runner(name: str) -> TrialRunner:
-    """The runner registered as ``name``; ``auto`` is the fine-tune job runner when available."""
+    """The runner registered as ``name``; ``auto`` is the fine-tune job runner when :mod:`claraseg.train`
+    can be imported, else the tiny loop."""
     if name == "auto":
-        name = "train" if "train" in RUNNERS else "tiny"
+        try:
+            import claraseg.train.job  # noqa: F401
+
+            name = "train"
+        except ImportError:
+            name = "tiny"
     if name not in RUNNERS:
         raise ConfigError(f"unknown trial runner {name!r}; choose one of {sorted(RUNNERS)} or 'auto'")
     return RUNNERS[name]()

@@ -117,7 +117,7 @@ class Scheduler:
         spec.device = "cpu" if slot.startswith("cpu") else slot
         spec.threads = self.threads
         Path(spec.dir).mkdir(parents=True, exist_ok=True)
-        spec.write()
+        self.runner.prepare(spec)
         log_path = Path(spec.dir) / "trial.log"
         with open(log_path, "ab") as out:
             process = subprocess.Popen(

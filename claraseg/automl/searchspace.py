@@ -22,6 +22,7 @@ trial 0 can run them and the best trial can be compared with them.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib
 import inspect
@@ -124,7 +125,7 @@ class SearchSpace:
 
     def fingerprint(self) -> str:
         """A short hash of the space, to refuse resuming a study with a different one."""
-        desc = [[e.name, e.type, e.ids, e.low, e.high, e.log, e.step, e.labels] for e in self.elements]
+        desc = [[e.name, e.type, e.ids, e.low, e.high, e.log, e.step, e.labels, e.choices] for e in self.elements]
         return hashlib.sha1(json.dumps(desc, default=str).encode()).hexdigest()[:16]
 
     def describe(self) -> list[dict[str, Any]]:
@@ -366,9 +367,7 @@ def resolve_target(target: str) -> Any:
     """The class or function a ``_target_`` names (MONAI short names or dotted paths), or None."""
     if target.startswith("$") or target.startswith("@"):
         return target  # an expression or reference: resolved only when the trial runs
-    from monai.bundle.config_item import ComponentLocator
-
-    module = ComponentLocator().get_component_module_name(target)
+    module = _locator().get_component_module_name(target)
     if isinstance(module, list):
         module = module[0]
     if isinstance(module, str):
@@ -380,6 +379,14 @@ def resolve_target(target: str) -> Any:
         return pydoc.locate(target)
     except pydoc.ErrorDuringImport:
         return None
+
+
+@functools.lru_cache(maxsize=1)
+def _locator():
+    """MONAI's component locator (it indexes every MONAI module once; keep one)."""
+    from monai.bundle.config_item import ComponentLocator
+
+    return ComponentLocator()
 
 
 def _signature_default(target: str, key: str) -> tuple[bool, Any]:

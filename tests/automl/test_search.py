@@ -1,0 +1,163 @@
+"""Real searches with tiny networks on phantoms: pruning, handlers, reports, failures, kill -9 and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from claraseg.automl import AutoMLController, AutoMLHandler, AutoMLSettings
+from claraseg.automl.handlers import ReportHandler, TensorBoardHandler
+from claraseg.automl.scheduler import pid_alive
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def lr_enum(*values: float) -> list[dict]:
+    return [{"domain": "lr", "type": "enum", "args": ["lr"], "targets": [[v] for v in values]}]
+
+
+class Recorder(AutoMLHandler):
+    """Records the lifecycle events it receives."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def search_start(self, ctx):
+        self.events.append(("search_start",))
+
+    def search_space_ready(self, ctx, space):
+        self.events.append(("search_space_ready", tuple(space.names)))
+
+    def recommendations_ready(self, ctx, trials):
+        self.events.append(("recommendations_ready", tuple(t.number for t in trials)))
+
+    def trial_start(self, ctx, trial):
+        self.events.append(("trial_start", trial.number))
+
+    def trial_end(self, ctx, trial):
+        self.events.append(("trial_end", trial.number, trial.state, trial.dice))
+
+    def search_end(self, ctx, summary):
+        self.events.append(("search_end", summary["line"]))
+
+
+def test_search_prunes_a_bad_trial_reports_and_exports(tmp_path, make_bundle, phantom_datalist):
+    # lr 0 never learns: after the default trial (lr 0.01) completes, it is pruned at its first validation.
+    bundle = make_bundle(optimizer_search=lr_enum(0.01, 0.0), lr=0.01, iterations=20, val_interval=10)
+    recorder = Recorder()
+    settings = AutoMLSettings(bundle=str(bundle), data=str(phantom_datalist), job_dir=str(tmp_path / "job"), trials=3,
+                              workers=1, runner="tiny", startup_trials=1, seed=0)
+    summary = AutoMLController(settings, [ReportHandler(), TensorBoardHandler(), recorder]).run()
+
+    study = optuna.load_study(study_name="automl", storage=settings.storage_url())
+    trials = study.get_trials()
+    assert [t.state for t in trials].count(TrialState.PRUNED) == 1
+    pruned = next(t for t in trials if t.state == TrialState.PRUNED)
+    assert pruned.params == {"lr": 0.0} and pruned.user_attrs["pruned_at"] == 10
+    default = trials[0]
+    assert default.user_attrs["default"] and default.params == {"lr": 0.01} and default.state == TrialState.COMPLETE
+    assert default.value > 0.3  # a real network learnt the phantom liver
+    assert len(trials) == 3 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+
+    kinds = [e[0] for e in recorder.events]
+    assert kinds[:2] == ["search_start", "search_space_ready"] and kinds[-1] == "search_end"
+    assert kinds.count("trial_start") == kinds.count("trial_end") == 3 == kinds.count("recommendations_ready")
+    assert ("trial_end", pruned.number, "pruned", pruned.intermediate_values[10]) in recorder.events
+
+    job = tmp_path / "job"
+    rows = list(csv.DictReader((job / "trials.csv").read_text().splitlines()))
+    assert [r["state"] for r in rows].count("pruned") == 1 and all(r["duration_s"] for r in rows)
+    assert {"param:lr", "dice", "state", "duration_s"} <= set(rows[0])
+    assert (job / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    overlay = json.loads((job / "best_overlay.json").read_text())
+    assert overlay == {"optimizer#lr": 0.01}
+    assert json.loads((job / "best_train.json").read_text())["optimizer"]["lr"] == 0.01
+    assert "vs default settings" in summary["line"] and summary["line"] == (job / "summary.txt").read_text().strip()
+    assert list((job / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def _trials(storage: str) -> list:
+    if not Path(storage[len("sqlite:///"):]).exists():
+        return []
+    try:
+        return optuna.load_study(study_name="automl", storage=storage).get_trials(deepcopy=False)
+    except KeyError:
+        return []
+
+
+def _children(pid: int) -> list[int]:
+    return [int(x) for task in Path(f"/proc/{pid}/task").glob("*") for x in (task / "children").read_text().split()]
+
+
+def test_kill9_of_the_controller_then_resume(tmp_path, make_bundle, phantom_datalist):
+    bundle = make_bundle(optimizer_search=[{"domain": "lr", "type": "float", "args": ["lr"],
+                                            "targets": [0.003, 0.03], "log": True}], iterations=20, val_interval=10)
+    job = tmp_path / "job"
+    cmd = [sys.executable, "-m", "claraseg", "automl", "--bundle", str(bundle), "--data", str(phantom_datalist),
+           "--trials", "2", "--workers", "2", "--job-dir", str(job), "--runner", "tiny", "--pruner", "none"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    storage = f"sqlite:///{job / 'study.db'}"
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 90
+    try:
+        while time.time() < deadline:
+            ts = _trials(storage)
+            if sum(t.state == TrialState.RUNNING for t in ts) == 2 and all(
+                    (job / "trials" / f"trial_{t.number:04d}" / "events.jsonl").exists() for t in ts):
+                break
+            time.sleep(0.3)
+        workers = _children(first.pid)
+        assert len(workers) == 2
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    time.sleep(1.0)
+    assert not [p for p in workers if pid_alive(p)], "trial processes outlived their controller"
+    before = {t.number: t.params for t in _trials(storage) if t.state == TrialState.RUNNING}
+    assert before, "no trial was running when the controller was killed"
+
+    subprocess.run(cmd, env=env, check=True, timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ts = _trials(storage)
+    interrupted = [t for t in ts if t.user_attrs.get("interrupted")]
+    assert sorted(t.number for t in interrupted) == sorted(before)
+    assert all(t.state == TrialState.FAIL for t in interrupted)
+    retries = {t.user_attrs["retry_of"]: t for t in ts if "retry_of" in t.user_attrs}
+    for t in interrupted:  # the same parameters ran again, and completed
+        assert retries[t.number].params == before[t.number] and retries[t.number].state == TrialState.COMPLETE
+    assert sum(t.state == TrialState.COMPLETE for t in ts) == 2  # the budget, not counting interrupted trials
+    if 0 in before:
+        assert retries[0].user_attrs.get("default")  # the default trial stays the default when re-run
+    rows = json.loads((job / "trials.json").read_text())
+    assert [r["state"] for r in rows].count("fail (retried)") == len(before)
+
+
+def test_fine_tune_job_trials_and_a_crashing_trial(tmp_path, make_bundle, phantom_datalist):
+    # Each trial is a claraseg.train fine-tune job; a choice that breaks the network (dropout 2) fails its
+    # trial with the job's own error, and the search goes on.
+    bundle = make_bundle(root_search=[{"domain": "net", "name": "dropout", "type": "enum", "args": ["network_def#dropout"],
+                                       "targets": [[0.0], [2.0]]}],
+                         edit=lambda c: c["network_def"].update(dropout=0.0), iterations=10, val_interval=10)
+    settings = AutoMLSettings(bundle=str(bundle), data=str(phantom_datalist), job_dir=str(tmp_path / "job"), trials=2,
+                              workers=2, runner="train", default_trial=False, seed=0)
+    controller = AutoMLController(settings, [ReportHandler()])
+    assert controller.runner.name == "train" and controller.study is None
+    summary = controller.run()
+    trials = {t.params["dropout"]: t for t in controller.study.get_trials()}
+    assert trials[0.0].state == TrialState.COMPLETE and 0.0 <= trials[0.0].value <= 1.0
+    assert trials[2.0].state == TrialState.FAIL and "dropout" in trials[2.0].user_attrs["error"]
+    job_dir = Path(trials[0.0].user_attrs["dir"])
+    assert (job_dir / "job.json").is_file()
+    assert json.loads((job_dir / "job.json").read_text())["overrides"]["training#publish"] is False
+    assert summary["counts"] == {"complete": 1, "fail": 1}
