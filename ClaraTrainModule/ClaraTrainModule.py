@@ -15,6 +15,10 @@ from typing import Optional
 import numpy as np
 import qt
 import slicer
+from ClaraAnnotateLib import nodes
+from ClaraAnnotateLib.annotator import user_message
+from ClaraAnnotateLib.settings import BackendSettings
+from ClaraAnnotateLib.worker import TaskQueue
 from ClaraTrainModuleLib import automl, jobs
 from ClaraTrainModuleLib.progress import format_duration
 from slicer.i18n import tr as _
@@ -28,6 +32,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from claraseg.errors import ConfigError
+from claraseg.io import read_image
 
 log = logging.getLogger(__name__)
 POLL_MS = 1000
@@ -207,9 +212,14 @@ class ClaraTrainModuleLogic(ScriptedLoadableModuleLogic):
         self.appliedOverrides = {}
         self.plotNodes = {}
         self.workRoot = os.path.join(slicer.app.temporaryPath, "ClaraTrain")
+        self.queue = TaskQueue("ClaraTrainWorker")
+        self._polling = None
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MS)
         self._timer.connect("timeout()", self.poll)
+        self._queueTimer = qt.QTimer()
+        self._queueTimer.setInterval(50)
+        self._queueTimer.connect("timeout()", self._pollQueue)
 
     def _notify(self, method, *args):
         fn = getattr(self.listener, method, None) if self.listener else None
@@ -248,8 +258,7 @@ class ClaraTrainModuleLogic(ScriptedLoadableModuleLogic):
         return [export.export_case(volume, seg, folder) for volume, seg in pairs]
 
     def start(self, settings, pairs, datastoreImages=()):
-        from ClaraAnnotateLib.annotator import user_message
-
+        """Export the data (main thread: MRML), then create and start the job off the GUI thread."""
         try:
             settings.validate()
             model = next((m for m in self.trainableModels() if m.name == settings.model), None)
@@ -257,31 +266,46 @@ class ClaraTrainModuleLogic(ScriptedLoadableModuleLogic):
                 raise ConfigError(f"model '{settings.model}' is not offered by the connected backend")
             workdir = os.path.join(self.workRoot, time.strftime("%Y%m%d-%H%M%S-") + settings.model.replace("@", "-v"))
             if settings.where == "server":
-                backendSettings = self.annotateLogic().controller.info
-                if backendSettings is None or backendSettings.mode != "remote":
+                info = self.annotateLogic().controller.info
+                if info is None or info.mode != "remote":
                     raise ConfigError("to train on the server, connect Clara Annotate to it (Remote) first")
-                images = list(datastoreImages) + self.uploadCases(pairs)
-                jobs.check_enough_cases(len(images), model.kind, settings.val_split)
-                from ClaraAnnotateLib.settings import BackendSettings
+                jobs.check_enough_cases(len(pairs) + len(datastoreImages), model.kind, settings.val_split)
+                folder = tempfile.mkdtemp(prefix="clara-upload-")
+                uploads = [(case, nodes.image_from_volume(volume))
+                           for case, (volume, _seg) in zip(self.exportCases(pairs, folder), pairs)]
+                token = BackendSettings.load(qt.QSettings()).token or None
+                job = jobs.RemoteJob(info.url, token, settings.model, settings, list(datastoreImages))
+                backend = self.annotateLogic().controller.backend
 
-                saved = BackendSettings.load(qt.QSettings())
-                self.job = jobs.RemoteJob(backendSettings.url, saved.token or None, settings.model, settings, images)
+                def create(tok):
+                    for case, image in uploads:  # send the scene's pairs to the datastore first
+                        backend.upload_image(image, case.name)
+                        backend.save_label(case.name, read_image(case.label, label=True), tag="final")
+                        job.images.append(case.name)
+                        tok.check()
+                    return job.start()
             else:
                 jobs.check_enough_cases(len(pairs), model.kind, settings.val_split)
                 with slicer.util.WaitCursor():
                     cases = self.exportCases(pairs, os.path.join(workdir, "data"))
                 datalist = jobs.write_datalist(cases, os.path.join(workdir, "data"))
                 bundle, registry = self.bundleAndRegistry(model)
-                self.job = jobs.LocalJob(bundle, datalist, settings, os.path.join(workdir, "job"), registry=registry)
-            self.job.start()
+                job = jobs.LocalJob(bundle, datalist, settings, os.path.join(workdir, "job"), registry=registry)
+
+                def create(tok):
+                    return job.start()
         except Exception as e:
             self.status(user_message(e, _("Cannot start the job")), "error")
             return None
+        self.job = job
         self.plotNodes = {}
-        self.status(_("Job {id} started").format(id=self.job.id), "ok")
-        self._notify("onJobChanged", self.job.progress)
-        self._timer.start()
-        return self.job
+
+        def started(_job):
+            self.status(_("Job {id} started").format(id=job.id), "ok")
+            self._notify("onJobChanged", job.progress)
+            self._timer.start()
+
+        return self.submit(_("Starting the job"), create, started)
 
     def bundleAndRegistry(self, model):
         """The model's bundle folder and the folder the local backend serves (new versions go there)."""
@@ -289,69 +313,65 @@ class ClaraTrainModuleLogic(ScriptedLoadableModuleLogic):
         publishDir = getattr(registry, "publish_dir", None)
         return jobs.bundle_for(model, publishDir), publishDir
 
-    def uploadCases(self, pairs):
-        """Send scene pairs to the server's datastore (image + final label); returns their ids."""
-        from ClaraAnnotateLib import nodes
+    def submit(self, label, fn, onDone=None):
+        """Run job and network calls off the GUI thread; results come back through :meth:`_pollQueue`."""
+        task = self.queue.submit(fn, label=label, on_done=onDone,
+                                 on_error=lambda e: self.status(user_message(e, label), "error"))
+        if not self._queueTimer.isActive():
+            self._queueTimer.start()
+        return task
 
-        from claraseg.io import read_image
-
-        backend = self.annotateLogic().controller.backend
-        ids = []
-        folder = tempfile.mkdtemp(prefix="clara-upload-")
-        for case, (volume, _seg) in zip(self.exportCases(pairs, folder), pairs):
-            image_id = case.name
-            backend.upload_image(nodes.image_from_volume(volume), image_id)
-            backend.save_label(image_id, read_image(case.label, label=True), tag="final")
-            ids.append(image_id)
-        return ids
+    def _pollQueue(self):
+        self.queue.poll()
+        if not self.queue.busy:
+            self.queue.poll()
+            self._queueTimer.stop()
 
     def poll(self):
-        """Read new events, update the plot and the panel; at the end refresh the model list."""
-        from ClaraAnnotateLib.annotator import user_message
-
+        """Timer tick: read the job's new events (off the GUI thread), then update the panel and the plot."""
         if self.job is None:
             self._timer.stop()
             return
-        try:
-            events = self.job.new_events()
-        except Exception as e:
-            self.status(user_message(e, _("Following the job")), "error")
+        if self._polling is not None and not self._polling.finished:
             return
-        progress = self.job.progress
-        if events:
-            self.updatePlot(progress)
-        self._notify("onJobChanged", progress)
-        if progress.finished:
-            self._timer.stop()
-            if progress.state == "completed":
-                self.annotateLogic().refreshModels()
+        job = self.job
+
+        def done(events):
+            progress = job.progress
+            if events:
+                self.updatePlot(progress)
+            self._notify("onJobChanged", progress)
+            if progress.finished:
+                self._timer.stop()
+                if progress.state == "completed":
+                    self.annotateLogic().refreshModels()  # the new version is selectable at once
+
+        self._polling = self.submit(_("Following the job"), lambda tok: job.new_events(), done)
 
     def stop(self):
         if self.job is not None:
-            self.job.stop()
+            self.submit(_("Stopping the job"), lambda tok: self.job.stop())
             self.status(_("Stopping after the current iteration..."), "warning")
 
     def resume(self):
-        if self.job is not None:
-            try:
-                self.job.resume()
-            except Exception as e:
-                from ClaraAnnotateLib.annotator import user_message
+        if self.job is None:
+            return
+        job = self.job
 
-                self.status(user_message(e, _("Cannot resume")), "error")
-                return
+        def resumed(_job):
             self._timer.start()
-            self._notify("onJobChanged", self.job.progress)
+            self._notify("onJobChanged", job.progress)
+
+        self.submit(_("Resuming the job"), lambda tok: job.resume(), resumed)
 
     def wait(self, timeout=900.0):
-        """Poll until the job ends (scripts and self-tests)."""
+        """Pump events until the job ends (scripts and self-tests)."""
         deadline = time.time() + timeout
         while self.job is not None and not self.job.progress.finished:
             if time.time() > deadline:
                 raise TimeoutError(f"job {self.job.id} did not finish in {timeout} s")
-            self.poll()
             slicer.app.processEvents()
-            time.sleep(0.2)
+            time.sleep(0.05)
         return self.job.progress
 
     def updatePlot(self, progress):
@@ -381,8 +401,6 @@ class ClaraTrainModuleLogic(ScriptedLoadableModuleLogic):
 
     # ----- AutoML --------------------------------------------------------------------------------
     def startAutoML(self, settings, pairs, trials, workers):
-        from ClaraAnnotateLib.annotator import user_message
-
         try:
             settings.validate()
             model = next((m for m in self.trainableModels() if m.name == settings.model), None)
@@ -396,8 +414,14 @@ class ClaraTrainModuleLogic(ScriptedLoadableModuleLogic):
             self.automlDir = os.path.join(root, "study")
             cmd = automl.AutoMLSettings(str(bundle), str(datalist), self.automlDir, trials, workers).validate().command()
             os.makedirs(self.automlDir, exist_ok=True)
-            with open(os.path.join(root, "automl.log"), "ab") as logFile:
-                self.automlProcess = subprocess.Popen(cmd, stdout=logFile, stderr=subprocess.STDOUT, cwd=root)
+            import claraseg
+
+            env = dict(os.environ)  # the search process imports the claraseg shipped with the extension
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(claraseg.__file__)),
+                                                            env.get("PYTHONPATH")) if p)
+            self.automlLog = os.path.join(root, "automl.log")
+            with open(self.automlLog, "ab") as logFile:
+                self.automlProcess = subprocess.Popen(cmd, stdout=logFile, stderr=subprocess.STDOUT, cwd=root, env=env)
         except Exception as e:
             self.status(user_message(e, _("Cannot start AutoML")), "error")
             return None
@@ -415,7 +439,11 @@ class ClaraTrainModuleLogic(ScriptedLoadableModuleLogic):
         if self.automlProcess is not None and self.automlProcess.poll() is not None:
             self._automlTimer.stop()
             code = self.automlProcess.returncode
-            self.status(summary or _("AutoML ended (exit code {code})").format(code=code), "ok" if code == 0 else "error")
+            if code == 0:
+                self.status(summary or _("AutoML ended"), "ok")
+            else:
+                self.status(_("AutoML stopped (exit code {code}): {last}").format(
+                    code=code, last=automl.last_log_line(self.automlLog)), "error")
 
     def stopAutoML(self):
         if self.automlProcess is not None and self.automlProcess.poll() is None:
@@ -423,8 +451,6 @@ class ClaraTrainModuleLogic(ScriptedLoadableModuleLogic):
             self.status(_("Stopping the search; finished trials are kept and it can be resumed"), "warning")
 
     def applyBest(self):
-        from ClaraAnnotateLib.annotator import user_message
-
         try:
             self.appliedOverrides = automl.best_overrides(self.automlDir or "")
         except Exception as e:
@@ -454,8 +480,6 @@ class ClaraTrainModuleTest(ScriptedLoadableModuleTest):
 
     def test_FewIterationFineTune(self):
         import json
-
-        from ClaraAnnotateLib.settings import BackendSettings
 
         from ClaraAnnotate import ClaraAnnotateLogic
 

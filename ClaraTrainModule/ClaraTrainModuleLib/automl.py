@@ -115,3 +115,12 @@ def best_overrides(job_dir: str | os.PathLike) -> dict[str, Any]:
 def summary_line(job_dir: str | os.PathLike) -> str:
     p = Path(job_dir) / "summary.txt"
     return p.read_text().strip() if p.is_file() else ""
+
+
+def last_log_line(path: str | os.PathLike) -> str:
+    """The last non-empty line of the search's log: what went wrong, for the status line."""
+    try:
+        lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "see the log"
+    return lines[-1][:300] if lines else "see the log"

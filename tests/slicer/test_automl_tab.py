@@ -60,3 +60,10 @@ def test_reads_the_report_files_the_search_writes(tmp_path):
 def test_availability_names_what_is_missing():
     ok, why = automl.automl_available()
     assert ok and why == ""  # this environment has claraseg.automl and optuna
+
+
+def test_last_log_line(tmp_path):
+    log = tmp_path / "automl.log"
+    assert automl.last_log_line(log) == "see the log"
+    log.write_text("starting\nConfigError: the bundle declares no 'search' elements\n\n")
+    assert automl.last_log_line(log) == "ConfigError: the bundle declares no 'search' elements"
