@@ -388,7 +388,9 @@ class ClaraAnnotateTest(ScriptedLoadableModuleTest):
         dist = ndimage.distance_transform_edt(spleen)
         k, j, i = np.unravel_index(int(np.argmax(dist)), dist.shape)
         self.delayDisplay(f"Click the spleen at [i, j, k] = {[i, j, k]}")
-        task = logic.wait(logic.clickAt(self._ras(volume, (i, j, k)), True, sliceNode=slicer.util.getNode("vtkMRMLSliceNodeRed")))
+        logic.getParameterNode().clickModel = annotator.default_model(logic.connectionInfo.models,
+                                                                      ("deepgrow3d",)).name
+        task = logic.wait(logic.clickAt(self._ras(volume, (i, j, k)), True))
         self.assertEqual(task.state, "done", f"click failed: {task.error}")
         result = slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentId, volume)
         d = segments.dice(result, spleen)

@@ -130,14 +130,24 @@ class InteractionLogic(VTKObservationMixin):
             return True
         if confirm and not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("Install local mode")):
             return False
-        for step in steps:
-            self.status(_("Installing {req}...").format(req=step.requirement))
-            with slicer.util.tryWithErrorDisplay(_("Installing {req} failed").format(req=step.requirement),
-                                                 waitCursor=True):
-                if step.via == "pytorchutils":
-                    torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=step.requirement[5:])
-                else:
-                    slicer.util.pip_install(step.requirement)
+        progress = slicer.util.createProgressDialog(labelText=text, maximum=len(steps), windowTitle=_("Install local mode"))
+        try:
+            for n, step in enumerate(steps):
+                progress.labelText = _("Installing {req} ({n} of {total})...").format(
+                    req=step.requirement, n=n + 1, total=len(steps))
+                progress.value = n
+                slicer.app.processEvents()
+                self.status(progress.labelText)
+                with slicer.util.tryWithErrorDisplay(_("Installing {req} failed").format(req=step.requirement),
+                                                     waitCursor=True):
+                    if step.via == "pytorchutils":
+                        torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=step.requirement[5:])
+                    else:
+                        slicer.util.pip_install(step.requirement)
+                if progress.wasCanceled:
+                    break
+        finally:
+            progress.close()
         missing = install.plan_install(have_pytorch_utils=torchLogic is not None)
         if missing:
             self.status(_("Still missing: {names}. Restart Slicer and try again.").format(
@@ -290,7 +300,8 @@ class InteractionLogic(VTKObservationMixin):
 
         def done(delta):
             self._apply(delta, volume, segmentation, segmentId, saveUndo)
-            self.status(_("{model}: {n} voxels changed").format(model=model, n=int(delta.mask.size)), "ok")
+            self.status(_("{model}: segment updated ({n} voxels in the changed box)").format(
+                model=model, n=int(delta.mask.size)), "ok")
 
         return self.submit(_("Click ({model})").format(model=model), work, done, context=_("Click"))
 
