@@ -107,7 +107,7 @@ class RemoteBackend:
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max_connections, max_retries=retry)
         self._http.mount("http://", adapter)
         self._http.mount("https://", adapter)
-        self._http.verify = verify
+        self._http.verify = self._verify = verify
         self._http.headers["User-Agent"] = f"claraseg-client/{claraseg.__version__} (api {API_VERSION})"
         if token:
             self._http.headers["Authorization"] = f"Bearer {token}"
@@ -151,7 +151,8 @@ class RemoteBackend:
             raise ServerUnavailableError("this RemoteBackend was closed; create a new one")
         ev = threading.Event()
         ev.cancelled = False  # type: ignore[attr-defined]
-        fut = self._executor.submit(self._http.request, method, self.url + path,
+        # verify per request: requests would let REQUESTS_CA_BUNDLE override the session's setting.
+        fut = self._executor.submit(self._http.request, method, self.url + path, verify=self._verify,
                                     timeout=(min(self.timeout, timeout), timeout), **kwargs)
         fut.add_done_callback(lambda _: ev.set())
         return fut, ev
@@ -168,6 +169,11 @@ class RemoteBackend:
             raise CancelledError(f"{what} was cancelled")
         try:
             return fut.result()
+        except requests.exceptions.SSLError as e:
+            raise ServerUnavailableError(
+                f"{what}: the TLS certificate of {self.url} was not accepted ({_short(e)}); pass verify=<CA or "
+                "certificate file> for a self-signed certificate"
+            ) from None
         except requests.Timeout:
             raise ServerUnavailableError(f"{what}: the server at {self.url} did not answer in time") from None
         except requests.ConnectionError as e:

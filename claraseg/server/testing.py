@@ -29,9 +29,11 @@ class ServerProcess:
     """
 
     def __init__(self, args: list[str], datastore: str | Path, log_path: str | Path, *,
-                 env: dict[str, str] | None = None, token: str | None = None, startup_timeout: float = 120.0) -> None:
+                 env: dict[str, str] | None = None, token: str | None = None, startup_timeout: float = 120.0,
+                 scheme: str = "http", verify: bool | str = True) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.verify = verify
         self.token = token
         self.log_path = Path(log_path)
         cmd = [sys.executable, "-m", "claraseg", "serve", "--host", "127.0.0.1", "--port", str(self.port),
@@ -50,7 +52,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if requests.get(self.url + "/info/", headers=headers, timeout=2).status_code == 200:
+                if requests.get(self.url + "/info/", headers=headers, timeout=2, verify=self.verify).status_code == 200:
                     return
             except requests.RequestException:
                 pass
