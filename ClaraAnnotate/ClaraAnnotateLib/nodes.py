@@ -172,7 +172,7 @@ def point_list(name: str, color: tuple[float, float, float], scene=None):
     if node is None or not node.IsA("vtkMRMLMarkupsFiducialNode"):
         node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
         node.CreateDefaultDisplayNodes()
-        node.SetMarkupLabelFormat(name[-1].lower() if name else "p")
+        node.SetControlPointLabelFormat(name[-1].lower() if name else "p")
     display = node.GetDisplayNode()
     display.SetSelectedColor(*color)
     display.SetColor(*color)
