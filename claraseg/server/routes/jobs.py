@@ -43,7 +43,7 @@ def _router(kind: str, prefix: str, target: str) -> APIRouter:
 
     @r.post("/{name}", summary=f"Start a {kind} job on a {target}")
     async def start(name: str, req: JobStart, ctx: ServerContext = Depends(get_ctx)) -> dict:
-        check_id(name, target)
+        check_id(name.split("@")[0], target)
         return await asyncio.to_thread(_jobs(ctx, kind).start, kind, name, req.model_dump())
 
     @r.get("/{job_id}", summary=f"A {kind} job's state")
