@@ -260,7 +260,8 @@ class LocalSession:
     @property
     def memory_bytes(self) -> int:
         """Bytes held: the compact voxels plus every object's mask and undo history."""
-        return int(self._numpy.nbytes) + sum(o.nbytes for o in self.objects.values())
+        voxels = 0 if self._numpy is None else int(self._numpy.nbytes)
+        return voxels + sum(o.nbytes for o in self.objects.values())
 
     def expire_if_idle(self, idle_seconds: float, now: float | None = None) -> bool:
         """Release the session if it has been idle longer than ``idle_seconds``; True if it did."""

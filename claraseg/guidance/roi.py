@@ -123,9 +123,9 @@ def sample_roi(volume, src_spacing: Sequence[float], roi: Roi, mode: str = "bili
     sub = torch.as_tensor(np.ascontiguousarray(sub) if isinstance(sub, np.ndarray) else sub).float()
     if transform is not None:
         sub = transform(sub)
-    grid = _affine_grid(a, b - lo, roi.size, sub.shape)
+    grid = _affine_grid(a, b - lo, roi.size, sub.shape).to(sub.device)
     res = F.grid_sample(sub[None, None], grid, mode=mode, padding_mode="zeros", align_corners=False)
-    return res[0, 0]
+    return res[0, 0].cpu()
 
 
 def sample_from_roi(values: torch.Tensor, roi: Roi, src_spacing: Sequence[float], start_ijk, stop_ijk) -> torch.Tensor:
