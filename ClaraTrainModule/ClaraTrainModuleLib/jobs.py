@@ -25,6 +25,8 @@ from .progress import EventTail, JobProgress
 TRAINABLE_KINDS = {"deepgrow2d": "DeepGrow 2D", "deepgrow3d": "DeepGrow 3D", "dextr3d": "DEXTR3D",
                    "segmentation": "Segmentation bundle"}
 DEVICES = ("auto", "cpu", "cuda")
+#: Polls without a new event after which a remote job's status is read (to notice a dead job process).
+QUIET_POLLS = 15
 
 
 @dataclass
@@ -205,6 +207,7 @@ class RemoteJob:
         self.job_id: str | None = None
         self.progress = JobProgress()
         self._since = 0
+        self._quiet = 0
 
     @property
     def id(self) -> str:
@@ -233,10 +236,22 @@ class RemoteJob:
         events = [e for e in answer.get("events", []) if isinstance(e, dict)]
         self._since += len(events)
         self.progress.update_all(events)
+        self._quiet = 0 if events else self._quiet + 1
+        if self.progress.finished or self._quiet >= QUIET_POLLS:
+            # The job's status also tells a process that died without a final event ("interrupted"),
+            # and reading it makes the server rescan its models for the version just published.
+            self._quiet = 0
+            status = self.status()
+            if status.get("state") == "interrupted" and not self.progress.finished:
+                self.progress.state = "interrupted"
         return events
 
+    def status(self) -> dict[str, Any]:
+        return self._check(self.http.get(f"{self.url}/train/{self.job_id}", timeout=self.timeout))
+
     def stop(self) -> None:
-        self._check(self.http.delete(f"{self.url}/train/{self.job_id}", timeout=self.timeout))
+        # The server waits for the job to write its final state (up to a minute) before answering.
+        self._check(self.http.delete(f"{self.url}/train/{self.job_id}", timeout=max(self.timeout, 90.0)))
 
     def resume(self) -> RemoteJob:
         body = {"name": self.settings.name or None, "overrides": self.settings.overrides(), "images": self.images,

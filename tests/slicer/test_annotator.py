@@ -113,25 +113,20 @@ def test_controller_with_the_standin_backend_and_silent_reopen(phantom):
     assert not c.connected
 
 
-def test_controller_over_a_real_server(tmp_path, phantom):
-    from claraseg.server.testing import ServerProcess
-
-    standin_factory()  # skip when the stand-in is missing
-    env = {"PYTHONPATH": str(SERVER_TESTS)}
-    srv = ServerProcess(["--backend", "standin:make"], tmp_path / "datastore", tmp_path / "server.log", env=env,
-                        token="tok-123456789012")
-    try:
-        c = a.AnnotationController()
-        info = c.connect(BackendSettings(mode="remote", url=srv.url, token="tok-123456789012"))
-        assert info.url == srv.url and info.api_version.split(".")[0] == API_VERSION.split(".")[0]
-        assert info.server_version and "Connected (" + srv.url in info.summary
-        assert set(a.group_models(info.models)) == {"deepgrow3d", "dextr3d", "segmentation"}
-        (click, extreme), auto = run_script(c, image=phantom[0])
-        assert not click.is_empty and extreme.start == (10, 10, 6)
-        assert set(auto.labels.values()) == {"bright", "dark"}
-        c.close()
-    finally:
-        srv.stop()
+def test_controller_over_a_real_server(standin_server, phantom):
+    srv = standin_server
+    c = a.AnnotationController()
+    info = c.connect(BackendSettings(mode="remote", url=srv.url, token=srv.token))
+    assert info.url == srv.url and info.api_version.split(".")[0] == API_VERSION.split(".")[0]
+    assert info.server_version and "Connected (" + srv.url in info.summary
+    assert set(a.group_models(info.models)) == {"deepgrow3d", "dextr3d", "segmentation"}
+    (click, extreme), auto = run_script(c, image=phantom[0])
+    assert not click.is_empty and extreme.start == (10, 10, 6)
+    assert set(auto.labels.values()) == {"bright", "dark"}
+    c.close()
+    with pytest.raises(Exception) as e:
+        a.AnnotationController().connect(BackendSettings(mode="remote", url=srv.url, token="wrong-token-000000"))
+    assert "token" in a.user_message(e.value).lower()
 
 
 def test_controller_with_the_engine_local_backend(tmp_path, phantom):

@@ -67,3 +67,13 @@ def test_case_counts_and_bundle_location(tmp_path):
     assert str(jobs.bundle_for(m)) == "/models/deepgrow3d@v2"
     with pytest.raises(ConfigError, match="where model"):
         jobs.bundle_for(ModelDescriptor("x", "dextr3d"))
+
+
+def test_remote_job_reports_the_servers_refusal(standin_server):
+    s = jobs.FineTuneSettings(model="grow3d", kind="deepgrow3d", iterations=2)
+    job = jobs.RemoteJob(standin_server.url, standin_server.token, "grow3d", s, ["case0"])
+    with pytest.raises(ConfigError, match=r"the server refused \(501\): .*not available"):
+        job.start()
+    bad = jobs.RemoteJob(standin_server.url, "wrong-token-000000", "grow3d", s)
+    with pytest.raises(ConfigError, match=r"refused \(401\)"):
+        bad.start()
