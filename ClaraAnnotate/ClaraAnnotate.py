@@ -422,9 +422,11 @@ class ClaraAnnotateTest(ScriptedLoadableModuleTest):
         volume, labels, names = self._load()
         logic = self._logic()
         seg, _segmentId = self._segmentationOf(volume)
+        model = annotator.default_model(logic.connectionInfo.models, annotator.AUTO_KINDS)
+        self.assertIsNotNone(model, "the backend offers no segmentation model")
+        logic.getParameterNode().autoModel = model.name
         task = logic.wait(logic.runAutoSegment(), timeout=1200)
         self.assertEqual(task.state, "done", f"auto-segment failed: {task.error}")
-        model = logic.controller.model(logic.getParameterNode().autoModel)
         checked = 0
         for value, name in model.labels.items():
             segmentId = seg.GetSegmentation().GetSegmentIdBySegmentName(segments.display_name(name))
