@@ -1,0 +1,182 @@
+"""Evaluation commands: ``claraseg eval`` (click protocol, baseline, held-out) and ``claraseg bench``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from claraseg.errors import ClarasegError
+
+DEFAULT_HELDOUT_MODELS = ("deepgrow3d", "deepgrow2d", "dextr3d")
+
+
+def register(sub) -> None:
+    from claraseg.evaluate.classical import METHODS
+    from claraseg.evaluate.runner import MIN_VOXELS, PROTOCOL_KINDS
+
+    p = sub.add_parser(
+        "eval", help="click-protocol evaluation (ANCHORS.md) of a model and/or a classical baseline",
+        description="Runs the click protocol on every chosen structure of a label map: Dice after each "
+                    "interaction, NoC@80/85/90, Dice AUC, latency. --model evaluates a model (local engine, or "
+                    "--server); --method a classical baseline; both together report them side by side. "
+                    "--heldout evaluates the default models on the structures held out of their training.")
+    p.add_argument("--model", help="model name (deepgrow3d, deepgrow2d, dextr3d, name@vN...)")
+    p.add_argument("--method", choices=METHODS, help="classical seeded baseline run on the same protocol")
+    p.add_argument("--kind", choices=PROTOCOL_KINDS,
+                   help="protocol to follow (default: the model's kind; deepgrow3d for --method alone)")
+    p.add_argument("--image", help="image: NIfTI/NRRD file or DICOM series folder")
+    p.add_argument("--label", help="label map on the image's grid (NIfTI/NRRD/.seg.nrrd or DICOM folder)")
+    p.add_argument("--labels", help="comma-separated label values to evaluate (default: all)")
+    p.add_argument("--min-voxels", type=int, default=MIN_VOXELS, help="skip smaller structures (default %(default)s)")
+    p.add_argument("--clicks", type=int, default=20, help="interactions per structure, N (default %(default)s)")
+    p.add_argument("--json", help="write the report here")
+    p.add_argument("--plot", help="write a PNG of Dice against interactions here")
+    p.add_argument("--server", help="evaluate through a claraseg server (URL) instead of the local engine")
+    p.add_argument("--token", default=os.environ.get("CLARASEG_TOKEN"), help="server bearer token")
+    p.add_argument("--models-dir", help="local engine: models folder (default: packaged bundles + $CLARASEG_MODELS)")
+    p.add_argument("--device", default="cpu", help="local engine: cpu, cuda, auto (default %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--refine-model", help="DEXTR3D: model of the refinement clicks (default: deepgrow3d)")
+    p.add_argument("--slice-axis", type=int, choices=(0, 1, 2), default=2,
+                   help="DeepGrow 2D: slice normal 0 = i, 1 = j, 2 = k (default %(default)s)")
+    p.add_argument("--jitter-seeds", type=int, default=0,
+                   help="DEXTR3D robustness: also run with +-3-voxel jittered extreme points, this many seeds")
+    p.add_argument("--heldout", action="store_true",
+                   help="evaluate the default models (or --model) on their held-out structures and fresh phantoms")
+    p.add_argument("--data", default=os.environ.get("CLARASEG_DATA", "../shared/data"),
+                   help="--heldout: the sample-data folder (default $CLARASEG_DATA or %(default)s)")
+    p.add_argument("--out", default="results", help="--heldout: folder for the JSON and PNG (default %(default)s)")
+    p.add_argument("--hippocampus-cases", type=int, default=6,
+                   help="--heldout: how many held-out hippocampus cases to evaluate (default %(default)s)")
+    p.add_argument("--no-baseline", action="store_true", help="--heldout: skip the classical baseline")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("bench", help="per-interaction latency, session-open time and memory, against the targets")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default %(default)s)")
+    p.add_argument("--quick", action="store_true", help="small volumes, few clicks (CI)")
+    p.add_argument("--models-dir", help="models folder (default: packaged bundles + $CLARASEG_MODELS)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto (default %(default)s)")
+    p.add_argument("--json", help="write the report here")
+    p.set_defaults(func=_bench)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _backend(args):
+    """(backend, name for the report): the HTTP client with --server, else the local engine."""
+    if args.server:
+        from claraseg.client import RemoteBackend
+
+        return RemoteBackend(args.server, token=args.token), f"remote {args.server}"
+    from claraseg.engine import LocalBackend
+
+    return LocalBackend(args.models_dir, device=args.device, idle_timeout=None), f"local ({args.device})"
+
+
+def _labels(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ClarasegError(f"--labels must be comma-separated integers, e.g. 1,5,6; got {text!r}") from None
+
+
+def _eval(args) -> int:
+    from claraseg.evaluate.classical import ClassicalBackend
+    from claraseg.evaluate.report import format_summary, plot, write_json
+    from claraseg.evaluate.runner import build_report, default_refine_model, resolve_model, structures_of
+    from claraseg.io import read_image
+
+    if args.clicks < 1:
+        raise ClarasegError("--clicks must be at least 1")
+    if args.heldout:
+        return _heldout(args)
+    if not args.model and not args.method:
+        raise ClarasegError("name a --model to evaluate, a classical --method, or both (or use --heldout)")
+    if not args.image or not args.label:
+        raise ClarasegError("--image and --label are required (or use --heldout)")
+    _set_threads(args.threads)
+    image = read_image(args.image)
+    label = read_image(args.label, label=True)
+    structures = structures_of(Path(args.image).name, image, label, _labels(args.labels), args.min_voxels)
+    baseline = ClassicalBackend(args.method) if args.method else None
+    if args.model:
+        backend, backend_name = _backend(args)
+    else:
+        backend, backend_name, baseline = baseline, "classical", None
+    try:
+        model = resolve_model(backend, args.model or args.method, args.kind)
+        refine = args.refine_model
+        if model.kind == "dextr3d" and not refine:
+            refine = args.method if not args.model else default_refine_model(backend)
+        report = build_report(
+            backend, model, structures, baseline=baseline, interactions=args.clicks, refine_model=refine,
+            slice_axis=args.slice_axis, jitter_seeds=args.jitter_seeds, progress=not args.quiet,
+            backend_name=backend_name,
+            inputs={"image": str(args.image), "label": str(args.label), "labels": _labels(args.labels),
+                    "min_voxels": args.min_voxels, "size_ijk": list(image.size_ijk),
+                    "spacing": [round(float(s), 5) for s in image.spacing]},
+        )
+    finally:
+        backend.close()
+    if args.json:
+        write_json(report, args.json)
+    if args.plot:
+        plot(report, args.plot)
+    print(format_summary(report))
+    if not args.json:
+        print(json.dumps({"summary": report["summary"]}, indent=1))
+    return 0
+
+
+def _heldout(args) -> int:
+    from claraseg.evaluate.heldout import evaluate_heldout
+
+    _set_threads(args.threads)
+    backend, backend_name = _backend(args)
+    try:
+        kinds = {d.name: d.kind for d in backend.models()}
+        models = [args.model] if args.model else [m for m in DEFAULT_HELDOUT_MODELS if m in kinds]
+        if not models:
+            raise ClarasegError(f"none of the default models {DEFAULT_HELDOUT_MODELS} is on the backend")
+        summaries = evaluate_heldout(
+            backend, models, args.data, args.out, method=None if args.no_baseline else (args.method or "random_walker"),
+            interactions=args.clicks, min_voxels=args.min_voxels, hippocampus_cases=args.hippocampus_cases,
+            jitter_seeds=args.jitter_seeds, progress=not args.quiet, backend_name=backend_name,
+        )
+    finally:
+        backend.close()
+    for name, s in summaries.items():
+        ours, base = s["summary"], s["baseline"]
+        line = f"{name}: Dice {ours['mean_dice_at']} NoC@85 {ours['mean_noc85']} latency {ours['latency_ms']}"
+        if base:
+            line += f" | baseline Dice {base['mean_dice_at']} NoC@85 {base['mean_noc85']}"
+        print(line)
+    print(f"wrote {args.out}/heldout_*.json and .png")
+    return 0
+
+
+def _bench(args) -> int:
+    from claraseg.engine import LocalBackend
+    from claraseg.evaluate.bench import format_bench, run_bench
+    from claraseg.evaluate.report import write_json
+
+    backend = LocalBackend(args.models_dir, device=args.device, idle_timeout=None)
+    try:
+        report = run_bench(backend, quick=args.quick, threads=args.threads)
+    finally:
+        backend.close()
+    report["device"] = args.device
+    if args.json:
+        write_json(report, args.json)
+    print(format_bench(report), file=sys.stdout)
+    return 0
