@@ -159,6 +159,9 @@ class AutoMLController:
             kwargs = {"connect_args": {"timeout": 60}}
         try:
             storage = RDBStorage(url, engine_kwargs=kwargs)
+        except ImportError:
+            raise ConfigError(f"no database driver for {_safe_url(url)}: PostgreSQL needs psycopg "
+                              "(pip install 'psycopg[binary]', part of claraseg[automl])") from None
         except Exception as e:  # sqlalchemy/driver errors of many types
             raise ConfigError(f"cannot open the study storage {_safe_url(url)}: {e}") from None
         self.study = optuna.create_study(storage=storage, study_name=self.settings.study, direction="maximize",
@@ -439,7 +442,8 @@ def _safe_url(url: str) -> str:
     if "://" in url and "@" in url.split("://", 1)[1]:
         scheme, rest = url.split("://", 1)
         cred, host = rest.rsplit("@", 1)
-        return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
+        if ":" in cred:
+            return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
     return url
 
 
