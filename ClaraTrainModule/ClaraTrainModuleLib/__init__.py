@@ -1,8 +1,8 @@
 """Pure-Python helpers of the ClaraTrainModule module: importable and tested without Slicer.
 
 ``jobs`` (settings -> job overrides, datalists, local and server jobs), ``progress`` (events -> state,
-curves, time left), ``automl`` (the AutoML tab's process and report files). ``export`` is the one module
-that needs Slicer: it writes the scene's volumes and segmentations as training pairs.
+curves, time left), ``automl`` (the AutoML tab's process and report files). ``export`` (the scene's
+volumes and segmentations as training pairs) and ``trainer`` (the panel's logic) need Slicer.
 """
 
 import importlib.util

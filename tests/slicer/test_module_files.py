@@ -27,7 +27,8 @@ UI_OF = {
     ROOT / "ClaraTrainModule" / "ClaraTrainModule.py": ROOT / "ClaraTrainModule" / "Resources" / "UI" / "ClaraTrainModule.ui",
 }
 #: Lib modules that need Slicer (MRML); every other Lib module must import without it.
-NEEDS_SLICER = {"ClaraAnnotateLib.nodes", "ClaraAnnotateLib.interaction", "ClaraTrainModuleLib.export"}
+NEEDS_SLICER = {"ClaraAnnotateLib.nodes", "ClaraAnnotateLib.interaction", "ClaraTrainModuleLib.export",
+                "ClaraTrainModuleLib.trainer"}
 
 
 @pytest.mark.parametrize("path", PY_FILES, ids=lambda p: str(p.relative_to(ROOT)))
