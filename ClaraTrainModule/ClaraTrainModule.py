@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 import qt
 import slicer
+from ClaraAnnotateLib.annotator import user_message
 from ClaraAnnotateLib.settings import BackendSettings
 from ClaraTrainModuleLib import automl, jobs
 from ClaraTrainModuleLib.progress import format_duration
@@ -71,6 +72,7 @@ class ClaraTrainModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.startAutoMLButton.connect("clicked()", self.onStartAutoML)
         self.ui.stopAutoMLButton.connect("clicked()", self.logic.stopAutoML)
         self.ui.applyBestButton.connect("clicked()", self.onApplyBest)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         available, why = automl.automl_available()
         self.ui.automlUnavailableLabel.text = why
         self.ui.automlUnavailableLabel.visible = not available
@@ -119,6 +121,18 @@ class ClaraTrainModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelComboBox.addItem(f"{m.name}  ({jobs.TRAINABLE_KINDS[m.kind]})", m.name)
         if self.ui.modelComboBox.count == 0:
             self.onStatus(_("No model to adapt: connect to a backend in Clara Annotate first"), "warning")
+
+    def onModelChanged(self, _index=None) -> None:
+        """Show what the AutoML tab would search for the chosen model."""
+        model = next((m for m in self.logic.trainableModels() if m.name == self.ui.modelComboBox.currentData), None)
+        if model is None or not self.ui.automlSettingsWidget.enabled:
+            return
+        try:
+            bundle, _registry = self.logic.bundleAndRegistry(model)
+            lines = automl.describe_search_space(bundle)
+            self.ui.searchSpaceLabel.text = _("Search space of {model}:").format(model=model.name) + "\n" + "\n".join(lines)
+        except Exception as e:
+            self.ui.searchSpaceLabel.text = user_message(e)
 
     def onWhereChanged(self, index) -> None:
         self.ui.datastoreGroupBox.visible = index == 1

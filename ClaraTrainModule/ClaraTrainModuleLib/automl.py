@@ -124,3 +124,22 @@ def last_log_line(path: str | os.PathLike) -> str:
     except OSError:
         return "see the log"
     return lines[-1][:300] if lines else "see the log"
+
+
+def describe_search_space(bundle: str | os.PathLike) -> list[str]:
+    """One line per searched setting of a bundle's ``configs/train.json`` (what the tab shows before a search)."""
+    from claraseg.automl.bundle import read_config
+    from claraseg.automl.searchspace import parse_search_space
+
+    space = parse_search_space(read_config(bundle))
+    lines = []
+    for e in space.describe():
+        if e["type"] == "enum":
+            values = ", ".join(str(c) for c in e["choices"])
+            lines.append(f"{e['name']}: one of {values} (default {e['default']})")
+        else:
+            scale = ", log scale" if e.get("log") else ""
+            lines.append(f"{e['name']}: {e['low']:g} to {e['high']:g}{scale} (default {e['default']:g})")
+    if not lines:
+        raise ConfigError(f"{bundle}: its configs/train.json declares no 'search' elements, so there is nothing to search")
+    return lines

@@ -67,3 +67,16 @@ def test_last_log_line(tmp_path):
     assert automl.last_log_line(log) == "see the log"
     log.write_text("starting\nConfigError: the bundle declares no 'search' elements\n\n")
     assert automl.last_log_line(log) == "ConfigError: the bundle declares no 'search' elements"
+
+
+def test_search_space_of_a_real_bundle_is_described():
+    from pathlib import Path
+
+    import claraseg.automl
+
+    bundle = Path(claraseg.automl.__file__).parent / "bundles" / "tiny_seg"
+    if not bundle.is_dir():
+        pytest.skip("claraseg/automl/bundles/tiny_seg is not there")
+    lines = automl.describe_search_space(bundle)
+    assert any(line.startswith("lr: ") and "log scale" in line for line in lines)
+    assert any(line.startswith("net: one of ") for line in lines)
