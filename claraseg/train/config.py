@@ -35,6 +35,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "dataset": "cache",           # plain | cache | smart | persistent
     "cache_rate": 1.0,            # cache: fraction of cases cached; smart: fraction in the window
     "replace_rate": 0.25,         # smart: fraction of the window replaced per epoch
+    "copy_cache": False,          # cache/smart: deep-copy cached items per access (for in-place transforms)
     "val_interval": 50,           # iterations between validations (and at the end)
     "checkpoint_interval": 10,    # iterations between checkpoints (resume loses at most this many)
     "log_interval": 1,            # iterations between iteration events
@@ -49,7 +50,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 }
 _SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "max_iterations": (int,), "max_epochs": (int, type(None)), "max_time_s": (float, int, type(None)), "batch_size": (int,), "grad_accumulation": (int,),
-    "num_workers": (int,), "dataset": (str,), "cache_rate": (float, int), "replace_rate": (float, int),
+    "num_workers": (int,), "dataset": (str,), "cache_rate": (float, int), "replace_rate": (float, int), "copy_cache": (bool,),
     "val_interval": (int,), "checkpoint_interval": (int,), "log_interval": (int,), "amp": (bool,),
     "deterministic": (bool,), "seed": (int,), "val_fraction": (float, int), "min_val_cases": (int,),
     "publish": (bool,), "require_improvement": (bool,), "sw_batch_size": (int,),

@@ -21,8 +21,10 @@ def make_dataset(kind: str, data: Sequence[dict], transform: Callable, settings:
     ``plain``: ``Dataset`` (every transform on every access); ``cache``: ``CacheDataset`` (deterministic
     transforms once, in memory); ``persistent``: ``PersistentDataset`` (cached on disk in ``cache_dir``);
     ``smart``: ``SmartCacheDataset`` (a window of ``cache_rate`` of the items, ``replace_rate`` of it
-    replaced each epoch in a background thread). For ``smart``, ``start_epoch`` rotates the data so the
-    window is where it was after that many epochs (the cache is a FIFO over the data in order).
+    replaced each epoch in a background thread). Cached items are handed to the random transforms
+    without a copy unless ``copy_cache`` (MONAI's transforms return new data rather than modify it).
+    For ``smart``, ``start_epoch`` rotates the data so the window is where it was after that many epochs
+    (the cache is a FIFO over the data in order).
     """
     from monai.data import CacheDataset, Dataset, PersistentDataset, SmartCacheDataset
 
@@ -30,7 +32,8 @@ def make_dataset(kind: str, data: Sequence[dict], transform: Callable, settings:
     if kind == "plain":
         return Dataset(data, transform)
     if kind == "cache":
-        return CacheDataset(data, transform, cache_rate=settings["cache_rate"], num_workers=1, progress=False)
+        return CacheDataset(data, transform, cache_rate=settings["cache_rate"], num_workers=1, progress=False,
+                            copy_cache=settings["copy_cache"])
     if kind == "persistent":
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         return PersistentDataset(data, transform, cache_dir=str(cache_dir))
@@ -40,7 +43,8 @@ def make_dataset(kind: str, data: Sequence[dict], transform: Callable, settings:
         shift = (start_epoch * replace_num) % len(data) if replace_num else 0
         data = data[shift:] + data[:shift]
         return SmartCacheDataset(data, transform, replace_rate=settings["replace_rate"], cache_num=cache_num,
-                                 num_init_workers=1, num_replace_workers=1, progress=False, shuffle=False)
+                                 num_init_workers=1, num_replace_workers=1, progress=False, shuffle=False,
+                                 copy_cache=settings["copy_cache"])
     raise ValueError(f"unknown dataset kind {kind!r}")
 
 

@@ -37,7 +37,7 @@ def _load(meta: dict[str, Any], inference: dict[str, Any]) -> list[dict[str, Any
         steps.append({"_target_": "Spacingd", "keys": ["image", "label"], "pixdim": "@_meta_#claraseg#spacing",
                       "mode": ["bilinear", "nearest"]})
     steps += [_intensity(meta, inference),
-              {"_target_": "EnsureTyped", "keys": ["image", "label"], "dtype": ["$torch.float32", "$torch.int64"],
+              {"_target_": "EnsureTyped", "keys": ["image", "label"], "dtype": ["$torch.float32", "$torch.uint8"],
                "track_meta": False}]
     return steps
 
@@ -57,13 +57,16 @@ def segmentation_config(meta: dict[str, Any], inference: dict[str, Any]) -> dict
     return {
         **base,
         "roi_size": "$@_meta_#claraseg#roi_size",
+        # Foreground/background voxel lists are computed once (cached with the volume), not per crop.
         "train": {"preprocessing": {"_target_": "Compose", "transforms": load + [
+            {"_target_": "FgBgToIndicesd", "keys": "label"},
             {"_target_": "RandCropByPosNegLabeld", "keys": ["image", "label"], "label_key": "label",
              "spatial_size": "@roi_size", "pos": 2, "neg": 1, "num_samples": "@crops_per_image",
-             "allow_smaller": True},
+             "fg_indices_key": "label_fg_indices", "bg_indices_key": "label_bg_indices", "allow_smaller": True},
             {"_target_": "SpatialPadd", "keys": ["image", "label"], "spatial_size": "@roi_size"},
             {"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.2, "spatial_axis": 0},
             {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.1, "prob": 0.3},
+            {"_target_": "EnsureTyped", "keys": "label", "dtype": "$torch.int64"},
         ]}},
         "validate": {"preprocessing": {"_target_": "Compose", "transforms": load}},
     }
