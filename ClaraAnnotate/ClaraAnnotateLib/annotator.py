@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -151,12 +152,17 @@ def make_backend(settings: BackendSettings) -> Backend:
         return RemoteBackend(settings.url, settings.token or None)
     try:
         from claraseg.engine import LocalBackend
+        from claraseg.models.registry import ModelRegistry, default_dirs
     except ImportError as e:  # torch or monai missing in Slicer's Python
         raise LocalModeUnavailableError(
             f"Local mode needs PyTorch and MONAI in Slicer's Python ({e}). Click 'Install PyTorch and MONAI' "
             "in the Backend section, or switch to Remote and connect to an annotation server."
         ) from None
-    return LocalBackend(device=settings.device)
+    # The packaged default models plus the user's folder, where fine-tuned versions are published.
+    os.makedirs(settings.models_dir, exist_ok=True)
+    dirs = [d for d in default_dirs() if os.path.abspath(d) != os.path.abspath(settings.models_dir)]
+    registry = ModelRegistry([*dirs, settings.models_dir], publish_dir=settings.models_dir)
+    return LocalBackend(registry, device=settings.device)
 
 
 def _remote_versions(backend: Any) -> tuple[str, str]:

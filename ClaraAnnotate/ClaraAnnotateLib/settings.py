@@ -8,6 +8,7 @@ hands back strings for everything on some platforms, so every read here converts
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -17,6 +18,12 @@ from claraseg.errors import ConfigError
 PREFIX = "ClaraAnnotate/"
 MODES = ("local", "remote")
 MAX_HISTORY = 10
+
+
+def default_models_dir() -> str:
+    """Where local fine-tuning publishes new model versions: a folder of the user's, never the extension's
+    own (read-only once installed). ``CLARASEG_USER_MODELS`` overrides."""
+    return os.environ.get("CLARASEG_USER_MODELS") or os.path.join(os.path.expanduser("~"), ".claraseg", "models")
 
 
 class SettingsStore(Protocol):
@@ -80,6 +87,7 @@ class BackendSettings:
     remember_token: bool = False
     history: list[str] = field(default_factory=list)
     device: str = "auto"
+    models_dir: str = field(default_factory=default_models_dir)
 
     def validate(self) -> BackendSettings:
         if self.mode not in MODES:
@@ -104,6 +112,7 @@ class BackendSettings:
             remember_token=remember,
             history=[str(u) for u in history if isinstance(u, str)][:MAX_HISTORY],
             device=str(store.value(PREFIX + "device", "auto") or "auto"),
+            models_dir=str(store.value(PREFIX + "modelsDir", "") or default_models_dir()),
         )
 
     def save(self, store: SettingsStore) -> None:
@@ -117,3 +126,4 @@ class BackendSettings:
         store.setValue(PREFIX + "rememberToken", bool(self.remember_token))
         store.setValue(PREFIX + "token", self.token if self.remember_token else "")
         store.setValue(PREFIX + "device", self.device)
+        store.setValue(PREFIX + "modelsDir", self.models_dir)

@@ -164,3 +164,18 @@ def test_published_versions_stay_selectable_with_their_scores():
     assert a.model_scores(ModelDescriptor("x", "dextr3d", extra={"fine_tune": {"baseline_dice": None,
                                                                              "best_dice": 0.5}})) == "Dice 0.500"
     assert a.model_scores(ModelDescriptor("y", "dextr3d")) == ""
+
+
+def test_local_backend_publishes_into_the_users_models_folder(tmp_path):
+    pytest.importorskip("claraseg.engine", reason="claraseg.engine (the local engine) is not installed")
+    from claraseg.models.testing import make_tiny_bundle
+
+    user = tmp_path / "user-models"
+    backend = a.make_backend(BackendSettings(mode="local", device="cpu", models_dir=str(user)))
+    try:
+        assert backend.registry.publish_dir == user and user.is_dir()
+        make_tiny_bundle("dextr3d", user / "mydextr")  # e.g. a version a fine-tune job published
+        backend.registry.reload()
+        assert "mydextr" in {m.name for m in backend.models()}
+    finally:
+        backend.close()

@@ -54,3 +54,15 @@ def test_load_tolerates_qsettings_strings_and_garbage():
         BackendSettings(mode="cloud").validate()
     with pytest.raises(ConfigError, match="server address"):
         BackendSettings(mode="remote", url="ftp://x").validate()
+
+
+def test_models_dir_defaults_to_the_users_folder_and_persists(monkeypatch, tmp_path):
+    from ClaraAnnotateLib.settings import default_models_dir
+
+    monkeypatch.delenv("CLARASEG_USER_MODELS", raising=False)
+    assert default_models_dir().endswith(".claraseg/models")
+    monkeypatch.setenv("CLARASEG_USER_MODELS", str(tmp_path))
+    assert BackendSettings().models_dir == str(tmp_path)
+    store = DictStore()
+    BackendSettings(models_dir="/data/models").save(store)
+    assert BackendSettings.load(store).models_dir == "/data/models"
