@@ -3,8 +3,8 @@
 What a user without AI would get from the same prompts:
 
 - ``random_walker``: scikit-image's random walker. Foreground seeds are the object's foreground clicks
-  (for extreme points: the points and their centroid, assumed inside as GrabCut assumes of a box's
-  centre); background seeds are its background clicks, the border of a region of interest (the box
+  (for extreme points: the segments from their centroid to each point, assumed inside as GrabCut
+  assumes of a box's centre); background seeds are its background clicks, the border of a region of interest (the box
   around the foreground seeds plus a margin, ``margin_mm``; for extreme points a few voxels, since they
   already bound the object) and the voxels whose intensity is far from the clicked object's. Large
   regions are solved on a strided grid.
@@ -192,8 +192,7 @@ class ClassicalSession:
         """The object's mask ``[k, j, i]`` from all its prompts."""
         shape = self._data.shape
         size = np.asarray(shape[::-1])
-        centre = [np.rint(np.mean(prompts.extreme, axis=0)).astype(int).tolist()] if prompts.extreme else []
-        fg = np.asarray(prompts.extreme + centre + prompts.foreground, dtype=np.int64).reshape(-1, 3)
+        fg = np.asarray(_spokes(prompts.extreme) + prompts.foreground, dtype=np.int64).reshape(-1, 3)
         bg = np.asarray(prompts.background, dtype=np.int64).reshape(-1, 3)
         out = np.zeros(shape, np.uint8)
         if len(fg) == 0:
@@ -231,6 +230,21 @@ class ClassicalSession:
             inside = _region_growing(data, seeds, clicks_bg)
         out[roi] = inside
         return out
+
+
+def _spokes(points: list[list[int]]) -> list[list[int]]:
+    """Voxels of the straight segments from the extreme points' centroid to each point: foreground
+    scribbles for objects that are star-shaped about their centre (as "Going to Extremes", Roth et al.
+    2019, seeds its random walker from paths between extreme points)."""
+    if not points:
+        return []
+    pts = np.asarray(points, dtype=np.float64)
+    centre = pts.mean(axis=0)
+    out = []
+    for p in pts:
+        n = int(np.ceil(np.abs(p - centre).max())) + 1
+        out.append(np.rint(np.linspace(centre, p, n)).astype(np.int64))
+    return np.unique(np.concatenate(out), axis=0).tolist()
 
 
 def _border(seeds: np.ndarray, slice_axis: int | None, lo: np.ndarray, hi: np.ndarray, size: np.ndarray) -> None:

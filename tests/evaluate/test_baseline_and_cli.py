@@ -1,0 +1,134 @@
+"""The classical baseline on a phantom, its bad-input handling, the grid check, and `claraseg eval` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from claraseg.backend import Backend, Session
+from claraseg.cli import main
+from claraseg.errors import GeometryMismatchError, InvalidPointsError, UnknownModelError
+from claraseg.evaluate import ClassicalBackend, run_structure
+from claraseg.evaluate.runner import structures_of
+from claraseg.io import Image, make_phantom, write_image
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    """A small axis-aligned phantom (image, label)."""
+    return make_phantom(seed=3, size_ijk=(48, 48, 32), oblique=False)
+
+
+@pytest.fixture(scope="module")
+def phantom_files(phantom, tmp_path_factory):
+    d = tmp_path_factory.mktemp("phantom")
+    image, label = phantom
+    return write_image(image, d / "image.nii.gz"), write_image(label, d / "label.nrrd")
+
+
+def _liver(label: Image) -> np.ndarray:
+    return label.array == next(v for v, info in label.labels.items() if info.name == "liver")
+
+
+@pytest.mark.parametrize("method", ["random_walker", "region_growing"])
+def test_baseline_improves_with_clicks(phantom, method):
+    image, label = phantom
+    backend = ClassicalBackend(method)
+    assert isinstance(backend, Backend)
+    session = backend.open_session(image)
+    assert isinstance(session, Session)
+    r = run_structure(session, method, "deepgrow3d", _liver(label), interactions=6)
+    assert len(r.dice) == 6 and all(0.0 <= d <= 1.0 for d in r.dice)
+    assert max(r.dice[1:]) > r.dice[0]
+    if method == "random_walker":
+        assert max(r.dice) > 0.8, r.dice
+
+
+def test_baseline_extreme_points_and_2d(phantom):
+    image, label = phantom
+    session = ClassicalBackend().open_session(image)
+    r = run_structure(session, "random_walker", "dextr3d", _liver(label), interactions=3, refine_model="random_walker")
+    assert r.interactions[0].kind == "extreme_points" and len(r.interactions[0].points) == 6
+    assert r.dice[0] > 0.6, r.dice
+    r2 = run_structure(session, "random_walker", "deepgrow2d", _liver(label), interactions=4, slice_axis=0)
+    assert r2.slice["axis"] == 0 and r2.dice[-1] > 0.6, r2.dice
+
+
+def test_baseline_bad_input_is_typed_and_the_session_stays_usable(phantom):
+    image, label = phantom
+    session = ClassicalBackend().open_session(image)
+    with pytest.raises(InvalidPointsError, match="outside the volume"):
+        session.click("random_walker", [[100, 0, 0]])
+    with pytest.raises(InvalidPointsError, match="no clicks"):
+        session.click("random_walker")
+    with pytest.raises(InvalidPointsError, match="at least 6"):
+        session.extreme_points("random_walker", [[1, 1, 1]] * 5)
+    with pytest.raises(UnknownModelError):
+        session.click("deepgrow3d", [[10, 10, 10]])
+    with pytest.raises(UnknownModelError):
+        ClassicalBackend("graph_cut")
+    delta = session.click("random_walker", [[24, 24, 16]])
+    assert delta.image_size == image.size_ijk
+    undo = session.undo()
+    assert not undo.to_full().any()
+
+
+def test_grid_mismatch_is_a_clear_error(phantom, tmp_path, capsys):
+    image, label = phantom
+    moved = Image(label.array, label.origin + 5.0, label.spacing, label.direction, label.labels)
+    with pytest.raises(GeometryMismatchError, match="origin"):
+        structures_of("case", image, moved)
+    write_image(image, tmp_path / "image.nii.gz")
+    write_image(Image(label.array, label.origin, label.spacing * 1.5, label.direction, label.labels),
+                tmp_path / "label.nii.gz")
+    code = main(["eval", "--method", "random_walker", "--image", str(tmp_path / "image.nii.gz"),
+                 "--label", str(tmp_path / "label.nii.gz"), "--quiet"])
+    assert code == 1
+    assert "not on the image's voxel grid" in capsys.readouterr().err
+
+
+def _check_report_shape(report: dict, clicks: int) -> None:
+    s = report["summary"]
+    assert set(s["mean_dice_at"]) >= {"1", "3", "5", "10"}
+    assert s["mean_dice_at"]["10"] is None if clicks < 10 else isinstance(s["mean_dice_at"]["10"], float)
+    assert isinstance(s["mean_noc85"], float)
+    assert s["latency_ms"]["p50"] > 0 and s["latency_ms"]["p95"] >= s["latency_ms"]["p50"]
+    for st in report["structures"]:
+        assert len(st["dice"]) == clicks and set(st["noc"]) == {"80", "85", "90"}
+        assert st["voxels"] >= 200
+
+
+def test_cli_eval_baseline_end_to_end(phantom_files, tmp_path, capsys):
+    image, label = phantom_files
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    code = main(["eval", "--method", "random_walker", "--image", str(image), "--label", str(label),
+                 "--min-voxels", "300", "--clicks", "5", "--json", str(out_json), "--plot", str(out_png)])
+    assert code == 0
+    report = json.loads(out_json.read_text())
+    _check_report_shape(report, 5)
+    assert report["model"]["kind"] == "deepgrow3d" and report["protocol"]["noc_cap"] == 20
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "mean Dice @1" in capsys.readouterr().out
+
+
+def test_cli_eval_model_beside_baseline(phantom_files, tmp_path):
+    """A tiny random-weight bundle through the real local engine, with the baseline beside it."""
+    testing = pytest.importorskip("claraseg.models.testing", reason="claraseg.models.testing (engine part) missing")
+    pytest.importorskip("claraseg.engine", reason="claraseg.engine (LocalBackend) missing")
+    models = tmp_path / "models"
+    testing.make_tiny_bundle("deepgrow3d", models / "deepgrow3d")
+    image, label = phantom_files
+    out_json, out_png = tmp_path / "m.json", tmp_path / "m.png"
+    code = main(["eval", "--model", "deepgrow3d", "--method", "random_walker", "--models-dir", str(models),
+                 "--image", str(image), "--label", str(label), "--labels", "1,2", "--min-voxels", "200",
+                 "--clicks", "3", "--json", str(out_json), "--plot", str(out_png), "--quiet"])
+    assert code == 0
+    report = json.loads(out_json.read_text())
+    _check_report_shape(report, 3)
+    assert report["model"]["backend"].startswith("local")
+    assert report["baseline"]["method"] == "random_walker"
+    assert len(report["baseline"]["structures"]) == len(report["structures"]) == 2
+    assert len(report["comparison"]["ahead"]) == 3
+    assert out_png.stat().st_size > 1000
