@@ -34,6 +34,7 @@ from claraseg.automl.runners import TrialSpec, get_runner
 from claraseg.automl.scheduler import Scheduler, TrialProcess, parse_devices, pid_alive
 from claraseg.automl.searchspace import SearchSpace, parse_search_space
 from claraseg.errors import ClarasegError, ConfigError, TrainingDataError
+from claraseg.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 SAMPLERS = ("auto", "tpe", "grid", "random")
@@ -270,6 +271,7 @@ class AutoMLController:
         scheduler = Scheduler(self.runner, self.slots, s.threads_per_trial)
         trial_bundle = write_trial_bundle(s.bundle, self.job_dir / "bundle", self.space.config)
         self._write_settings()
+        self._write_status("running")
         self.dispatch("search_start", self)
         self.dispatch("search_space_ready", self, self.space)
         self.recover_stale()
@@ -310,8 +312,15 @@ class AutoMLController:
         summary = report.summarize(self.study)
         summary["interrupted"] = interrupted
         self.dispatch("search_end", self, summary)
+        self._write_status("interrupted" if interrupted else "finished", summary=summary["line"])
         log.info("%s", summary["line"])
         return summary
+
+    def _write_status(self, state: str, **fields: Any) -> None:
+        """``<job>/status.json``: what a server or the Slicer panel shows (see :mod:`claraseg.automl.api`)."""
+        record = {"state": state, "host": self.host, "pid": self.pid, "time": time.time(), "study": self.settings.study,
+                  "storage": _safe_url(self.settings.storage_url()), **fields}
+        write_text_atomic(self.job_dir / "status.json", json.dumps(record, indent=1))
 
     def _write_settings(self) -> None:
         data = asdict(self.settings)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,10 +12,9 @@ import optuna
 from optuna.trial import TrialState
 
 from claraseg.automl import AutoMLController, AutoMLHandler, AutoMLSettings
+from claraseg.automl.api import search_status, start_search, stop_search
 from claraseg.automl.handlers import ReportHandler, TensorBoardHandler
 from claraseg.automl.scheduler import pid_alive
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def lr_enum(*values: float) -> list[dict]:
@@ -98,23 +94,31 @@ def _children(pid: int) -> list[int]:
     return [int(x) for task in Path(f"/proc/{pid}/task").glob("*") for x in (task / "children").read_text().split()]
 
 
-def test_kill9_of_the_controller_then_resume(tmp_path, make_bundle, phantom_datalist):
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def test_kill9_of_the_controller_then_sigterm_then_resume(tmp_path, make_bundle, phantom_datalist):
     bundle = make_bundle(optimizer_search=[{"domain": "lr", "type": "float", "args": ["lr"],
                                             "targets": [0.003, 0.03], "log": True}], iterations=20, val_interval=10)
     job = tmp_path / "job"
-    cmd = [sys.executable, "-m", "claraseg", "automl", "--bundle", str(bundle), "--data", str(phantom_datalist),
-           "--trials", "2", "--workers", "2", "--job-dir", str(job), "--runner", "tiny", "--pruner", "none"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    storage = f"sqlite:///{job / 'study.db'}"
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 90
+    settings = AutoMLSettings(bundle=str(bundle), data=str(phantom_datalist), job_dir=str(job), trials=2, workers=2,
+                              runner="tiny", pruner="none")
+    storage = settings.storage_url()
+
+    def running_with_events() -> bool:
+        ts = _trials(storage)
+        running = [t for t in ts if t.state == TrialState.RUNNING]
+        return len(running) == 2 and all((job / "trials" / f"trial_{t.number:04d}" / "events.jsonl").exists()
+                                         for t in running)
+
+    # 1. kill -9 of the controller while two trials run: they die with it, the study keeps them RUNNING.
+    first = start_search(settings)
     try:
-        while time.time() < deadline:
-            ts = _trials(storage)
-            if sum(t.state == TrialState.RUNNING for t in ts) == 2 and all(
-                    (job / "trials" / f"trial_{t.number:04d}" / "events.jsonl").exists() for t in ts):
-                break
-            time.sleep(0.3)
+        _wait(running_with_events, 120, "two running trials")
         workers = _children(first.pid)
         assert len(workers) == 2
         first.send_signal(signal.SIGKILL)
@@ -125,22 +129,33 @@ def test_kill9_of_the_controller_then_resume(tmp_path, make_bundle, phantom_data
             first.wait()
     time.sleep(1.0)
     assert not [p for p in workers if pid_alive(p)], "trial processes outlived their controller"
-    before = {t.number: t.params for t in _trials(storage) if t.state == TrialState.RUNNING}
-    assert before, "no trial was running when the controller was killed"
+    killed = {t.number: t.params for t in _trials(storage) if t.state == TrialState.RUNNING}
+    assert killed, "no trial was running when the controller was killed"
+    assert search_status(job)["state"] == "stopped"
 
-    subprocess.run(cmd, env=env, check=True, timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # 2. Resume, then stop cleanly (SIGTERM) while the re-queued trials run.
+    second = start_search(settings)
+    _wait(lambda: running_with_events() and search_status(job)["state"] == "running", 120, "the resumed trials")
+    assert stop_search(job)
+    assert second.wait(60) == 130
+    assert search_status(job)["state"] == "interrupted"
+
+    # 3. Resume again: the budget is finished with the same parameters.
+    third = start_search(settings)
+    assert third.wait(180) == 0
+    status = search_status(job)
+    assert status["state"] == "finished" and "vs default settings" in status["summary"]
     ts = _trials(storage)
     interrupted = [t for t in ts if t.user_attrs.get("interrupted")]
-    assert sorted(t.number for t in interrupted) == sorted(before)
-    assert all(t.state == TrialState.FAIL for t in interrupted)
+    assert set(killed) <= {t.number for t in interrupted} and all(t.state == TrialState.FAIL for t in interrupted)
     retries = {t.user_attrs["retry_of"]: t for t in ts if "retry_of" in t.user_attrs}
-    for t in interrupted:  # the same parameters ran again, and completed
-        assert retries[t.number].params == before[t.number] and retries[t.number].state == TrialState.COMPLETE
-    assert sum(t.state == TrialState.COMPLETE for t in ts) == 2  # the budget, not counting interrupted trials
-    if 0 in before:
-        assert retries[0].user_attrs.get("default")  # the default trial stays the default when re-run
-    rows = json.loads((job / "trials.json").read_text())
-    assert [r["state"] for r in rows].count("fail (retried)") == len(before)
+    for t in interrupted:  # every interrupted trial ran again with the same parameters
+        assert retries[t.number].params == t.params
+    complete = [t for t in ts if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2  # the budget, not counting interrupted trials
+    assert {json.dumps(t.params) for t in complete} == {json.dumps(p) for p in killed.values()}
+    assert sum(bool(t.user_attrs.get("default")) for t in complete) == 1  # the default trial stays the default
+    assert [r["state"] for r in status["trials"]].count("fail (retried)") == len(interrupted)
 
 
 def test_fine_tune_job_trials_and_a_crashing_trial(tmp_path, make_bundle, phantom_datalist):
