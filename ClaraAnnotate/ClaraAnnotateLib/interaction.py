@@ -10,6 +10,7 @@ import logging
 
 import qt
 import slicer
+import vtk
 from slicer.i18n import tr as _
 from slicer.util import VTKObservationMixin
 
@@ -34,6 +35,7 @@ class InteractionLogic(VTKObservationMixin):
         self.listeners = []
         self._ignorePointEvents = False
         self._written = {}
+        self._selected = None
         self._timer = qt.QTimer()
         self._timer.setInterval(30)
         self._timer.connect("timeout()", self._poll)
@@ -206,6 +208,21 @@ class InteractionLogic(VTKObservationMixin):
                 for event in (defined, slicer.vtkMRMLMarkupsNode.PointRemovedEvent):
                     if not self.hasObserver(node, event, self._onExtremePointsChanged):
                         self.addObserver(node, event, self._onExtremePointsChanged)
+
+        editorNode = self.segmentEditorNode()
+        if not self.hasObserver(editorNode, vtk.vtkCommand.ModifiedEvent, self._onEditorNodeModified):
+            self.addObserver(editorNode, vtk.vtkCommand.ModifiedEvent, self._onEditorNodeModified)
+
+    def _onEditorNodeModified(self, caller, event) -> None:
+        """Points belong to one segment: picking another segment starts its clicks afresh."""
+        seg = caller.GetSegmentationNode()
+        current = (seg.GetID() if seg else None, caller.GetSelectedSegmentID())
+        previous, self._selected = self._selected, current
+        if previous is not None and previous[1] and current != previous:  # not when a first segment is made
+            pn = self.getParameterNode()
+            for node in (pn.foregroundPoints, pn.backgroundPoints, pn.extremePoints):
+                if node is not None and node.GetNumberOfControlPoints():
+                    node.RemoveAllControlPoints()
 
     def _onExtremePointsChanged(self, caller, event) -> None:
         self._notify("onPointsChanged")
