@@ -132,3 +132,47 @@ def test_cli_eval_model_beside_baseline(phantom_files, tmp_path):
     assert len(report["baseline"]["structures"]) == len(report["structures"]) == 2
     assert len(report["comparison"]["ahead"]) == 3
     assert out_png.stat().st_size > 1000
+
+
+def test_bench_measures_latency_and_session_memory(tmp_path):
+    """`claraseg bench`'s measurements on small volumes with tiny random-weight bundles (real engine)."""
+    testing = pytest.importorskip("claraseg.models.testing", reason="claraseg.models.testing (engine part) missing")
+    engine = pytest.importorskip("claraseg.engine", reason="claraseg.engine (LocalBackend) missing")
+    from claraseg.evaluate.bench import bench_latency, bench_session, format_bench
+
+    for kind in ("deepgrow3d", "deepgrow2d", "dextr3d"):
+        testing.make_tiny_bundle(kind, tmp_path / kind)
+    backend = engine.LocalBackend(tmp_path, device="cpu", idle_timeout=None)
+    try:
+        lat = bench_latency(backend, size_ijk=(96, 96, 24), clicks=2, jitter_runs=0)
+        ses = bench_session(backend, size_ijk=(96, 96, 32), repeats=1)
+    finally:
+        backend.close()
+    assert lat["volume"]["size_ijk"] == [96, 96, 24] and lat["volume"]["dtype"] == "int16"
+    for kind in ("deepgrow3d", "deepgrow2d", "dextr3d"):
+        m = lat["models"][kind]
+        assert m["n"] >= 2 and 0 < m["p50_ms"] <= m["p95_ms"]
+        assert all(isinstance(c["pass"], bool) for c in m["targets"].values())
+    assert ses["volume"]["bytes"] == 96 * 96 * 32 * 2
+    assert ses["open_s"] > 0 and ses["held_after_open_bytes"] > 0 and ses["memory_factor"] > 0
+    report = {"threads": 1, "note": "test", "latency": lat, "session": ses, "all_targets_pass": False}
+    assert "deepgrow3d: n=" in format_bench(report)
+
+
+def test_cli_eval_through_a_real_server(phantom_files, tmp_path):
+    """The same protocol code evaluates a RemoteBackend: `claraseg eval --server` against `claraseg serve`."""
+    testing = pytest.importorskip("claraseg.models.testing", reason="claraseg.models.testing (engine part) missing")
+    server = pytest.importorskip("claraseg.server.testing", reason="claraseg.server.testing (server part) missing")
+    pytest.importorskip("claraseg.client", reason="claraseg.client (RemoteBackend) missing")
+    models = tmp_path / "models"
+    testing.make_tiny_bundle("deepgrow3d", models / "deepgrow3d")
+    image, label = phantom_files
+    out_json = tmp_path / "remote.json"
+    with server.ServerProcess(["--models", str(models), "--workers", "1"], tmp_path / "store", tmp_path / "log") as srv:
+        code = main(["eval", "--server", srv.url, "--model", "deepgrow3d", "--image", str(image), "--label",
+                     str(label), "--labels", "1", "--clicks", "2", "--json", str(out_json), "--quiet"])
+        assert code == 0, srv.log_tail()
+    report = json.loads(out_json.read_text())
+    assert report["model"]["backend"] == f"remote {srv.url}"
+    assert len(report["structures"]) == 1 and len(report["structures"][0]["dice"]) == 2
+    assert len(report["structures"][0]["latency_ms"]) == 2
