@@ -328,9 +328,14 @@ class AutoMLController:
         (self.job_dir / "automl.json").write_text(json.dumps(data, indent=1))
 
     def _heartbeat(self) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
         now = time.time()
         for trial, _, _ in self._owned.values():
-            trial.set_user_attr("heartbeat", now)
+            try:
+                trial.set_user_attr("heartbeat", now)
+            except UpdateFinishedTrialError:
+                pass  # taken over by another controller; noticed when its next Dice is reported
 
     def _fill(self, scheduler: Scheduler, bundle: Path, started_at: float) -> None:
         free = scheduler.free_slots()
@@ -369,13 +374,23 @@ class AutoMLController:
             self.dispatch("trial_start", self, info)
 
     def _poll(self, scheduler: Scheduler) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
         s = self.settings
         for proc in scheduler.poll():
             self._report(proc)
             self._finish(proc)
         for proc in list(scheduler.running.values()):
             trial, _, info = self._owned[proc.spec.number]
-            if self._report(proc):
+            try:
+                prune = self._report(proc)
+            except UpdateFinishedTrialError:
+                # Another controller declared this trial abandoned (no heartbeat) and queued it again.
+                scheduler.stop(proc)
+                self._owned.pop(proc.spec.number)
+                log.warning("trial %d was taken over by another controller; stopped here", trial.number)
+                continue
+            if prune:
                 scheduler.stop(proc)
                 step = proc.validations[-1][0]
                 trial.set_user_attr("pruned_at", step)
@@ -412,14 +427,20 @@ class AutoMLController:
         self._end(proc, "fail", why)
 
     def _end(self, proc: TrialProcess, state: str, error: str | None, value: float | None = None) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
         trial, _, info = self._owned.pop(proc.spec.number)
-        if error:
-            trial.set_user_attr("error", error[-2000:])
-            log.warning("trial %d failed: %s", trial.number, error.splitlines()[-1] if error else "")
-        if state == "complete":
-            self.study.tell(trial, value)
-        else:
-            self.study.tell(trial, state=_state(state.upper()))
+        try:
+            if error:
+                trial.set_user_attr("error", error[-2000:])
+                log.warning("trial %d failed: %s", trial.number, error.splitlines()[-1])
+            if state == "complete":
+                self.study.tell(trial, value, skip_if_finished=True)
+            else:
+                self.study.tell(trial, state=_state(state.upper()), skip_if_finished=True)
+        except UpdateFinishedTrialError:
+            log.warning("trial %d was taken over by another controller; its result here is dropped", trial.number)
+            return
         info.state, info.error = state, error
         info.dice = value if value is not None else (proc.validations[-1][1] if state == "pruned" else None)
         info.duration_s = round(time.time() - proc.started, 1)
