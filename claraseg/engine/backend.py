@@ -61,6 +61,11 @@ class LocalBackend:
             self._sessions[session.id] = session
         return session
 
+    def warmup(self) -> None:
+        """Load every model's network now (the first call otherwise pays for importing MONAI and loading)."""
+        for name in self.registry.names():
+            self.registry.network(name, self.device)
+
     def close(self) -> None:
         self._stop.set()
         with self._lock:

@@ -96,6 +96,8 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
     s = float(settings["first_click_spacing_mm"]) if first else object_spacing(extent, size[0], fill, srange)
     centre = (lo + hi) / 2.0
 
+    keep = bool(settings.get("keep_clicked_components", False))
+
     def run_at(spacing: float, centre_ijk: np.ndarray):
         spv = np.array([spacing, spacing, sp[slice_axis]]) if two_d else np.array([spacing] * 3)
         c = centre_ijk.copy()
@@ -104,9 +106,13 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
         roi = square_roi(c, sp, spv, size, axes)
         img = sample_roi(vol.array, sp, roi, transform=vol.normalise)
         m = sample_roi(mask, sp, roi, mode="nearest") if has_mask else torch.zeros(img.shape)
-        x = interactive_input(img, roi.index_to_roi(fg, sp) if len(fg) else [],
-                              roi.index_to_roi(bg, sp) if len(bg) else [], m, deepgrow_sigma(settings, roi.spacing))
-        return roi, forward(net, x, kind, device)
+        fg_roi = roi.index_to_roi(fg, sp) if len(fg) else np.zeros((0, 3))
+        x = interactive_input(img, fg_roi, roi.index_to_roi(bg, sp) if len(bg) else [], m,
+                              deepgrow_sigma(settings, roi.spacing))
+        prob = forward(net, x, kind, device)
+        if keep:
+            prob = keep_clicked_components(prob, fg_roi, m.numpy(), settings["threshold"])
+        return roi, prob
 
     roi, prob = run_at(s, centre)
     if first:
@@ -121,6 +127,28 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
                     c2 = roi.roi_to_index(c_roi[None], sp)[0]
                     roi, prob = run_at(s2, (c2 + centre) / 2.0 if np.linalg.norm(c2 - centre) > 0 else centre)
     return _paste_roi(prob, roi, vol, settings["threshold"])
+
+
+def keep_clicked_components(prob: torch.Tensor, fg_roi: np.ndarray, mask_roi: np.ndarray,
+                            threshold: float) -> torch.Tensor:
+    """Zero the probability of connected components (26-connected, in the ROI) of the thresholded result
+    that hold no foreground click - or, with no foreground click in the ROI, that do not touch the
+    current mask. Stray blobs elsewhere in the ROI are the commonest failure of a click model."""
+    from scipy import ndimage
+
+    binary = prob.numpy() > threshold
+    labels, n = ndimage.label(binary, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return prob
+    shape = np.asarray(binary.shape[::-1])
+    idx = np.clip(np.rint(np.asarray(fg_roi, dtype=np.float64).reshape(-1, 3)), 0, shape - 1).astype(int)
+    inside = np.all((fg_roi >= -0.5) & (fg_roi <= shape - 0.5), axis=1) if len(fg_roi) else np.zeros(0, bool)
+    keep = set(labels[idx[inside, 2], idx[inside, 1], idx[inside, 0]].tolist()) - {0}
+    if not keep:
+        keep = set(np.unique(labels[(mask_roi > 0) & binary]).tolist()) - {0}
+    if not keep:
+        return prob
+    return prob * torch.from_numpy(np.isin(labels, sorted(keep)) | ~binary)
 
 
 def _mask_box(mask, axis: int, index: int):

@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation after training")
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="only (re)run the held-out evaluation of already trained bundles and record it")
     p.set_defaults(func=_run)
 
 
@@ -34,6 +36,14 @@ def _run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.evaluate_only:
+        from claraseg.models.heldout import evaluate_bundle
+
+        for kind in models:
+            if kind != "segmentation":
+                result = evaluate_bundle(args.out / kind, args.data or default_data_dir())
+                print(kind, json.dumps(result["summary"], indent=2))
+        return 0
     records = pretrain(models, args.out, args.data or default_data_dir(), minutes=parse_minutes(args.minutes),
                        iterations=args.iterations, seed=args.seed, evaluate=not args.no_eval)
     print(json.dumps({k: {f: v.get(f) for f in ("iterations", "minutes", "final_loss", "validation_dice_roi",

@@ -34,6 +34,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "guidance": {"encoding": "gaussian", "sigma_mm": 3.0, "min_sigma_vox": 1.5},
         "intensity": INTENSITY,
         "threshold": 0.5,
+        "keep_clicked_components": True,
         "min_points": 1,
     },
     "deepgrow2d": {
@@ -46,6 +47,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "guidance": {"encoding": "gaussian", "sigma_mm": 3.0, "min_sigma_vox": 1.5},
         "intensity": INTENSITY,
         "threshold": 0.5,
+        "keep_clicked_components": True,
         "min_points": 1,
     },
     "dextr3d": {
