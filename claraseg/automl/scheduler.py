@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from claraseg.automl.runners import TrialRunner, TrialSpec, environment_for
+from claraseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -170,9 +171,7 @@ def parse_devices(text: str | None, workers: int) -> list[str]:
         return cpu_slots(workers)
     slots = [d.strip() for d in text.split(",") if d.strip()]
     for d in slots:
-        if not (d == "cpu" or d.startswith("cpu:") or d.startswith("cuda:")):
-            from claraseg.errors import ConfigError
-
+        if not (d == "cpu" or d.startswith(("cpu:", "cuda:"))):
             raise ConfigError(f"device {d!r}: use cpu, cpu:N or cuda:N (comma-separated, one worker each)")
     return [f"cpu:{i}" if d == "cpu" else d for i, d in enumerate(slots)]
 

@@ -216,7 +216,7 @@ def _element(config: dict, path: str, holder: dict, index: int, raw: Any) -> Sea
         raise ConfigError(f"{where}: 'name' must be a non-empty string")
     ids, currents = [], []
     for arg in args:
-        full, current = _resolve_arg(config, path, holder, arg, where)
+        full, current = _resolve_arg(path, holder, arg, where)
         ids.append(full)
         currents.append(current)
     targets = raw["targets"]
@@ -331,7 +331,7 @@ def _lookup(config: Any, full_id: str) -> tuple[bool, Any]:
     return True, node
 
 
-def _resolve_arg(config: dict, path: str, holder: dict, arg: str, where: str) -> tuple[str, Any]:
+def _resolve_arg(path: str, holder: dict, arg: str, where: str) -> tuple[str, Any]:
     """The full id of ``arg`` (relative to ``holder``) and its current value; checks that it exists."""
     keys = arg.replace("::", ID_SEP).split(ID_SEP)
     node: Any = holder
@@ -365,7 +365,7 @@ def _check_component(node: Any, node_path: str, where: str) -> None:
 
 def resolve_target(target: str) -> Any:
     """The class or function a ``_target_`` names (MONAI short names or dotted paths), or None."""
-    if target.startswith("$") or target.startswith("@"):
+    if target.startswith(("$", "@")):
         return target  # an expression or reference: resolved only when the trial runs
     module = _locator().get_component_module_name(target)
     if isinstance(module, list):

@@ -138,3 +138,15 @@ def test_cli_validate_only_prints_the_space(tmp_path, phantom_datalist, capsys):
     assert code == 0
     assert [e["name"] for e in out["search_space"]] == ["net", "loss", "lr", "flip_prob", "intensity_prob"]
     assert out["slots"] == ["cpu:0", "cpu:1"]
+
+
+def test_worker_slots_and_storage_urls():
+    from claraseg.automl.controller import _safe_url
+    from claraseg.automl.scheduler import parse_devices
+
+    assert parse_devices(None, 3) == ["cpu:0", "cpu:1", "cpu:2"]
+    assert parse_devices("cuda:0,cuda:1", 1) == ["cuda:0", "cuda:1"]
+    with pytest.raises(ConfigError, match="device 'gpu0'"):
+        parse_devices("gpu0", 1)
+    assert _safe_url("postgresql://bob:secret@db:5432/automl") == "postgresql://bob:***@db:5432/automl"
+    assert _safe_url("postgresql://bob@db/automl") == "postgresql://bob@db/automl"
