@@ -190,7 +190,7 @@ def load(remote_factory, model: str, kind: str, image: Image, clients: int, clic
 
 
 def main(out: Path | None = None, quick: bool = False, models: Path | None = None, backend: str | None = None,
-         device: str = "cpu") -> int:
+         device: str = "cpu", clients: int | None = None, clicks: int | None = None) -> int:
     from claraseg.client import RemoteBackend
 
     sizes = {"click": (512, 512, 100), "open": (512, 512, 300), "load": (256, 256, 100), "clients": 8, "clicks": 50,
@@ -198,6 +198,8 @@ def main(out: Path | None = None, quick: bool = False, models: Path | None = Non
     if quick:
         sizes = {"click": (256, 256, 64), "open": (256, 256, 120), "load": (96, 96, 48), "clients": 3, "clicks": 8,
                  "n": 6}
+    sizes["clients"] = clients or sizes["clients"]
+    sizes["clicks"] = clicks or sizes["clicks"]
     args = ["--workers", "2", "--max-upload-mb", "4096", "--max-sessions", "64"]
     if backend:
         args += ["--backend", backend]

@@ -49,6 +49,8 @@ def register(sub) -> None:
     p.add_argument("--models", type=Path, help="model bundles (default: the built-in default models)")
     p.add_argument("--backend", metavar="MODULE:CALLABLE", help="benchmark another Backend (as for serve)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--clients", type=int, help="load test: concurrent clients (default 8)")
+    p.add_argument("--clicks", type=int, help="load test: clicks per client (default 50)")
     p.set_defaults(func=_bench)
 
 
@@ -121,4 +123,5 @@ def _serve(args) -> int:
 def _bench(args) -> int:
     from .bench import main
 
-    return main(out=args.out, quick=args.quick, models=args.models, backend=args.backend, device=args.device)
+    return main(out=args.out, quick=args.quick, models=args.models, backend=args.backend, device=args.device,
+                clients=args.clients, clicks=args.clicks)
