@@ -118,6 +118,16 @@ def latency(local, remote, model: str, kind: str, image: Image, n: int) -> dict[
     out["transport_overhead_ms"] = out["remote_median_ms"] - out["local_median_ms"]
     out["remote_minus_server_compute_ms"] = statistics.median(
         r - c for r, c in zip(times["remote"], times["server_compute"]))
+    s = remote.open_session(image)
+    try:
+        floor = []
+        for _ in range(30):  # an undo on an empty object: the protocol's round trip without inference
+            t0 = time.perf_counter()
+            s.undo("empty")
+            floor.append((time.perf_counter() - t0) * 1000)
+    finally:
+        s.close()
+    out["empty_round_trip_median_ms"] = statistics.median(floor)
     return out
 
 
