@@ -51,6 +51,8 @@ def register(sub) -> None:
     p.add_argument("--hippocampus-cases", type=int, default=6,
                    help="--heldout: how many held-out hippocampus cases to evaluate (default %(default)s)")
     p.add_argument("--no-baseline", action="store_true", help="--heldout: skip the classical baseline")
+    p.add_argument("--baseline-only", action="store_true",
+                   help="--heldout: only compute (and save in --out) the baselines, which need no weights")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval)
 
@@ -152,16 +154,20 @@ def _heldout(args) -> int:
             backend, models, args.data, args.out, method=None if args.no_baseline else (args.method or "random_walker"),
             interactions=args.clicks, min_voxels=args.min_voxels, hippocampus_cases=args.hippocampus_cases,
             jitter_seeds=args.jitter_seeds, progress=not args.quiet, backend_name=backend_name,
+            baseline_only=args.baseline_only,
         )
     finally:
         backend.close()
     for name, s in summaries.items():
-        ours, base = s["summary"], s["baseline"]
+        ours, base = s.get("summary"), s["baseline"]
+        if ours is None:
+            print(f"{name}: baseline Dice {base['mean_dice_at']} NoC@85 {base['mean_noc85']}")
+            continue
         line = f"{name}: Dice {ours['mean_dice_at']} NoC@85 {ours['mean_noc85']} latency {ours['latency_ms']}"
         if base:
             line += f" | baseline Dice {base['mean_dice_at']} NoC@85 {base['mean_noc85']}"
         print(line)
-    print(f"wrote {args.out}/heldout_*.json and .png")
+    print(f"wrote {args.out}/" + ("baseline_*.json" if args.baseline_only else "heldout_*.json and .png"))
     return 0
 
 

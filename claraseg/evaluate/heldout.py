@@ -8,6 +8,8 @@ on them with the model and with the classical baseline, and writes one JSON and 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +25,7 @@ from claraseg.evaluate.runner import (
     build_report,
     default_refine_model,
     resolve_model,
+    run_baseline,
     structures_of,
 )
 from claraseg.io import make_phantom, read_image, read_labels_json
@@ -76,21 +79,53 @@ def heldout_structures(record: dict[str, Any], data_dir: str | Path, *, min_voxe
     return out
 
 
+def _baseline_key(method: str, kind: str, structures: Sequence[Structure], interactions: int) -> dict[str, Any]:
+    """What a baseline result depends on: method, protocol, structures and the code that computes them."""
+    import claraseg.evaluate.classical as classical
+    import claraseg.evaluate.protocol as protocol
+
+    code = hashlib.sha1()
+    for module in (classical, protocol):
+        code.update(Path(module.__file__).read_bytes())
+    return {"method": method, "kind": kind, "interactions": interactions, "code_sha1": code.hexdigest(),
+            "structures": [[s.case, s.label, int(s.truth.sum())] for s in structures]}
+
+
+def heldout_baseline(method: str, kind: str, structures: Sequence[Structure], interactions: int, out_dir: Path,
+                     progress: bool = True) -> dict[str, Any]:
+    """The baseline's results on the held-out structures, reused from ``baseline_<kind>_<method>.json`` in
+    ``out_dir`` when it was computed for exactly these structures by this code (it needs no weights, so
+    it can be run before they exist), else computed and saved there."""
+    key = _baseline_key(method, kind, structures, interactions)
+    cache = out_dir / f"baseline_{kind}_{method}.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return saved["baseline"]
+    result = run_baseline(ClassicalBackend(method), kind, structures, interactions=interactions, progress=progress)
+    write_json({"key": key, "baseline": result}, cache)
+    return result
+
+
 def evaluate_heldout(backend: Backend, models: Sequence[str], data_dir: str | Path, out_dir: str | Path, *,
                      method: str | None = "random_walker", interactions: int = 20, min_voxels: int = MIN_VOXELS,
                      hippocampus_cases: int = 6, jitter_seeds: int = 0, progress: bool = True,
-                     backend_name: str = "local") -> dict[str, Any]:
+                     backend_name: str = "local", baseline_only: bool = False) -> dict[str, Any]:
     """Evaluate each model on its held-out structures (and the baseline on the same ones); write
-    ``heldout_<model>.json`` and ``.png`` into ``out_dir`` and return ``{model: summary}``."""
+    ``heldout_<model>.json`` and ``.png`` into ``out_dir`` and return ``{model: summary}``.
+    ``baseline_only`` computes (and saves) only the baselines."""
     out = Path(out_dir)
     summaries: dict[str, Any] = {}
-    baseline = ClassicalBackend(method) if method else None
     for name in models:
         t0 = time.time()
         descriptor = resolve_model(backend, name)
         record = heldout_record(descriptor)
         structures = heldout_structures(record, data_dir, min_voxels=min_voxels,
                                         hippocampus_cases=hippocampus_cases)
+        baseline = heldout_baseline(method, descriptor.kind, structures, interactions, out, progress) if method else None
+        if baseline_only:
+            summaries[name] = {"baseline": baseline["summary"] if baseline else None}
+            continue
         refine = default_refine_model(backend) if descriptor.kind == "dextr3d" else None
         report = build_report(
             backend, descriptor, structures, baseline=baseline, interactions=interactions, refine_model=refine,
@@ -104,5 +139,6 @@ def evaluate_heldout(backend: Backend, models: Sequence[str], data_dir: str | Pa
         summaries[name] = {"summary": report["summary"],
                            "baseline": report.get("baseline", {}).get("summary"),
                            "comparison": report.get("comparison")}
-    write_json(summaries, out / "heldout_summary.json")
+    if not baseline_only:
+        write_json(summaries, out / "heldout_summary.json")
     return summaries

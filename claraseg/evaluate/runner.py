@@ -229,12 +229,24 @@ def compare(ours: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
 
 
 
+def run_baseline(baseline: Backend, kind: str, structures: Sequence[Structure], *, interactions: int = NOC_CAP,
+                 slice_axis: int = 2, progress: bool = True) -> dict[str, Any]:
+    """The classical baseline on ``structures`` with the protocol of ``kind``: ``{method, structures, summary}``."""
+    method = baseline.models()[0].name
+    results = run(baseline, ModelDescriptor(name=method, kind=kind), structures, interactions=interactions,
+                  refine_model=method if kind in EXTREME_KINDS else None, slice_axis=slice_axis,
+                  progress=progress, desc=method)
+    return {"method": method, "structures": results, "summary": summarize(results, interactions)}
+
+
 def build_report(backend: Backend, model: ModelDescriptor, structures: Sequence[Structure], *,
-                 baseline: Backend | None = None, interactions: int = NOC_CAP, refine_model: str | None = None,
-                 slice_axis: int = 2, jitter_seeds: int = 0, progress: bool = True, backend_name: str = "local",
-                 title: str | None = None, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate ``model`` on ``structures`` (and the classical ``baseline`` on the same ones, with the
-    same protocol) and return the full report: per-structure results, summary, comparison."""
+                 baseline: Backend | dict[str, Any] | None = None, interactions: int = NOC_CAP,
+                 refine_model: str | None = None, slice_axis: int = 2, jitter_seeds: int = 0, progress: bool = True,
+                 backend_name: str = "local", title: str | None = None,
+                 inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate ``model`` on ``structures`` and return the full report: per-structure results, summary
+    and, with a ``baseline`` (a classical backend, run on the same structures with the same protocol, or
+    the result of :func:`run_baseline` on them), the baseline beside it and the comparison."""
     import claraseg
 
     if not structures:
@@ -256,12 +268,9 @@ def build_report(backend: Backend, model: ModelDescriptor, structures: Sequence[
         "wall_s": round(time.time() - t0, 1),
     }
     if baseline is not None:
-        method = baseline.models()[0].name
-        base_desc = ModelDescriptor(name=method, kind=model.kind)
-        base_results = run(baseline, base_desc, structures, interactions=interactions,
-                           refine_model=method if model.kind in EXTREME_KINDS else None, slice_axis=slice_axis,
-                           progress=progress, desc=method)
-        report["baseline"] = {"method": method, "structures": base_results,
-                              "summary": summarize(base_results, interactions)}
-        report["comparison"] = compare(report["summary"], report["baseline"]["summary"])
+        if not isinstance(baseline, dict):
+            baseline = run_baseline(baseline, model.kind, structures, interactions=interactions,
+                                    slice_axis=slice_axis, progress=progress)
+        report["baseline"] = baseline
+        report["comparison"] = compare(report["summary"], baseline["summary"])
     return report
