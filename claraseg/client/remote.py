@@ -279,7 +279,20 @@ class RemoteBackend:
             data = _Body([head, voxels])
         params = {"expiry": int(self.session_expiry)} if self.session_expiry else None
         return self._call("PUT", "/session/", "opening a session", timeout=self.upload_timeout,
-                          data=data, headers=headers, params=params).json()
+                          data=data, headers=headers, params=params, on_cancel=self._discard_session).json()
+
+    def _discard_session(self, fut: Future) -> None:
+        """A cancelled upload may still open a session on the server: close it when it does."""
+        def done(f: Future) -> None:
+            try:
+                r = f.result()
+                if r.status_code == 200:
+                    self._executor.submit(self._http.delete, f"{self.url}/session/{r.json()['session_id']}",
+                                          verify=self._verify, timeout=self.timeout)
+            except Exception:  # nothing was opened, or the backend is closing: nothing to clean up
+                pass
+
+        fut.add_done_callback(done)
 
     # ----- datastore ---------------------------------------------------------------------------------
     def datastore(self, full: bool = True) -> dict[str, Any]:

@@ -198,6 +198,7 @@ def test_slow_upload_does_not_stall_info(served, remote):
 
 def test_cancel_interrupts_a_call_in_flight(served, remote):
     big = _noise((320, 320, 200))
+    before = remote.info()["sessions"]["open"]
     timer = threading.Timer(0.02, remote.cancel)
     timer.start()
     t0 = time.perf_counter()
@@ -206,6 +207,10 @@ def test_cancel_interrupts_a_call_in_flight(served, remote):
     assert time.perf_counter() - t0 < 3.0
     assert requests.get(served.url + "/info/", headers=_h(served), timeout=10).status_code == 200
     assert remote.models()  # the backend still works after a cancel
+    deadline = time.time() + 20
+    while remote.info()["sessions"]["open"] != before and time.time() < deadline:
+        time.sleep(0.2)  # a session the cancelled upload still opened is closed by the client
+    assert remote.info()["sessions"]["open"] == before
 
 
 def test_job_routes(served, remote, phantom):
