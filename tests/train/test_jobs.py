@@ -81,10 +81,8 @@ def test_cancel(tmp_path, seg_bundle, seg_data):
 def test_kill9_resume_and_determinism(tmp_path, seg_bundle, seg_data):
     overrides = {**FAST, "training#max_iterations": 24, "training#checkpoint_interval": 5, "training#val_interval": 100,
                  "training#deterministic": True, "training#publish": False}
-    ref_job, ref = run_job(seg_bundle, seg_data, overrides, tmp_path / "ref")
-    assert ref["state"] == "completed"
-    reference = losses(ref_job.events())
-
+    # The reference run and the run to be killed go side by side.
+    ref_job = FineTuneJob(seg_bundle, seg_data, overrides, tmp_path / "ref", threads=1, device="cpu").start()
     job = FineTuneJob(seg_bundle, seg_data, overrides, tmp_path / "killed", threads=1, device="cpu").start()
     wait_for_event(job, lambda e: e["event"] == "iteration" and e["iteration"] >= 12)
     os.kill(job.pid(), signal.SIGKILL)
@@ -95,6 +93,8 @@ def test_kill9_resume_and_determinism(tmp_path, seg_bundle, seg_data):
     done = max(e["iteration"] for e in before if e["event"] == "iteration")
     assert last_ckpt == 10 and done - last_ckpt <= 5
     status = job.resume().wait(120)
+    assert ref_job.wait(60)["state"] == "completed"
+    reference = losses(ref_job.events())
     assert status["state"] == "completed" and status["iteration"] == 24
     after = job.events()[len(before):]
     resumed = [e for e in after if e["event"] == "info" and e["message"] == "resumed from checkpoint"]
