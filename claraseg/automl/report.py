@@ -87,15 +87,16 @@ def plot_history(study, path: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
 
     rows = trial_rows(study)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(8.5, 4), dpi=100)
     styles = {"complete": ("o", "tab:blue", "completed"), "pruned": ("v", "tab:orange", "pruned")}
     for state, (marker, color, label) in styles.items():
         pts = [(r["number"], r["dice"]) for r in rows if r["state"] == state and r["dice"] is not None]
         if pts:
             ax.scatter(*zip(*pts), marker=marker, color=color, label=label, zorder=3)
-    failed = [r["number"] for r in rows if r["state"].startswith("fail")]
-    if failed:
-        ax.scatter(failed, [0.0] * len(failed), marker="x", color="tab:red", label="failed", zorder=3)
+    for state, color, label in (("fail", "tab:red", "failed"), ("fail (retried)", "tab:gray", "interrupted, re-run")):
+        xs_ = [r["number"] for r in rows if r["state"] == state]
+        if xs_:
+            ax.scatter(xs_, [0.0] * len(xs_), marker="x", color=color, label=label, zorder=3)
     best, xs, ys = None, [], []
     for r in sorted(rows, key=lambda r: r["number"]):
         if r["state"] == "complete" and r["dice"] is not None:
@@ -113,7 +114,7 @@ def plot_history(study, path: str | os.PathLike) -> Path:
     ax.set_ylim(bottom=0)
     ax.set_title(f"AutoML: {study.study_name}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
