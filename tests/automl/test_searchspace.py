@@ -150,3 +150,21 @@ def test_worker_slots_and_storage_urls():
         parse_devices("gpu0", 1)
     assert _safe_url("postgresql://bob:secret@db:5432/automl") == "postgresql://bob:***@db:5432/automl"
     assert _safe_url("postgresql://bob@db/automl") == "postgresql://bob@db/automl"
+
+
+def test_optimiser_choice_with_a_learning_rate_inside_it():
+    # The root element replaces the whole optimizer; the lr element inside it is applied after, to the choice.
+    config = with_search("optimizer", {"domain": "lr", "type": "float", "args": ["lr"], "targets": [1e-4, 0.1],
+                                       "log": True})
+    adam = config["optimizer"].copy()
+    adam.pop("search")
+    sgd = {"_target_": "torch.optim.SGD", "params": "$@network_def.parameters()", "lr": 0.01, "momentum": 0.9}
+    config["search"] = [{"domain": "optimizer", "type": "enum", "args": ["optimizer"], "labels": ["adam", "sgd"],
+                         "targets": [[adam], [sgd]]}]
+    space = parse_search_space(config)
+    assert space.names == ["optimizer", "lr"] and space.defaults() == {"optimizer": "adam", "lr": 0.0003}
+    overrides = space.overrides({"optimizer": "sgd", "lr": 0.05})
+    assert list(overrides) == ["optimizer", "optimizer#lr"]
+    optimizer = ConfigParser(apply_overrides(space.config, overrides)).get_parsed_content("optimizer")
+    assert type(optimizer).__name__ == "SGD"
+    assert optimizer.param_groups[0]["lr"] == 0.05 and optimizer.param_groups[0]["momentum"] == 0.9
