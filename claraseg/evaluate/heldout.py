@@ -27,6 +27,7 @@ from claraseg.evaluate.runner import (
     resolve_model,
     run_baseline,
     structures_of,
+    summarize,
 )
 from claraseg.io import make_phantom, read_image, read_labels_json
 
@@ -77,6 +78,15 @@ def heldout_structures(record: dict[str, Any], data_dir: str | Path, *, min_voxe
         image, label = make_phantom(seed=int(seed), size_ijk=PHANTOM_SIZE)
         out += structures_of(f"phantom_{seed}", image, label, None, min_voxels)
     return out
+
+
+def _by_source(structures: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per-structure results grouped by data source (sample-data folder, or "phantoms")."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for s in structures:
+        source = "phantoms" if s["case"].startswith("phantom_") else s["case"].split("/")[0]
+        groups.setdefault(source, []).append(s)
+    return groups
 
 
 def _baseline_key(method: str, kind: str, structures: Sequence[Structure], interactions: int) -> dict[str, Any]:
@@ -133,6 +143,10 @@ def evaluate_heldout(backend: Backend, models: Sequence[str], data_dir: str | Pa
             title=f"{name} on held-out structures (>= {min_voxels} voxels) and fresh phantoms",
             inputs={"heldout": record, "data_dir": str(data_dir), "hippocampus_cases": hippocampus_cases},
         )
+        report["summary_by_source"] = {
+            run_name: {src: summarize(rows, interactions) for src, rows in _by_source(run["structures"]).items()}
+            for run_name, run in (("ours", report), ("baseline", report.get("baseline"))) if run
+        }
         report["wall_s"] = round(time.time() - t0, 1)
         write_json(report, out / f"heldout_{name}.json")
         plot(report, out / f"heldout_{name}.png")
