@@ -357,8 +357,11 @@ class Runner:
                 rate = 1.0 / max(dt, 1e-6) if rate is None else 0.8 * rate + 0.2 / max(dt, 1e-6)
                 lr = optimizer.param_groups[0]["lr"]
                 if self.iteration % s["log_interval"] == 0 or self.iteration == max_it:
+                    eta = (max_it - self.iteration) / rate
+                    if s["max_time_s"] is not None:
+                        eta = min(eta, max(0.0, s["max_time_s"] - (time.time() - t_start)))
                     ev.emit("iteration", iteration=self.iteration, max_iterations=max_it, epoch=epoch, loss=value,
-                            lr=lr, its_per_s=round(rate, 4), eta_s=round((max_it - self.iteration) / rate, 1))
+                            lr=lr, its_per_s=round(rate, 4), eta_s=round(eta, 1))
                 if self.tb is not None:
                     self.tb.add_scalar("train/loss", value, self.iteration)
                     self.tb.add_scalar("train/lr", lr, self.iteration)
