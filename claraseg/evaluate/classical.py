@@ -39,7 +39,7 @@ from claraseg.io import Image, MaskDelta, check_finite, check_points_inside
 
 METHODS = ("random_walker", "region_growing")
 #: Largest region (voxels) solved at full resolution; larger ones are strided to stay interactive.
-MAX_ROI_VOXELS = 400_000
+MAX_ROI_VOXELS = 120_000
 #: Voxels whose intensity lies this many robust spreads from the clicked object's become background seeds.
 SEED_SIGMAS = 5.0
 
