@@ -147,6 +147,7 @@ class Interaction:
     points: list[list[int]]  # [i, j, k]
     dice: float
     latency_ms: float
+    compute_ms: float
 
 
 @dataclass
@@ -158,6 +159,7 @@ class StructureResult:
     voxels: int
     dice: list[float]  # after interactions 1..N
     latency_ms: list[float]  # per interaction actually run (none once the prediction is exact)
+    compute_ms: list[float]  # the part of each latency spent computing (remote: as the server reports it)
     noc: dict[str, int]  # "80"/"85"/"90" -> interactions
     auc: float | None
     interactions: list[Interaction] = field(default_factory=list)
@@ -241,6 +243,7 @@ def run_structure(
         region = _nonzero_box(truth)
     curve: list[float] = []
     latencies: list[float] = []
+    computes: list[float] = []
     steps: list[Interaction] = []
     exact_at = None
     try:
@@ -266,12 +269,14 @@ def run_structure(
                 )
                 step_kind = "foreground" if foreground else "background"
             latency = (time.perf_counter() - t0) * 1000.0
+            compute = _compute_ms(session, latency)
             obj.apply(delta)
             box = region if kind in SLICE_KINDS else _union_box(region, obj.box)
             d = dice(obj.full[box], truth[box])
             curve.append(d)
             latencies.append(latency)
-            steps.append(Interaction(number, step_kind, [list(map(int, p)) for p in points], d, latency))
+            computes.append(compute)
+            steps.append(Interaction(number, step_kind, [list(map(int, p)) for p in points], d, latency, compute))
             if d == 1.0:  # exact: no error left to click on, the curve stays at 1
                 exact_at = number
                 curve.extend([1.0] * (interactions - number))
@@ -280,11 +285,20 @@ def run_structure(
         session.clear(oid)
     first_refinement = 2 if kind in EXTREME_KINDS else 1
     return StructureResult(
-        label=label, name=name, voxels=voxels, dice=curve, latency_ms=latencies,
+        label=label, name=name, voxels=voxels, dice=curve, latency_ms=latencies, compute_ms=computes,
         noc={f"{round(t * 100)}": number_of_clicks(curve, t) for t in NOC_THRESHOLDS},
         auc=dice_auc(curve, first_refinement), interactions=steps, exact_at=exact_at,
         slice=slice_info, jitter_seed=jitter_seed,
     )
+
+
+def _compute_ms(session: Session, latency_ms: float) -> float:
+    """Compute time of the call just made: what a remote session reports the server spent
+    (``last_compute_ms``); for an in-process session the whole latency is compute."""
+    reported = getattr(session, "last_compute_ms", None)
+    if isinstance(reported, (int, float)) and np.isfinite(reported):
+        return float(min(reported, latency_ms))
+    return latency_ms
 
 
 def _slice_region(shape: tuple[int, int, int], slice_axis: int, index: int) -> tuple[slice, ...]:

@@ -154,6 +154,7 @@ def summarize(structures: Sequence[dict[str, Any]], interactions: int) -> dict[s
                 "mean_noc85": None, "latency_ms": {"p50": None, "p95": None}}
     curves = np.asarray([s["dice"] for s in structures], dtype=np.float64)
     lat = np.asarray([t for s in structures for t in s["latency_ms"]], dtype=np.float64)
+    comp = np.asarray([t for s in structures for t in s["compute_ms"]], dtype=np.float64)
     aucs = [s["auc"] for s in structures if s["auc"] is not None]
     summary: dict[str, Any] = {
         "structures": len(structures),
@@ -164,15 +165,22 @@ def summarize(structures: Sequence[dict[str, Any]], interactions: int) -> dict[s
         "mean_noc85": round(float(np.mean([s["noc"]["85"] for s in structures])), 3),
         "mean_noc90": round(float(np.mean([s["noc"]["90"] for s in structures])), 3),
         "mean_auc": round(float(np.mean(aucs)), 4) if aucs else None,
-        "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
-                       "p95": round(float(np.percentile(lat, 95)), 1) if lat.size else None,
-                       "interactions": int(lat.size)},
+        "latency_ms": _percentiles(lat),
+        "compute_ms": _percentiles(comp),
+        "transfer_ms": _percentiles(lat - comp),
     }
     jit = [s["jitter"] for s in structures if "jitter" in s]
     if jit:
         summary["jitter"] = {"mean_dice_at_1": round(float(np.mean([np.mean(j["dice_at_1"]) for j in jit])), 4),
                              "seeds": jit[0]["seeds"]}
     return summary
+
+
+def _percentiles(ms: np.ndarray) -> dict[str, Any]:
+    if not ms.size:
+        return {"p50": None, "p95": None, "interactions": 0}
+    return {"p50": round(float(np.percentile(ms, 50)), 1), "p95": round(float(np.percentile(ms, 95)), 1),
+            "interactions": int(ms.size)}
 
 
 def protocol_description(kind: str, interactions: int, slice_axis: int, refine_model: str | None) -> dict[str, Any]:
@@ -187,8 +195,8 @@ def protocol_description(kind: str, interactions: int, slice_axis: int, refine_m
         "noc_cap": NOC_CAP,
         "noc_unreached": f"counted as {NOC_CAP}",
         "auc": f"trapezoid over the Dice after the {AUC_CLICKS} refinement clicks (max {AUC_CLICKS - 1}.0)",
-        "latency": "wall-clock per backend call as the evaluator sees it (local backend: compute only; "
-                   "remote: compute + transfer)",
+        "latency": "wall-clock per backend call as the evaluator sees it (local backend: all compute; "
+                   "remote: compute as the server reports it (X-Compute-Ms) + transfer)",
     }
     if kind in EXTREME_KINDS:
         d["first_interaction"] = "the 6 extreme points of the truth (ties: nearest the centroid)"

@@ -175,4 +175,7 @@ def test_cli_eval_through_a_real_server(phantom_files, tmp_path):
     report = json.loads(out_json.read_text())
     assert report["model"]["backend"] == f"remote {srv.url}"
     assert len(report["structures"]) == 1 and len(report["structures"][0]["dice"]) == 2
-    assert len(report["structures"][0]["latency_ms"]) == 2
+    st = report["structures"][0]
+    assert len(st["latency_ms"]) == len(st["compute_ms"]) == 2
+    assert all(0 < c <= t for c, t in zip(st["compute_ms"], st["latency_ms"]))
+    assert report["summary"]["transfer_ms"]["p50"] >= 0
