@@ -179,3 +179,17 @@ def test_cli_eval_through_a_real_server(phantom_files, tmp_path):
     assert len(st["latency_ms"]) == len(st["compute_ms"]) == 2
     assert all(0 < c <= t for c, t in zip(st["compute_ms"], st["latency_ms"]))
     assert report["summary"]["transfer_ms"]["p50"] >= 0
+
+
+def test_cli_eval_reads_a_dicom_series_and_a_seg_nrrd(phantom, tmp_path, capsys):
+    from claraseg.io import write_dicom_series
+
+    image, label = phantom
+    write_dicom_series(image, tmp_path / "dicom")
+    write_image(label, tmp_path / "label.seg.nrrd")
+    code = main(["eval", "--method", "random_walker", "--image", str(tmp_path / "dicom"), "--label",
+                 str(tmp_path / "label.seg.nrrd"), "--labels", "1", "--clicks", "2", "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{"):])["summary"]
+    assert summary["structures"] == 1 and summary["mean_dice_at"]["1"] > 0.3
