@@ -218,6 +218,8 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+    if hasattr(os, "getloadavg"):  # other work on the machine slows every figure: say how much there was
+        env["load_average_1_5_15min"] = [round(v, 2) for v in os.getloadavg()]
     torch = sys.modules.get("torch")
     if torch is not None:
         env["torch"] = torch.__version__
