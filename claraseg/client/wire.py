@@ -50,6 +50,8 @@ def encode_volume_parts(image: Image) -> tuple[bytes, memoryview]:
         "spacing": [float(v) for v in image.spacing],
         "direction": [float(v) for v in image.direction.ravel()],
     }).encode()
+    # Pad the header with spaces so the voxels start 64-byte aligned in the body (numpy reads them in place).
+    header += b" " * (-(_PREFIX.size + len(header)) % 64)
     return _PREFIX.pack(_MAGIC, _VERSION, len(header)) + header, memoryview(a).cast("B")
 
 
@@ -86,6 +88,8 @@ def decode_volume(data: bytes | bytearray | memoryview) -> Image:
             f"the volume holds {len(payload):,} bytes of voxels but size {size} of {dtype.name} needs {expected:,}"
         )
     arr = np.frombuffer(payload, dtype=dtype.newbyteorder("<")).reshape(size[::-1])
+    if not arr.flags.aligned:  # a sender that did not pad its header: copy once rather than compute misaligned
+        arr = arr.copy()
     image = Image(arr, np.array(origin), np.array(spacing), np.array(direction).reshape(3, 3))
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise InvalidImageError("the volume holds NaN or infinite voxels; replace them before uploading")

@@ -99,12 +99,10 @@ def _serve(args) -> int:
     import uvicorn
 
     from .app import create_app
-    from .sessions import limit_heap_growth
 
     settings = settings_from_args(args)
     settings.check()
     configure_logging(args.log_format)
-    limit_heap_growth()
     backend = load_backend(args.backend, args.models, args.device)
     try:
         app = create_app(backend, settings)

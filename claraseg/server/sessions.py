@@ -226,16 +226,3 @@ def release_memory() -> None:
         except (OSError, AttributeError):
             pass
 
-
-def limit_heap_growth() -> None:
-    """Serve volume-sized blocks from mmap so freeing a session returns its memory to the OS at once.
-
-    glibc raises its mmap threshold after large frees, after which volumes land on the heap and stay
-    there. Fixing it at 32 MiB (the dynamic maximum) keeps volumes on mmap while the many smaller
-    inference tensors stay on the faster heap.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD
-        except (OSError, AttributeError):
-            pass
