@@ -168,11 +168,13 @@ def test_fine_tune_job_trials_and_a_crashing_trial(tmp_path, make_bundle, phanto
     bundle = make_bundle(root_search=[{"domain": "net", "name": "dropout", "type": "enum", "args": ["network_def#dropout"],
                                        "targets": [[0.0], [2.0]]}],
                          edit=lambda c: c["network_def"].update(dropout=0.0), iterations=10, val_interval=10)
-    settings = AutoMLSettings(bundle=str(bundle), data=str(phantom_datalist), job_dir=str(tmp_path / "job"), trials=2,
-                              workers=2, runner="train", default_trial=False, seed=0)
+    # A 3-trial budget, but a 5 s time budget: both trials start at once, no third starts after 5 s.
+    settings = AutoMLSettings(bundle=str(bundle), data=str(phantom_datalist), job_dir=str(tmp_path / "job"), trials=3,
+                              timeout_s=5, workers=2, runner="train", default_trial=False, seed=0)
     controller = AutoMLController(settings, [ReportHandler()])
     assert controller.runner.name == "train" and controller.study is None
     summary = controller.run()
+    assert len(controller.study.get_trials()) == 2
     trials = {t.params["dropout"]: t for t in controller.study.get_trials()}
     assert trials[0.0].state == TrialState.COMPLETE and 0.0 <= trials[0.0].value <= 1.0
     assert trials[2.0].state == TrialState.FAIL and "dropout" in trials[2.0].user_attrs["error"]
@@ -180,3 +182,26 @@ def test_fine_tune_job_trials_and_a_crashing_trial(tmp_path, make_bundle, phanto
     assert (job_dir / "job.json").is_file()
     assert json.loads((job_dir / "job.json").read_text())["overrides"]["training#publish"] is False
     assert summary["counts"] == {"complete": 1, "fail": 1}
+
+
+def test_a_silent_trial_of_another_host_is_taken_over(tmp_path, make_bundle, phantom_datalist):
+    # A trial left RUNNING by a controller on another machine that stopped sending heartbeats.
+    bundle = make_bundle(optimizer_search=[{"domain": "lr", "type": "float", "args": ["lr"], "targets": [0.003, 0.03]}])
+    settings = AutoMLSettings(bundle=str(bundle), data=str(phantom_datalist), job_dir=str(tmp_path / "job"), trials=2,
+                              runner="tiny", grace_s=60)
+    controller = AutoMLController(settings, [])
+    study = controller.open_study()
+    silent, alive = study.ask({"lr": optuna.distributions.FloatDistribution(0.003, 0.03)}), study.ask(
+        {"lr": optuna.distributions.FloatDistribution(0.003, 0.03)})
+    for trial, beat in ((silent, time.time() - 600), (alive, time.time())):
+        trial.set_user_attr("host", "elsewhere")
+        trial.set_user_attr("controller_pid", 1)
+        trial.set_user_attr("heartbeat", beat)
+    assert controller.recover_stale() == [silent.number]
+    states = {t.number: t for t in study.get_trials()}
+    assert states[silent.number].state == TrialState.FAIL and states[silent.number].user_attrs["interrupted"]
+    assert states[alive.number].state == TrialState.RUNNING
+    queued = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert len(queued) == 1 and queued[0].user_attrs["retry_of"] == silent.number
+    assert queued[0].system_attrs["fixed_params"] == silent.params  # the same parameters run again
+    assert controller.counted() == 1  # the interrupted trial does not use the budget; the live one does
