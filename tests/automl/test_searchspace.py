@@ -168,3 +168,15 @@ def test_optimiser_choice_with_a_learning_rate_inside_it():
     optimizer = ConfigParser(apply_overrides(space.config, overrides)).get_parsed_content("optimizer")
     assert type(optimizer).__name__ == "SGD"
     assert optimizer.param_groups[0]["lr"] == 0.05 and optimizer.param_groups[0]["momentum"] == 0.9
+
+
+def test_handlers_load_by_name():
+    from claraseg.automl.handlers import ReportHandler, load_handler
+
+    assert isinstance(load_handler("claraseg.automl.handlers:ReportHandler"), ReportHandler)
+    with pytest.raises(ConfigError, match="module.path:ClassName"):
+        load_handler("ReportHandler")
+    with pytest.raises(ConfigError, match="cannot be loaded"):
+        load_handler("claraseg.automl.handlers:NoSuchHandler")
+    with pytest.raises(ConfigError, match="must subclass"):
+        load_handler("collections:OrderedDict")
