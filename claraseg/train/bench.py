@@ -135,7 +135,7 @@ def heldout_slices(label, value: int) -> tuple[np.ndarray, int, int, int]:
 def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[str], threads: int = 2,
                 budget_s: float = 540.0, interactions: int = 5, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune an interactive bundle on the lower half (in slices) of each structure of the sample CT and
-    evaluate the click protocol before and after on the upper half, in an image cropped to it."""
+    evaluate the click protocol before and after on the upper half; each half in an image cropped to it."""
     import shutil
 
     from claraseg.engine.backend import LocalBackend
@@ -154,21 +154,24 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
     label = read_image(data_dir / "ct_abdomen_3mm" / "label.nii.gz", label=True)
     names = {v: i.name for v, i in read_labels_json(data_dir / "ct_abdomen_3mm" / "labels.json").items()}
     by_name = {n: v for v, n in names.items()}
-    train = np.zeros(label.array.shape, dtype=np.uint8)
-    held = np.zeros(label.array.shape, dtype=np.uint8)
-    tests = []
-    for n, name in enumerate(structures, start=1):
-        mask, lo, mid, hi = heldout_slices(label, by_name[name])
-        train[:mid][mask[:mid]] = n
-        held[mid:][mask[mid:]] = n
-        tests.append((name, mid, hi))
-    named = {n: LabelInfo(s) for n, s in enumerate(structures, start=1)}
-    write_image(label.with_array(train, labels=named), workdir / "train_label.nii.gz")
-    write_image(label.with_array(held, labels=named), workdir / "heldout_label.nii.gz")
-    ct = str(data_dir / "ct_abdomen_3mm" / "image.nii.gz")
-    # The job validates on the held-out slices too (never trained on).
-    datalist = {"training": [{"image": ct, "label": str(workdir / "train_label.nii.gz")}],
-                "validation": [{"image": ct, "label": str(workdir / "heldout_label.nii.gz")}]}
+    ni, nj, nk = image.size_ijk
+    # Per structure: the image below the middle of its slice range is trained on, the image above held out;
+    # both are cropped there, so a label never stops inside the image where the organ goes on.
+    train_entries, val_entries, tests = [], [], []
+    for name in structures:
+        _mask, _lo, mid, hi = heldout_slices(label, by_name[name])
+        for part, (k0, k1) in (("train", (0, mid)), ("heldout", (mid, nk))):
+            sub = crop(image, [0, 0, k0], [ni, nj, k1])
+            lab = crop(label, [0, 0, k0], [ni, nj, k1])
+            mask = (lab.array == by_name[name]).astype(np.uint8)
+            write_image(sub, workdir / f"{part}_{name}_image.nii.gz")
+            write_image(lab.with_array(mask, labels={1: LabelInfo(name)}), workdir / f"{part}_{name}_label.nii.gz")
+            entry = {"image": str(workdir / f"{part}_{name}_image.nii.gz"),
+                     "label": str(workdir / f"{part}_{name}_label.nii.gz")}
+            (train_entries if part == "train" else val_entries).append(entry)
+        tests.append((name, mid, nk))
+    # The job validates on the held-out slabs too (never trained on).
+    datalist = {"training": train_entries, "validation": val_entries}
     settings = {"training#max_time_s": budget_s, "training#max_iterations": 10**6, "training#val_interval": 50,
                 "training#checkpoint_interval": 25, **(overrides or {})}
     t0 = time.time()
@@ -182,8 +185,8 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
     published = status["published"]
     per: dict[str, Any] = {}
     for name, mid, hi in tests:
-        sub = crop(image, [0, 0, mid], [image.size_ijk[0], image.size_ijk[1], hi])
-        truth = crop(label, [0, 0, mid], [image.size_ijk[0], image.size_ijk[1], hi]).array == by_name[name]
+        sub = read_image(workdir / f"heldout_{name}_image.nii.gz")
+        truth = read_image(workdir / f"heldout_{name}_label.nii.gz", label=True).array > 0
         session = backend.open_session(sub)
         try:
             row = {}
