@@ -89,8 +89,8 @@ class AutoMLController:
         self.space: SearchSpace = parse_search_space(read_config(s.bundle))
         if not self.space.elements:
             raise ConfigError(f"{s.bundle}: the training config declares no 'search' element; nothing to search")
-        self._check_data(Path(s.data))
         self.runner = get_runner(s.runner)
+        self._check_data(Path(s.data), needs_validation=self.runner.name == "tiny")
         self.slots = parse_devices(s.devices, s.workers)
         self.handlers = [ReportHandler(), TensorBoardHandler()] if handlers is None else list(handlers)
         self.dispatch = Dispatcher(self.handlers)
@@ -102,20 +102,28 @@ class AutoMLController:
 
     # -- set-up ---------------------------------------------------------------------------------------
     @staticmethod
-    def _check_data(path: Path) -> None:
+    def _check_data(path: Path, needs_validation: bool) -> None:
+        """Fail before any trial on a missing or malformed datalist: a list of ``{image, label}`` (the
+        fine-tune job holds some out) or ``{"training": [...], "validation": [...]}``."""
         if not path.is_file():
             raise TrainingDataError(f"{path}: the datalist does not exist")
         try:
             data = json.loads(path.read_text())
         except ValueError as e:
             raise TrainingDataError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(data, dict) or not data.get("training"):
-            raise TrainingDataError(f"{path}: a datalist needs a non-empty 'training' list of image/label pairs")
-        for item in data.get("training", []) + data.get("validation", []):
+        if isinstance(data, list):
+            data = {"training": data}
+        if not isinstance(data, dict) or not isinstance(data.get("training"), list) or not data["training"]:
+            raise TrainingDataError(f"{path}: a datalist needs a non-empty list of image/label pairs "
+                                    "(or an object with a 'training' list)")
+        if needs_validation and not data.get("validation"):
+            raise TrainingDataError(f"{path}: the tiny runner needs a 'validation' list beside 'training' "
+                                    "(fine-tune jobs hold cases out by themselves)")
+        for item in data["training"] + list(data.get("validation") or []):
             for key in ("image", "label"):
-                f = path.parent / str(item.get(key, ""))
-                if key not in item or not f.exists():
-                    raise TrainingDataError(f"{path}: {key} {item.get(key)!r} of a case does not exist")
+                if not isinstance(item, dict) or key not in item or not (path.parent / str(item[key])).exists():
+                    value = item.get(key) if isinstance(item, dict) else item
+                    raise TrainingDataError(f"{path}: {key} {value!r} of a case does not exist")
 
     def _sampler(self, seed: int):
         import optuna

@@ -180,3 +180,12 @@ def test_handlers_load_by_name():
         load_handler("claraseg.automl.handlers:NoSuchHandler")
     with pytest.raises(ConfigError, match="must subclass"):
         load_handler("collections:OrderedDict")
+
+
+def test_cli_rejects_a_broken_datalist(tmp_path, capsys):
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [{"image": "missing.nii.gz", "label": "missing_label.nii.gz"}]}))
+    code = main(["automl", "--bundle", str(TINY), "--data", str(datalist), "--job-dir", str(tmp_path / "job"),
+                 "--runner", "train"])
+    assert code == 1 and "image 'missing.nii.gz' of a case does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "job").exists()
