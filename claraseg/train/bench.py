@@ -201,7 +201,12 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
     after = float(np.mean([v["after"][-1] for v in per.values()]))
     events = job.events()
     final = [e for e in events if e["event"] == "state" and e["state"] == "completed"][-1]
+    import hashlib
+
+    weights = start / "models" / "model.pt"
     return {"machine": machine(), "threads": threads, "bundle": str(bundle), "kind": kind, "structures": structures,
+            "weights": {"sha256": hashlib.sha256(weights.read_bytes()).hexdigest()[:16],
+                        "modified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(weights.stat().st_mtime))},
             "budget_s": budget_s, "train_wall_s": round(train_wall, 1), "iterations": final["iteration"],
             "its_per_s": final.get("its_per_s"), "peak_memory_mb": final.get("peak_memory_mb"),
             "validation_dice": {"baseline": final.get("baseline_dice"), "best": final.get("best_dice")},
