@@ -18,11 +18,19 @@ def plot_curves(events: list[dict[str, Any]], path: str | os.PathLike, title: st
     vals = [e for e in events if e.get("event") == "validation" and not e.get("baseline")]
     base = [e for e in events if e.get("event") == "validation" and e.get("baseline")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot([e["iteration"] for e in its], [e["loss"] for e in its], lw=1)
+    x, loss = [e["iteration"] for e in its], [e["loss"] for e in its]
+    axes[0].plot(x, loss, lw=0.8, alpha=0.5, label="per iteration")
+    if len(loss) >= 10:  # a moving mean shows the trend through the per-batch noise
+        window = max(5, len(loss) // 20)
+        smooth = [sum(loss[max(0, i - window + 1):i + 1]) / len(loss[max(0, i - window + 1):i + 1]) for i in range(len(loss))]
+        axes[0].plot(x, smooth, lw=1.6, color="tab:blue", label=f"mean of {window}")
+        axes[0].legend(loc="upper right")
     axes[0].set(title="training loss", xlabel="iteration")
     axes[1].plot([e["iteration"] for e in its], [e["lr"] for e in its], lw=1, color="tab:orange")
     axes[1].set(title="learning rate", xlabel="iteration")
-    axes[2].plot([e["iteration"] for e in vals], [e["dice"] for e in vals], "o-", color="tab:green", label="fine-tuned")
+    start = [(0, base[0]["dice"])] if base else []
+    points = start + [(e["iteration"], e["dice"]) for e in vals]
+    axes[2].plot([p[0] for p in points], [p[1] for p in points], "o-", color="tab:green", label="fine-tuned")
     if base:
         axes[2].axhline(base[0]["dice"], ls="--", color="gray", label="starting model")
     axes[2].set(title="validation Dice (held-out)", xlabel="iteration", ylim=(0, 1))
