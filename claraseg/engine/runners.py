@@ -70,8 +70,8 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
     ``mask`` is the object's current mask (:class:`~claraseg.engine.masks.BoxMask`); ``fg``/``bg`` all
     the object's clicks (N, 3) ``[i, j, k]`` (2D: those on the slice). The ROI covers the current mask
     and the clicks at the spacing that makes them fill ``fill`` of it; the first click on an empty
-    object uses ``first_click_spacing_mm`` and, when the result is much smaller or cut off by the ROI,
-    runs once more at the spacing its extent calls for.
+    object uses ``first_click_spacing_mm`` and, when the result is cut off by the ROI, runs again with a
+    larger field of view (``grow_passes`` times at most).
     """
     sp = vol.spacing
     size = tuple(int(v) for v in settings["roi_size"])
@@ -93,7 +93,9 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
     lo, hi = allp.min(axis=0), allp.max(axis=0)
     extent = float(((hi - lo + 1) * sp)[plane].max())
     first = not has_mask and len(bg) == 0 and len(fg) <= 1
-    s = float(settings["first_click_spacing_mm"]) if first else object_spacing(extent, size[0], fill, srange)
+    # Refinement: the current mask and clicks fill only ``refine_fill`` of the ROI, so the object can grow.
+    refine_fill = float(settings.get("refine_fill", fill))
+    s = float(settings["first_click_spacing_mm"]) if first else object_spacing(extent, size[0], refine_fill, srange)
     centre = (lo + hi) / 2.0
 
     keep = bool(settings.get("keep_clicked_components", False))
@@ -115,17 +117,13 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
         return roi, prob
 
     roi, prob = run_at(s, centre)
-    if first:
+    # A first result cut off by the ROI runs once more with a larger field of view.
+    for _ in range(int(settings.get("grow_passes", 1)) if first else 0):
         info = _roi_mask_extent(prob.numpy() > settings["threshold"], roi)
-        if info is not None:
-            ext, c_roi, touches = info
-            if touches and s < srange[1]:
-                roi, prob = run_at(min(s * 1.8, srange[1]), centre)
-            else:
-                s2 = object_spacing(ext, size[0], fill, srange)
-                if s2 < 0.7 * s:
-                    c2 = roi.roi_to_index(c_roi[None], sp)[0]
-                    roi, prob = run_at(s2, (c2 + centre) / 2.0 if np.linalg.norm(c2 - centre) > 0 else centre)
+        if info is None or not info[2] or s >= srange[1]:
+            break
+        s = min(s * 1.8, srange[1])
+        roi, prob = run_at(s, centre)
     return _paste_roi(prob, roi, vol, settings["threshold"])
 
 
