@@ -150,9 +150,24 @@ def evaluate_heldout(backend: Backend, models: Sequence[str], data_dir: str | Pa
         report["wall_s"] = round(time.time() - t0, 1)
         write_json(report, out / f"heldout_{name}.json")
         plot(report, out / f"heldout_{name}.png")
-        summaries[name] = {"summary": report["summary"],
-                           "baseline": report.get("baseline", {}).get("summary"),
-                           "comparison": report.get("comparison")}
+        summaries[name] = _summary_entry(report)
     if not baseline_only:
-        write_json(summaries, out / "heldout_summary.json")
+        write_summary(out)
     return summaries
+
+
+def _summary_entry(report: dict[str, Any]) -> dict[str, Any]:
+    return {"summary": report["summary"], "baseline": report.get("baseline", {}).get("summary"),
+            "comparison": report.get("comparison"), "summary_by_source": report.get("summary_by_source"),
+            "created": report.get("created")}
+
+
+def write_summary(out_dir: str | Path) -> Path:
+    """Rebuild ``heldout_summary.json`` from every ``heldout_<model>.json`` in ``out_dir`` (so models
+    evaluated by separate, parallel runs end up in one table)."""
+    out = Path(out_dir)
+    table = {}
+    for path in sorted(out.glob("heldout_*.json")):
+        if path.name != "heldout_summary.json":
+            table[path.stem[len("heldout_"):]] = _summary_entry(json.loads(path.read_text()))
+    return write_json(table, out / "heldout_summary.json")
