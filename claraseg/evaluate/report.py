@@ -30,7 +30,7 @@ def _jsonable(o: Any) -> Any:
 
 def runs_of(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(label, run) pairs of a report: the main run, then the baseline when there is one."""
-    runs = [(report.get("title") or report.get("model", {}).get("name", "ours"), report)]
+    runs = [(report.get("model", {}).get("name") or "ours", report)]
     if report.get("baseline"):
         runs.append((f"{report['baseline']['method']} (baseline)", report["baseline"]))
     return runs
@@ -59,6 +59,7 @@ def plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
         ax.set_xlabel("interaction (DEXTR3D: 1 = extreme points)")
         ax.set_ylabel("Dice")
         ax.set_ylim(0, 1.0)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
