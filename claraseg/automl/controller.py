@@ -398,25 +398,30 @@ class AutoMLController:
                 self._owned.pop(proc.spec.number)
                 log.warning("trial %d was taken over by another controller; stopped here", trial.number)
                 continue
-            if prune:
+            if prune is not None:
                 scheduler.stop(proc)
-                step = proc.validations[-1][0]
+                step, dice = prune
                 trial.set_user_attr("pruned_at", step)
                 self._end(proc, "pruned", None)
-                log.info("trial %d pruned at iteration %d (Dice %.4f)", trial.number, step, proc.validations[-1][1])
+                log.info("trial %d pruned at iteration %d (Dice %.4f)", trial.number, step, dice)
             elif s.trial_timeout_s is not None and time.time() - proc.started > s.trial_timeout_s:
                 scheduler.stop(proc)
                 self._end(proc, "fail", f"exceeded the trial timeout of {s.trial_timeout_s:g} s")
 
-    def _report(self, proc: TrialProcess) -> bool:
-        """Report new validation Dice values to the study; True if the trial should be pruned."""
+    def _report(self, proc: TrialProcess) -> tuple[int, float] | None:
+        """Report new validation Dice values to the study, one at a time, and ask the pruner after each
+        (a controller that polls late must prune at the same step as one that polls often).
+        Returns the (step, Dice) at which the trial should be pruned, or None."""
         trial, _, info = self._owned[proc.spec.number]
         new = proc.validations[len(info.validations):]
+        running = proc.process.poll() is None
         for step, dice in new:
             if step not in dict(info.validations):
                 trial.report(dice, step)
             info.validations.append((step, dice))
-        return bool(new) and proc.process.poll() is None and trial.should_prune()
+            if running and trial.should_prune():
+                return step, dice
+        return None
 
     def _finish(self, proc: TrialProcess) -> None:
         rc = proc.process.returncode
