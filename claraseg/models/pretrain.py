@@ -144,14 +144,26 @@ def _update_metadata(bundle_dir: Path, training: dict[str, Any], data_source: st
 
 
 def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: float, iterations: int | None,
-                      seed: int, progress: Callable[[str], None] = log.info) -> dict[str, Any]:
-    """Train a DeepGrow 2D/3D or DEXTR3D bundle in place; returns the training record."""
+                      seed: int, progress: Callable[[str], None] = log.info, warm_start: bool = False,
+                      lr_scale: float = 1.0) -> dict[str, Any]:
+    """Train a DeepGrow 2D/3D or DEXTR3D bundle in place; returns the training record.
+
+    With ``warm_start`` the bundle's current weights are trained further (a further stage of the recipe,
+    typically with ``lr_scale`` < 1); the earlier stages stay in the record under ``previous_stages``.
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     bundle = read_bundle(bundle_dir)
     settings = bundle.settings
     train_cfg = json.loads((bundle_dir / TRAIN).read_text())
     net = bundle.build_network().float().train()
+    previous: list[dict[str, Any]] = []
+    if warm_start:
+        state = torch.load(bundle.weights_path, map_location="cpu", weights_only=True)
+        net.load_state_dict({k: v.float() for k, v in state.items()})
+        old = settings.get("training") or {}
+        previous = list(old.get("previous_stages", [])) + [{k: old.get(k) for k in (
+            "recipe", "seed", "iterations", "minutes", "learning_rate", "validation_dice_roi") if k in old}]
     sources = load_sources(data_dir, settings["intensity"])
     counts = {k: sum(len(v.structures) for v in vols) for k, vols in sources.items()}
     progress(f"{kind}: {sum(counts.values())} training structures {counts}")
@@ -160,7 +172,7 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
     opt = torch.optim.Adam(net.parameters(), lr=train_cfg["learning_rate"])
     loss_fn = make_loss(kind)
     run = predictor(net, kind)
-    lr0, batch = float(train_cfg["learning_rate"]), int(train_cfg["batch_size"])
+    lr0, batch = float(train_cfg["learning_rate"]) * lr_scale, int(train_cfg["batch_size"])
     t0 = last_save = last_log = time.time()
     it, losses, history = 0, [], []
     while True:
@@ -197,8 +209,12 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
     vd = _validate(net, kind, val)
     progress(f"{kind}: done, {it} iterations, final validation Dice {vd:.3f}")
     _, held_cases = hippocampus_cases(Path(data_dir))
+    recipe = f"claraseg pretrain --models {kind} --seed {seed} --iterations {it}"
+    if warm_start:
+        recipe += f" --continue --lr-scale {lr_scale:g}"
     record = {
-        "recipe": f"claraseg pretrain --models {kind} --seed {seed} --iterations {it}",
+        "recipe": recipe,
+        "previous_stages": previous,
         "seed": seed, "iterations": it, "minutes": round((time.time() - t0) / 60, 1), "threads": torch.get_num_threads(),
         "batch_size": batch, "learning_rate": lr0, "schedule": "cosine to 5%", "loss": train_cfg["loss"],
         "final_loss": round(float(np.mean(losses[-100:])), 4) if losses else None,
@@ -323,8 +339,11 @@ def train_segmentation(bundle_dir: Path, data_dir: Path, *, minutes: float, iter
 
 def pretrain(models: list[str], out: Path, data_dir: Path, *, minutes: float | dict[str, float] = 30.0,
              iterations: int | None = None,
-             seed: int = DEFAULT_SEED, fresh: bool = True, evaluate: bool = True) -> dict[str, Any]:
-    """Create (``fresh``) and train the named default bundles under ``out``; returns their records."""
+             seed: int = DEFAULT_SEED, fresh: bool = True, evaluate: bool = True,
+             warm_start: bool = False, lr_scale: float = 1.0) -> dict[str, Any]:
+    """Create (``fresh``) and train the named default bundles under ``out``; returns their records.
+    ``warm_start`` continues the interactive bundles from their current weights (implies not fresh)."""
+    fresh = fresh and not warm_start
     records = {}
     for kind in models:
         if kind not in KINDS:
@@ -337,7 +356,7 @@ def pretrain(models: list[str], out: Path, data_dir: Path, *, minutes: float | d
             records[kind] = train_segmentation(bundle_dir, data_dir, minutes=budget, iterations=iterations, seed=seed)
         else:
             records[kind] = train_interactive(kind, bundle_dir, data_dir, minutes=budget, iterations=iterations,
-                                              seed=seed)
+                                              seed=seed, warm_start=warm_start, lr_scale=lr_scale)
             if evaluate:
                 # Imported here: the held-out evaluation runs the real engine on the trained bundle.
                 from claraseg.models.heldout import evaluate_bundle
