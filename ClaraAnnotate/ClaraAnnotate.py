@@ -6,7 +6,6 @@ ClaraAnnotateLib (tested without Slicer), the MRML conversions in ClaraAnnotateL
 
 import logging
 import os
-from typing import Optional
 
 import qt
 import slicer
@@ -321,28 +320,10 @@ class ClaraAnnotateTest(ScriptedLoadableModuleTest):
             getattr(self, name)()
 
     # ----- fixtures ------------------------------------------------------------------------------
-    def _dataDir(self) -> Optional[str]:
-        here = os.path.dirname(os.path.abspath(__file__))
-        for d in (os.environ.get("CLARASEG_DATA"), os.path.join(here, "..", "..", "shared", "data")):
-            if d and os.path.exists(os.path.join(d, "ct_abdomen_3mm", "image.nii.gz")):
-                return d
-        return None
-
     def _load(self):
-        import json
+        from ClaraAnnotateLib.selftest import load_sample_ct
 
-        import numpy as np
-
-        d = self._dataDir()
-        if d is None:
-            self.skipTest("sample CT not found: set CLARASEG_DATA to the folder holding ct_abdomen_3mm/")
-        folder = os.path.join(d, "ct_abdomen_3mm")
-        volume = slicer.util.loadVolume(os.path.join(folder, "image.nii.gz"))
-        label = slicer.util.loadLabelVolume(os.path.join(folder, "label.nii.gz"))
-        with open(os.path.join(folder, "labels.json")) as f:
-            names = json.load(f)
-        labels = np.array(slicer.util.arrayFromVolume(label), copy=True)
-        return volume, labels, names
+        return load_sample_ct(self, __file__)
 
     def _labelValue(self, names, wanted: str) -> int:
         for k, v in names.items():

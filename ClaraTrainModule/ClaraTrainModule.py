@@ -6,8 +6,6 @@ live in ClaraTrainModuleLib (tested without Slicer); the job itself runs in its 
 """
 
 import logging
-import os
-from typing import Optional
 
 import numpy as np
 import qt
@@ -224,28 +222,14 @@ class ClaraTrainModuleTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_FewIterationFineTune()
 
-    def _dataDir(self) -> Optional[str]:
-        here = os.path.dirname(os.path.abspath(__file__))
-        for d in (os.environ.get("CLARASEG_DATA"), os.path.join(here, "..", "..", "shared", "data")):
-            if d and os.path.exists(os.path.join(d, "ct_abdomen_3mm", "image.nii.gz")):
-                return d
-        return None
-
     def test_FewIterationFineTune(self):
-        import json
+
+        from ClaraAnnotateLib.selftest import load_sample_ct
 
         from ClaraAnnotate import ClaraAnnotateLogic
 
-        d = self._dataDir()
-        if d is None:
-            self.skipTest("sample CT not found: set CLARASEG_DATA to the folder holding ct_abdomen_3mm/")
-        folder = os.path.join(d, "ct_abdomen_3mm")
-        volume = slicer.util.loadVolume(os.path.join(folder, "image.nii.gz"))
-        label = slicer.util.loadLabelVolume(os.path.join(folder, "label.nii.gz"))
-        with open(os.path.join(folder, "labels.json")) as f:
-            names = json.load(f)
+        volume, labels, names = load_sample_ct(self, __file__)
         keep = {"spleen", "liver", "kidney_left", "kidney_right"}
-        labels = slicer.util.arrayFromVolume(label)
         seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn")
         seg.CreateDefaultDisplayNodes()
         seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
