@@ -2,17 +2,26 @@
 
 A job trains a model bundle on the datastore's images and their latest labels of one tag (``final`` by
 default), in its own process (:class:`claraseg.train.job.FineTuneJob`); the server only starts, lists,
-follows and stops jobs. AutoML studies are run with ``claraseg automl`` and are not started from here.
+follows and stops jobs. An AutoML job (``/automl/{model}``) runs a ``claraseg automl`` search over the
+search space declared in that bundle's ``configs/train.json``, on the same data, in its own process.
 """
 
 from __future__ import annotations
 
+import json
+import secrets
+import time
 from pathlib import Path
 from typing import Any
 
-from claraseg.errors import NotAvailableError, TrainingDataError, UnknownModelError
+from claraseg.errors import ConfigError, DatastoreNotFoundError, TrainingDataError, UnknownModelError
 
 from .datastore import DEFAULT_TAG, Datastore, check_id
+
+AUTOML_PREFIX = "automl-"
+#: Settings a client may give an AutoML job in ``{"automl": {...}}`` (as the ``claraseg automl`` flags).
+AUTOML_OPTIONS = ("trials", "timeout_s", "workers", "sampler", "pruner", "startup_trials", "warmup_steps", "seed",
+                  "runner", "default_trial", "trial_timeout_s")
 
 
 class TrainJobs:
@@ -30,6 +39,7 @@ class TrainJobs:
         self.models_dir = Path(models_dir).resolve()
         self.datastore = datastore
         self.manager = JobManager(root)
+        self.automl_root = Path(root).resolve() / "automl"
 
     def _bundle(self, model: str) -> Path:
         base = model.split("@")[0]
@@ -54,12 +64,16 @@ class TrainJobs:
         return out
 
     def list(self, kind: str) -> list[dict[str, Any]]:
-        self._only_train(kind)
+        if kind == "automl":
+            dirs = sorted(self.automl_root.iterdir()) if self.automl_root.is_dir() else []
+            return [self._automl_status(d.name) for d in dirs if d.is_dir()]
         return [j.status() for j in self.manager.list()]
 
     def start(self, kind: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Start (or, with ``resume``: job id, continue) a fine-tune job; answers its id and state."""
-        self._only_train(kind)
+        """Start (or, with ``resume``: job id, continue) a fine-tune job or an AutoML search; answers its
+        id and state."""
+        if kind == "automl":
+            return self._start_automl(model, body)
         if body.get("resume"):
             job = self.manager.get(check_id(str(body["resume"]), "job id")).resume()
         else:
@@ -71,16 +85,28 @@ class TrainJobs:
         return {"job_id": job.id, "id": job.id, "model": model, "state": job.status()["state"]}
 
     def status(self, job_id: str) -> dict[str, Any]:
+        if job_id.startswith(AUTOML_PREFIX):
+            return self._automl_status(job_id)
         return self._get(job_id).status()
 
     def events(self, job_id: str, since: int) -> list[dict[str, Any]]:
+        """A fine-tune job's event lines, or an AutoML search's trial rows, from index ``since``."""
+        if job_id.startswith(AUTOML_PREFIX):
+            return self._automl_status(job_id)["trials"][since:]
         return self._get(job_id).events(since)
 
     def stop(self, job_id: str) -> dict[str, Any]:
+        if job_id.startswith(AUTOML_PREFIX):
+            from claraseg.automl.api import stop_search
+
+            stopped = stop_search(self._automl_dir(job_id))
+            return {**self._automl_status(job_id), "stop_requested": stopped}
         return self._get(job_id).cancel()
 
     def stop_all(self, kind: str) -> list[str]:
-        self._only_train(kind)
+        if kind == "automl":
+            return [st["job_id"] for st in self.list("automl")
+                    if st["state"] == "running" and self.stop(st["job_id"])["stop_requested"]]
         stopped = []
         for j in self.manager.list():
             if j.running():
@@ -88,20 +114,63 @@ class TrainJobs:
                 stopped.append(j.id)
         return stopped
 
+    # ----- AutoML ------------------------------------------------------------------------------------
+    def _automl_dir(self, job_id: str) -> Path:
+        check_id(job_id, "job id")
+        d = (self.automl_root / job_id).resolve()
+        if self.automl_root not in d.parents or not (d / "settings.json").is_file():
+            raise DatastoreNotFoundError(f"no AutoML job {job_id!r} on this server; GET /automl/ lists them")
+        return d
+
+    def _automl_status(self, job_id: str) -> dict[str, Any]:
+        from claraseg.automl.api import search_status
+
+        d = self._automl_dir(job_id)
+        st = search_status(d)
+        st.pop("history_png", None)
+        settings = json.loads((d / "settings.json").read_text())
+        return {**st, "job_id": job_id, "id": job_id, "model": settings["model"]}
+
+    def _start_automl(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        from claraseg.automl.api import start_search
+        from claraseg.automl.controller import AutoMLController, AutoMLSettings
+
+        if body.get("resume"):  # the same search again: completed trials are kept, the budget finished
+            d = self._automl_dir(str(body["resume"]))
+            saved = json.loads((d / "settings.json").read_text())
+            settings = AutoMLSettings(**saved["settings"])
+            start_search(settings)
+            return {"job_id": d.name, "id": d.name, "model": saved["model"], "state": "starting"}
+        options = dict(body.get("automl") or {})
+        unknown = sorted(set(options) - set(AUTOML_OPTIONS))
+        if unknown:
+            raise ConfigError(f"unknown AutoML option(s) {unknown}; allowed: {list(AUTOML_OPTIONS)}")
+        bundle = self._bundle(model)
+        tag = check_id(str(body.get("tag") or DEFAULT_TAG), "label tag")
+        datalist = self._datalist(body.get("images"), tag)
+        job_id = f"{AUTOML_PREFIX}{model.split('@')[0]}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        d = self.automl_root / job_id
+        d.mkdir(parents=True)
+        (d / "datalist.json").write_text(json.dumps(datalist, indent=1))
+        settings = AutoMLSettings(bundle=str(bundle), data=str(d / "datalist.json"), job_dir=str(d), **options)
+        try:
+            AutoMLController(settings)  # checks the search space and the settings before anything runs
+        except Exception:
+            import shutil
+
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+        (d / "settings.json").write_text(json.dumps({"model": model, "settings": vars(settings)}, indent=1))
+        start_search(settings)
+        return {"job_id": job_id, "id": job_id, "model": model, "state": "starting"}
+
     def _get(self, job_id: str):
-        from claraseg.errors import DatastoreNotFoundError
         from claraseg.train.job import JobStateError
 
         try:
             return self.manager.get(job_id)
         except JobStateError:
             raise DatastoreNotFoundError(f"no job {job_id!r} on this server; GET /train/ lists them") from None
-
-    @staticmethod
-    def _only_train(kind: str) -> None:
-        if kind != "train":
-            raise NotAvailableError("AutoML studies are not started through the server; run `claraseg automl` "
-                                    "on the server machine (its trials publish models the server then lists)")
 
     def __str__(self) -> str:
         states = [j.status()["state"] for j in self.manager.list()]

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from claraseg.automl import AutoMLController, AutoMLHandler, AutoMLSettings
@@ -86,8 +87,8 @@ def _trials(storage: str) -> list:
         return []
     try:
         return optuna.load_study(study_name="automl", storage=storage).get_trials(deepcopy=False)
-    except KeyError:
-        return []
+    except (KeyError, sqlalchemy.exc.SQLAlchemyError):
+        return []  # the controller is still creating the study's tables (opening them now races it)
 
 
 def _children(pid: int) -> list[int]:

@@ -60,7 +60,7 @@ def info_dict(ctx: ServerContext, datastore_status: dict[str, Any]) -> dict[str,
         "sessions": {"open": len(ctx.sessions), "max": ctx.sessions.max_sessions,
                      "idle_timeout": ctx.sessions.idle_timeout},
         "queue": {"workers": ctx.pool.workers, "max_queue": ctx.pool.max_queue, "pending": ctx.pool.pending},
-        "jobs": {"train": ctx.jobs is not None, "automl": False},
+        "jobs": {"train": ctx.jobs is not None, "automl": ctx.jobs is not None},
         "limits": {"max_upload_bytes": ctx.settings.max_upload_bytes, "max_body_bytes": ctx.settings.max_body_bytes},
     }
 

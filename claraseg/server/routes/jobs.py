@@ -4,7 +4,8 @@ The routes are fixed now (MONAI Label's where they exist) so clients can be writ
 ``POST /train/{model}`` starts a job and answers its id; ``GET /train/`` lists jobs (MONAI Label's
 status); ``GET /train/{job_id}`` one job's state; ``GET /train/{job_id}/events?since=N`` its event
 lines; ``DELETE /train/{job_id}`` stops it, ``DELETE /train/`` stops all (MONAI Label). ``/automl/``
-has the same shape with a study instead of a model (501: studies run with ``claraseg automl``). Without
+has the same shape: ``POST /automl/{model}`` with ``{"automl": {"trials": 8, "workers": 2, ...}}`` searches
+over the bundle's declared search space; its events are the trial rows. Without
 a job runner (``ServerContext.jobs``; ``claraseg serve`` attaches one when it has a models folder and a
 datastore) every route answers 501 with a message.
 """
@@ -50,7 +51,6 @@ def _router(kind: str, prefix: str, target: str) -> APIRouter:
     async def status(job_id: str, ctx: ServerContext = Depends(get_ctx)) -> dict:
         check_id(job_id, "job id")
         jobs = _jobs(ctx, kind)
-        jobs._only_train(kind)
         st = await asyncio.to_thread(jobs.status, job_id)
         if st.get("published") and st["published"] not in ctx.descriptors:
             await asyncio.to_thread(ctx.refresh_models, True)  # a fine-tuned version was published
@@ -60,14 +60,12 @@ def _router(kind: str, prefix: str, target: str) -> APIRouter:
     async def events(job_id: str, since: int = Query(0, ge=0), ctx: ServerContext = Depends(get_ctx)) -> dict:
         check_id(job_id, "job id")
         jobs = _jobs(ctx, kind)
-        jobs._only_train(kind)
         return {"events": await asyncio.to_thread(jobs.events, job_id, since)}
 
     @r.delete("/{job_id}", summary=f"Stop a {kind} job")
     async def stop(job_id: str, ctx: ServerContext = Depends(get_ctx)) -> dict:
         check_id(job_id, "job id")
         jobs = _jobs(ctx, kind)
-        jobs._only_train(kind)
         return await asyncio.to_thread(jobs.stop, job_id)
 
     @r.delete("/", summary=f"Stop every running {kind} job")
