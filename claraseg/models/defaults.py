@@ -20,39 +20,36 @@ INTENSITY = {
     "default": "MR",
 }
 
+#: What DeepGrow 2D and 3D share: inputs, ROI filling, guidance and post-processing.
+_DEEPGROW_COMMON: dict[str, Any] = {
+    "channels": ["image", "foreground", "background", "mask"],
+    "fill": 0.7,
+    "refine_fill": 0.45,
+    "grow_passes": 2,
+    "guidance": {"encoding": "gaussian", "sigma_mm": 3.0, "min_sigma_vox": 1.5},
+    "intensity": INTENSITY,
+    "threshold": 0.5,
+    "keep_clicked_components": True,
+    "min_points": 1,
+}
+
 #: The claraseg section of each interactive kind.
 SETTINGS: dict[str, dict[str, Any]] = {
     "deepgrow3d": {
+        **_DEEPGROW_COMMON,
         "kind": "deepgrow3d",
         "roi_size": [64, 64, 64],
         # Training crops are smaller than the inference ROI (same spacing rules; the network is convolutional).
         "train_roi_size": [48, 48, 48],
-        "channels": ["image", "foreground", "background", "mask"],
         "spacing_range_mm": [0.6, 8.0],
         "first_click_spacing_mm": 2.5,
-        "fill": 0.7,
-        "refine_fill": 0.45,
-        "grow_passes": 2,
-        "guidance": {"encoding": "gaussian", "sigma_mm": 3.0, "min_sigma_vox": 1.5},
-        "intensity": INTENSITY,
-        "threshold": 0.5,
-        "keep_clicked_components": True,
-        "min_points": 1,
     },
     "deepgrow2d": {
+        **_DEEPGROW_COMMON,
         "kind": "deepgrow2d",
         "roi_size": [128, 128, 1],
-        "channels": ["image", "foreground", "background", "mask"],
         "spacing_range_mm": [0.3, 4.0],
         "first_click_spacing_mm": 1.5,
-        "fill": 0.7,
-        "refine_fill": 0.45,
-        "grow_passes": 2,
-        "guidance": {"encoding": "gaussian", "sigma_mm": 3.0, "min_sigma_vox": 1.5},
-        "intensity": INTENSITY,
-        "threshold": 0.5,
-        "keep_clicked_components": True,
-        "min_points": 1,
     },
     "dextr3d": {
         "kind": "dextr3d",
