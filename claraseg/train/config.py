@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from claraseg.errors import ConfigError
+from claraseg.errors import ClarasegError, ConfigError
 
 #: Job settings and their defaults; a bundle's ``training`` section and the overrides change them.
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -216,6 +216,12 @@ def _parsed(parser, key: str) -> Any:
     except ConfigError:
         raise
     except Exception as e:  # MONAI raises ValueError/ModuleNotFoundError/RuntimeError/... for bad configs
+        # A component of ours that refused its arguments says why; keep that message.
+        cause = e
+        while cause is not None and not isinstance(cause, ClarasegError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise ConfigError(f"config element {key!r}: {cause}") from None
         raise ConfigError(_describe(parser, key, e)) from None
 
 

@@ -74,12 +74,14 @@ def segmentation_config(meta: dict[str, Any], inference: dict[str, Any]) -> dict
 
 def recipe_config(recipe: dict[str, Any]) -> dict[str, Any]:
     """A claraseg pretrain recipe (``configs/train.json`` with ``claraseg_recipe``: flat settings, not a MONAI
-    config) as config layers: batch size and learning rate; the rest stays readable as ``@recipe``."""
+    config) as config layers: batch size and the fine-tuning learning rate (``finetune_learning_rate``;
+    the pre-training ``learning_rate`` is for training from scratch and would wash out what the model
+    knows); the rest stays readable as ``@recipe``."""
     out: dict[str, Any] = {"recipe": recipe}
     if "batch_size" in recipe:
         out["training"] = {"batch_size": int(recipe["batch_size"])}
-    if "learning_rate" in recipe:
-        out["optimizer"] = {"lr": float(recipe["learning_rate"])}
+    if "finetune_learning_rate" in recipe:
+        out["optimizer"] = {"lr": float(recipe["finetune_learning_rate"])}
     return out
 
 

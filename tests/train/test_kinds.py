@@ -37,3 +37,53 @@ def test_kind_trains_one_step(kind, tmp_path, interactive_data, seg_data):
     val = [comps["validate#preprocessing"](item) for item in task.items(data.val)]
     score, per_label = task.validate(network, val, data.val, torch.device("cpu"))
     assert 0.0 <= score <= 1.0 and per_label
+
+
+def test_replay_mixes_in_other_structures(interactive_data, tmp_path):
+    """With ``replay`` a share of the samples comes from the replay pool (phantoms by default), so a
+    fine-tune on a few structures keeps training on others; without it none does."""
+    import json as _json
+
+    import numpy as np
+
+    from claraseg.models.defaults import SETTINGS
+    from claraseg.train.interactive import InteractiveSampled, LoadTrainingVolumed
+
+    settings = {**SETTINGS["deepgrow3d"], "roi_size": [32, 32, 32], "train_roi_size": [24, 24, 24]}
+    entry = _json.loads(interactive_data.read_text())[0]
+    item = LoadTrainingVolumed(settings["intensity"])({"image": entry["image"], "label": entry["label"]})
+    own = item["volume"].name
+
+    def sources(replay: float) -> list[str]:
+        sampler = InteractiveSampled("deepgrow3d", settings, num_samples=1, replay=replay)
+        sampler.set_random_state(7)
+        names = []
+        real = sampler._replay_draw
+
+        def spy(rng):
+            vol, st = real(rng)
+            names.append(vol.name)
+            return vol, st
+
+        sampler._replay_draw = spy
+        for _ in range(12):
+            out = sampler(item)
+            assert out[0]["image"].shape[0] == 4 and np.isfinite(out[0]["image"].numpy()).all()
+        return names
+
+    assert sources(0.0) == []
+    drawn = sources(0.6)
+    assert 2 <= len(drawn) <= 11 and all(n.startswith("phantom_") and n != own for n in drawn)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"replay": 1.5}, "replay must lie in"),
+    ({"replay": "lots"}, "replay must lie in"),
+    ({"replay_data": "/nonexistent/folder"}, "not the pre-training data folder"),
+])
+def test_bad_replay_settings_fail_before_training(tmp_path, override, message):
+    from claraseg.errors import ClarasegError
+
+    bundle = tiny_bundle(tmp_path / "models", "deepgrow3d")
+    with pytest.raises(ClarasegError, match=message):
+        cfg.validate(cfg.make_parser(bundle, override))
