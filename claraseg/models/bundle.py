@@ -90,6 +90,10 @@ class Bundle:
             labels = {1: "object"}
         extra = {k: self.metadata[k] for k in ("data_source", "intended_use", "eval_metrics") if k in self.metadata}
         extra.update({k: s[k] for k in ("training", "metrics", "heldout", "demo_grade") if k in s})
+        if isinstance(s.get("fine_tune"), dict):
+            # Before/after validation Dice of the fine-tune that made this version, for every client (remote too).
+            extra["fine_tune"] = {k: s["fine_tune"][k] for k in (
+                "baseline_dice", "best_dice", "best_iteration", "job", "date", "parent_version") if k in s["fine_tune"]}
         spacing = s.get("spacing")
         return ModelDescriptor(
             name=name or self.name,

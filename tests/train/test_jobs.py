@@ -51,6 +51,10 @@ def test_segmentation_job(tmp_path, seg_bundle, seg_data):
     meta = registry.get("segmentation@v2").metadata
     assert meta["claraseg"]["fine_tune"]["best_dice"] == status["best_dice"]
     assert meta["claraseg"]["fine_tune"]["baseline_dice"] == status["baseline_dice"]
+    # Every client (a remote one reads only descriptors) sees the before/after Dice of the new version.
+    shown = registry.descriptor("segmentation@v2").extra["fine_tune"]
+    assert (shown["baseline_dice"], shown["best_dice"]) == (status["baseline_dice"], status["best_dice"])
+    assert "fine_tune" not in registry.descriptor("segmentation@v1").extra
     assert registry.network("segmentation@v2") is not None and (seg_bundle.parent / "segmentation@v2" / "scripts").is_dir()
     assert registry.descriptor("segmentation").version == "0.0.2"  # the starting bundle is 0.0.1
     events = job.events()
