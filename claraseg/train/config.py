@@ -130,6 +130,11 @@ def bundle_config(bundle: str | os.PathLike, kind: str) -> dict[str, Any]:
             train = translate_mmar(train).config
         elif "claraseg_recipe" in train:
             train = recipe_config(train)
+        else:
+            # AutoML ``search`` lists are for `claraseg automl`; a plain job trains the values written beside them.
+            from claraseg.automl.searchspace import strip_search
+
+            train = strip_search(train)
         config = merge(config, train)
     return config
 

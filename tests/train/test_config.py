@@ -112,3 +112,15 @@ def test_byoc_scripts_and_yaml_overrides(tmp_path, seg_bundle):
     bad.write_text("optimizer#lr: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml: cannot parse"):
         cfg.make_parser(seg_bundle, bad)
+
+
+def test_plain_job_ignores_automl_search_lists():
+    """A bundle whose train.json declares AutoML ``search`` lists still fine-tunes as a plain job, with the
+    values written beside the lists."""
+    from pathlib import Path
+
+    from claraseg.train import config as cfg
+
+    bundle = Path(__file__).resolve().parents[2] / "claraseg" / "automl" / "bundles" / "tiny_seg"
+    comps = cfg.validate(cfg.make_parser(bundle, {}))
+    assert comps["optimizer"].param_groups[0]["lr"] == 0.0003
