@@ -125,8 +125,13 @@ def write_delta(delta: MaskDelta, segmentation_node, segment_id: str, volume_nod
     """Write only the delta's box into a segment (inside the box the segment becomes the mask).
 
     The box goes in as a box-sized ``vtkOrientedImageData`` on the volume's grid, placed in the
-    segmentation's frame (different parent transforms allowed), with ``SetBinaryLabelmapToSegment``
-    in replace mode restricted to the box's extent: voxels outside the box are never touched.
+    segmentation's frame (different parent transforms allowed), through ``SetBinaryLabelmapToSegment``
+    restricted to the box's extent: first ``MODE_MERGE_MIN`` (the segment's voxels in the box that the
+    mask does not hold are erased), then ``MODE_MERGE_MASK`` (the mask's voxels are added): the Segment
+    Editor's own "set" (``vtkSlicerSegmentEditorLogic``), with its erase step kept inside the box too.
+    ``MODE_REPLACE`` would not do: it replaces the whole segment by the
+    box (``vtkSegmentationModifier::AppendLabelmapToSegment`` copies the modifier over the segment's
+    labelmap, or clears a segment that shares its layer), so everything outside the box would be lost.
     """
     if delta.is_empty:
         return
@@ -150,8 +155,9 @@ def write_delta(delta: MaskDelta, segmentation_node, segment_id: str, volume_nod
     voxels[:] = (delta.mask != 0).astype(np.uint8).ravel()
     image.Modified()
     logic = slicer.vtkSlicerSegmentationsModuleLogic
-    if not logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, logic.MODE_REPLACE, extent):
-        raise RuntimeError(f"could not write the result into segment '{segment_id}'")
+    for mode in (logic.MODE_MERGE_MIN, logic.MODE_MERGE_MASK):
+        if not logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, mode, extent):
+            raise RuntimeError(f"could not write the result into segment '{segment_id}'")
 
 
 def ensure_segment(segmentation_node, spec: SegmentSpec) -> str:
