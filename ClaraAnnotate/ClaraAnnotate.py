@@ -139,6 +139,8 @@ class ClaraAnnotateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def exit(self) -> None:
         self.ui.embeddedSegmentEditorWidget.setActiveEffect(None)
         self.ui.embeddedSegmentEditorWidget.uninstallKeyboardShortcuts()
+        # Else this editor keeps observing the views alongside the Segment Editor module's own editor.
+        self.ui.embeddedSegmentEditorWidget.removeViewObservations()
         for widget in (self.ui.foregroundPlaceWidget, self.ui.backgroundPlaceWidget, self.ui.extremePlaceWidget):
             widget.setPlaceModeEnabled(False)
 

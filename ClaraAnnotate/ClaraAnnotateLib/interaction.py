@@ -140,12 +140,17 @@ class InteractionLogic(VTKObservationMixin):
                 progress.value = n
                 slicer.app.processEvents()
                 self.status(progress.labelText)
-                with slicer.util.tryWithErrorDisplay(_("Installing {req} failed").format(req=step.requirement),
-                                                     waitCursor=True):
-                    if step.via == "pytorchutils":
-                        torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=step.requirement[5:])
-                    else:
-                        slicer.util.pip_install(step.requirement)
+                try:
+                    # shows the error, then re-raises it (slicer.util.tryWithErrorDisplay always does)
+                    with slicer.util.tryWithErrorDisplay(_("Installing {req} failed").format(req=step.requirement),
+                                                         waitCursor=True):
+                        if step.via == "pytorchutils":
+                            torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=step.requirement[5:])
+                        else:
+                            slicer.util.pip_install(step.requirement)
+                except Exception:
+                    log.exception("installing %s failed", step.requirement)
+                    break  # the steps after it depend on it; the check below says what is missing
                 if progress.wasCanceled:
                     break
         finally:
@@ -169,13 +174,18 @@ class InteractionLogic(VTKObservationMixin):
             node = slicer.mrmlScene.AddNode(node)
         return node
 
-    def target(self, needSegment: bool = True):
+    def target(self, needSegment: bool = True, editorNode=None):
         """(volume, segmentation, segment id) the Segment Editor works on; creates a segmentation and a
-        segment when missing, so the first click just works."""
-        editorNode = self.segmentEditorNode()
+        segment when missing, so the first click just works. ``editorNode``: the segment editor node of
+        the editor the request came from (the effect's ``parameterSetNode()``); default: the Segment
+        Editor module's, which the panel's embedded editor shares."""
+        if editorNode is None:
+            editorNode = self.segmentEditorNode()
         volume = editorNode.GetSourceVolumeNode()
         if volume is None:
-            volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            # GetFirstNodeByClass matches subclasses (IsA): skip label maps, they are not images
+            volume = next((v for v in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                           if not v.IsA("vtkMRMLLabelMapVolumeNode")), None)
             if volume is None:
                 raise annotator.NotConnectedError(_("load a volume first (File > Add Data, or Sample Data)"))
             editorNode.SetAndObserveSourceVolumeNode(volume)
@@ -227,14 +237,22 @@ class InteractionLogic(VTKObservationMixin):
     def _onExtremePointsChanged(self, caller, event) -> None:
         self._notify("onPointsChanged")
 
-    def _onPointDefined(self, caller, event) -> None:
+    @vtk.calldata_type(vtk.VTK_INT)
+    def _onPointDefined(self, caller, event, index=None) -> None:
+        """A point was placed. ``index`` is the event's call data: the point placed is not always the last
+        one (placing fills the list's first unplaced point). A deferred event (fired by EndModify) has no
+        call data: then the last point is taken."""
         if self._ignorePointEvents:
             return
         pn = self.getParameterNode()
         foreground = caller is pn.foregroundPoints
         n = caller.GetNumberOfControlPoints()
+        if index is None or not 0 <= index < n:
+            index = n - 1
+        if index < 0:
+            return
         p = [0.0, 0.0, 0.0]
-        caller.GetNthControlPointPositionWorld(n - 1, p)
+        caller.GetNthControlPointPositionWorld(index, p)
         self.clickAt(p, foreground)
 
     def addPoint(self, pointList, ras) -> None:
@@ -290,11 +308,11 @@ class InteractionLogic(VTKObservationMixin):
             raise annotator.NotConnectedError(_("no model for this tool: connect to a backend that offers one"))
         return name
 
-    def clickAt(self, ras, foreground: bool, sliceNode=None, saveUndo=None):
+    def clickAt(self, ras, foreground: bool, sliceNode=None, saveUndo=None, editorNode=None):
         """One foreground/background click at a world RAS point; updates the current segment at once.
         ``sliceNode``: the view the click came from (2D models); found from the point when None."""
         try:
-            volume, segmentation, segmentId = self.target()
+            volume, segmentation, segmentId = self.target(editorNode=editorNode)
             model = self._modelName("clickModel", annotator.CLICK_KINDS)
             ijk = nodes.world_points_to_ijk(volume, [ras], "click")[0].tolist()
             axis = None
@@ -322,9 +340,9 @@ class InteractionLogic(VTKObservationMixin):
 
         return self.submit(_("Click ({model})").format(model=model), work, done, context=_("Click"))
 
-    def runExtremePoints(self, points_ras=None, saveUndo=None):
+    def runExtremePoints(self, points_ras=None, saveUndo=None, editorNode=None):
         try:
-            volume, segmentation, segmentId = self.target()
+            volume, segmentation, segmentId = self.target(editorNode=editorNode)
             model = self._modelName("extremeModel", annotator.EXTREME_KINDS)
             if points_ras is None:
                 points_ras = nodes.markups_world_points(self.getParameterNode().extremePoints)
@@ -345,9 +363,9 @@ class InteractionLogic(VTKObservationMixin):
 
         return self.submit(_("Extreme points ({model})").format(model=model), work, done, context=_("Extreme points"))
 
-    def runAutoSegment(self, saveUndo=None):
+    def runAutoSegment(self, saveUndo=None, editorNode=None):
         try:
-            volume, segmentation, _segmentId = self.target(needSegment=False)
+            volume, segmentation, _segmentId = self.target(needSegment=False, editorNode=editorNode)
             model = self._modelName("autoModel", annotator.AUTO_KINDS)
             key, image, _painted = self._prepare(volume)
         except Exception as e:
@@ -372,10 +390,10 @@ class InteractionLogic(VTKObservationMixin):
 
         return self.submit(_("Auto-segment ({model})").format(model=model), work, done, context=_("Auto-segment"))
 
-    def refineFromSegment(self):
+    def refineFromSegment(self, editorNode=None):
         """Hand the current (painted) segment to the backend; later clicks refine it."""
         try:
-            volume, segmentation, segmentId = self.target()
+            volume, segmentation, segmentId = self.target(editorNode=editorNode)
             key, image, _painted = self._prepare(volume)
             mask = nodes.segment_mask_delta(segmentation, segmentId, volume)
         except Exception as e:
@@ -393,9 +411,9 @@ class InteractionLogic(VTKObservationMixin):
 
         return self.submit(_("Refine painted segment"), work, done, context=_("Refine"))
 
-    def _objectOp(self, label: str, op, clearPoints: bool, saveUndo=None):
+    def _objectOp(self, label: str, op, clearPoints: bool, saveUndo=None, editorNode=None):
         try:
-            volume, segmentation, segmentId = self.target()
+            volume, segmentation, segmentId = self.target(editorNode=editorNode)
         except Exception as e:
             self.status(annotator.user_message(e, label), "error")
             return None
@@ -412,10 +430,10 @@ class InteractionLogic(VTKObservationMixin):
 
         return self.submit(label, lambda token: op(oid), done, context=label)
 
-    def undoObject(self, saveUndo=None):
-        return self._objectOp(_("Undo"), self.controller.undo, False, saveUndo)
+    def undoObject(self, saveUndo=None, editorNode=None):
+        return self._objectOp(_("Undo"), self.controller.undo, False, saveUndo, editorNode)
 
-    def clearObject(self, saveUndo=None):
-        return self._objectOp(_("Clear"), self.controller.clear, True, saveUndo)
+    def clearObject(self, saveUndo=None, editorNode=None):
+        return self._objectOp(_("Clear"), self.controller.clear, True, saveUndo, editorNode)
 
 

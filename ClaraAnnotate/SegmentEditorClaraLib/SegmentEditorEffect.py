@@ -59,9 +59,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.ui.foregroundModeRadioButton.checked = True
         self.ui.runExtremeButton.connect("clicked()", self.onRunExtremePoints)
         self.ui.autoSegmentButton.connect("clicked()", self.onAutoSegment)
-        self.ui.refineButton.connect("clicked()", lambda: self.logic.refineFromSegment())
-        self.ui.undoButton.connect("clicked()", lambda: self.logic.undoObject(self._saveUndo))
-        self.ui.clearButton.connect("clicked()", lambda: self.logic.clearObject(self._saveUndo))
+        self.ui.refineButton.connect("clicked()", lambda: self.logic.refineFromSegment(self._editorNode()))
+        self.ui.undoButton.connect("clicked()", lambda: self.logic.undoObject(self._saveUndo, self._editorNode()))
+        self.ui.clearButton.connect("clicked()", lambda: self.logic.clearObject(self._saveUndo, self._editorNode()))
         self.ui.cancelButton.connect("clicked()", lambda: self.logic.cancel())
         self.ui.connectButton.connect("clicked()", self.onConnect)
 
@@ -83,6 +83,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def _saveUndo(self):
         self.scriptedEffect.saveStateForUndo()
+
+    def _editorNode(self):
+        """The segment editor node of the editor this effect is in (not necessarily the Segment Editor
+        module's: any module can embed an editor with its own node)."""
+        return self.scriptedEffect.parameterSetNode()
 
     def _mode(self):
         if self.ui.backgroundModeRadioButton.checked:
@@ -106,14 +111,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return True
         points = pn.foregroundPoints if mode == "foreground" else pn.backgroundPoints
         self.logic.addPoint(points, ras)
-        self.logic.clickAt(ras, mode == "foreground", sliceNode=viewWidget.mrmlSliceNode(), saveUndo=self._saveUndo)
+        self.logic.clickAt(ras, mode == "foreground", sliceNode=viewWidget.mrmlSliceNode(), saveUndo=self._saveUndo,
+                           editorNode=self._editorNode())
         return True
 
     def onRunExtremePoints(self):
-        self.logic.runExtremePoints(saveUndo=self._saveUndo)
+        self.logic.runExtremePoints(saveUndo=self._saveUndo, editorNode=self._editorNode())
 
     def onAutoSegment(self):
-        self.logic.runAutoSegment(saveUndo=self._saveUndo)
+        self.logic.runAutoSegment(saveUndo=self._saveUndo, editorNode=self._editorNode())
 
     def onConnect(self):
         from ClaraAnnotateLib.settings import BackendSettings

@@ -24,7 +24,9 @@ def segmentation_pairs(scene=None) -> list[tuple]:
     pairs = []
     for seg in slicer.util.getNodesByClass("vtkMRMLSegmentationNode", scene):
         ref = seg.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
-        if ref is not None and ref.IsA("vtkMRMLScalarVolumeNode") and seg.GetSegmentation().GetNumberOfSegments():
+        # IsA matches subclasses: a label map (e.g. the one a segmentation was imported from) is no image
+        if (ref is not None and ref.IsA("vtkMRMLScalarVolumeNode") and not ref.IsA("vtkMRMLLabelMapVolumeNode")
+                and seg.GetSegmentation().GetNumberOfSegments()):
             pairs.append((ref, seg))
     return pairs
 
