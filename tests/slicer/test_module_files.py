@@ -145,3 +145,44 @@ def test_pure_lib_modules_import_without_slicer():
                        env={"PYTHONPATH": os.pathsep.join([*(str(ROOT / m) for m in MODULES), str(ROOT)]),
                             "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
+
+
+def _logic_signatures() -> dict[str, ast.arguments]:
+    """Public methods of the shared annotation logic (``InteractionLogic``) by name."""
+    tree = ast.parse((ROOT / "ClaraAnnotate" / "ClaraAnnotateLib" / "interaction.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "InteractionLogic")
+    return {n.name: n.args for n in cls.body if isinstance(n, ast.FunctionDef)}
+
+
+@pytest.mark.parametrize("caller", [ROOT / "ClaraAnnotate" / "SegmentEditorClaraLib" / "SegmentEditorEffect.py",
+                                    ROOT / "ClaraAnnotate" / "ClaraAnnotate.py"], ids=lambda p: p.name)
+def test_calls_into_the_shared_logic_match_its_signatures(caller):
+    """Without Slicer nothing runs this glue: every ``self.logic.<method>(...)`` call names a method of
+    InteractionLogic with parameters it has (the effect passes its own editor node and undo)."""
+    sigs = _logic_signatures()
+    calls = [n for n in ast.walk(ast.parse(caller.read_text())) if isinstance(n, ast.Call)
+             and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Attribute)
+             and n.func.value.attr == "logic" and n.func.attr in sigs]
+    assert calls, f"{caller.name} calls nothing of the shared logic"
+    for call in calls:
+        args = sigs[call.func.attr]
+        params = [a.arg for a in args.args][1:]  # without self
+        assert len(call.args) <= len(params), f"{caller.name}:{call.lineno}: too many arguments to {call.func.attr}"
+        for kw in call.keywords:
+            assert kw.arg in params, f"{caller.name}:{call.lineno}: {call.func.attr}() has no parameter {kw.arg}"
+    effect_calls = {c.func.attr: c for c in calls}
+    if caller.name == "SegmentEditorEffect.py":  # the effect works on its own editor's node, not the module's
+        for name in ("clickAt", "runExtremePoints", "runAutoSegment", "refineFromSegment", "undoObject", "clearObject"):
+            c = effect_calls[name]
+            positional = [a.arg for a in sigs[name].args][1:len(c.args) + 1]
+            assert "editorNode" in positional + [k.arg for k in c.keywords], f"{name} gets no editorNode"
+
+
+def test_segment_writes_keep_voxels_outside_the_box():
+    """``SetBinaryLabelmapToSegment`` in MODE_REPLACE replaces the whole segment by the given labelmap
+    (vtkSegmentationModifier::AppendLabelmapToSegment), even with an extent; a result box must be
+    written as erase-in-box (MODE_MERGE_MIN) then add (MODE_MERGE_MASK)."""
+    tree = ast.parse((ROOT / "ClaraAnnotate" / "ClaraAnnotateLib" / "nodes.py").read_text())
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "write_delta")
+    modes = [n.attr for n in ast.walk(fn) if isinstance(n, ast.Attribute) and n.attr.startswith("MODE_")]
+    assert modes == ["MODE_MERGE_MIN", "MODE_MERGE_MASK"]
