@@ -36,3 +36,47 @@ def load_sample_ct(test_case, module_file: str):
         names = json.load(f)
     labels = np.array(slicer.util.arrayFromVolume(label), copy=True)
     return volume, labels, names
+
+
+# ----- what the self-tests do and expect (shared with the pytest that checks them on the engine) -----------
+#: Clicks of the click self-test: the first at the structure's deepest point, then corrective clicks
+#: placed by the click protocol of ANCHORS.md on the current error.
+SELFTEST_CLICKS = 5
+#: Smallest Dice each self-test accepts with the default models (tests/slicer/test_selftest_expectations.py
+#: checks them on the engine, so a retrained model that falls below fails CI, not only in Slicer).
+CLICK_MIN_DICE = 0.6
+EXTREME_MIN_DICE = 0.7
+AUTO_MIN_DICE = 0.5
+#: The structure the interactive self-tests segment (held out of the interactive models' training).
+SELFTEST_STRUCTURE = "spleen"
+
+
+def label_value(names: dict, wanted: str) -> Optional[int]:
+    """The value of the structure called ``wanted`` in a labels.json mapping (entries: name or {name})."""
+    for k, v in names.items():
+        if (v["name"] if isinstance(v, dict) else v) == wanted:
+            return int(k)
+    return None
+
+
+def protocol_click(current, truth, seed: int = 42):
+    """The next click ``([i, j, k], foreground)`` of the click protocol for a ``[k, j, i]`` mask pair, or
+    None when they agree (an empty ``current`` gives the structure's deepest point)."""
+    import numpy as np
+
+    from claraseg.evaluate.protocol import next_click
+
+    found = next_click(np.asarray(current, bool), np.asarray(truth, bool), np.random.default_rng(seed))
+    if found is None:
+        return None
+    (k, j, i), foreground = found
+    return [int(i), int(j), int(k)], foreground
+
+
+def extreme_points_ijk(truth) -> list:
+    """The six extreme points ``[i, j, k]`` of a ``[k, j, i]`` mask (ties: nearest the centroid)."""
+    import numpy as np
+
+    from claraseg.evaluate.protocol import extreme_points
+
+    return extreme_points(np.asarray(truth, bool))
