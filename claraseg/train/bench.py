@@ -135,7 +135,10 @@ def heldout_slices(label, value: int) -> tuple[np.ndarray, int, int, int]:
 def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[str], threads: int = 2,
                 budget_s: float = 540.0, interactions: int = 5, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune an interactive bundle on the lower half (in slices) of each structure of the sample CT and
-    evaluate the click protocol before and after on the upper half; each half in an image cropped to it."""
+    evaluate the click protocol before and after on the upper half; each part in an image cropped to it.
+
+    The lower half is split again: its first two thirds are trained on, the last third is the job's
+    validation (which picks the checkpoint to publish), so the upper half is never seen before the test."""
     import shutil
 
     from claraseg.engine.backend import LocalBackend
@@ -159,8 +162,9 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
     # both are cropped there, so a label never stops inside the image where the organ goes on.
     train_entries, val_entries, tests = [], [], []
     for name in structures:
-        _mask, _lo, mid, hi = heldout_slices(label, by_name[name])
-        for part, (k0, k1) in (("train", (0, mid)), ("heldout", (mid, nk))):
+        _mask, lo, mid, hi = heldout_slices(label, by_name[name])
+        q = min(lo + max(1, (2 * (mid - lo)) // 3), mid - 1)
+        for part, (k0, k1) in (("train", (0, q)), ("val", (q, mid)), ("heldout", (mid, nk))):
             sub = crop(image, [0, 0, k0], [ni, nj, k1])
             lab = crop(label, [0, 0, k0], [ni, nj, k1])
             mask = (lab.array == by_name[name]).astype(np.uint8)
@@ -168,9 +172,12 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
             write_image(lab.with_array(mask, labels={1: LabelInfo(name)}), workdir / f"{part}_{name}_label.nii.gz")
             entry = {"image": str(workdir / f"{part}_{name}_image.nii.gz"),
                      "label": str(workdir / f"{part}_{name}_label.nii.gz")}
-            (train_entries if part == "train" else val_entries).append(entry)
+            if part == "train":
+                train_entries.append(entry)
+            elif part == "val":
+                val_entries.append(entry)
         tests.append((name, mid, nk))
-    # The job validates on the held-out slabs too (never trained on).
+    # The job validates on the slabs between the trained and the tested slices.
     datalist = {"training": train_entries, "validation": val_entries}
     settings = {"training#max_time_s": budget_s, "training#max_iterations": 10**6, "training#val_interval": 50,
                 "training#checkpoint_interval": 25, **(overrides or {})}
