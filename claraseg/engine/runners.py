@@ -33,12 +33,29 @@ class Volume:
         return (i, j, k)
 
 
-def forward(net, x: torch.Tensor, kind: str, device: str) -> torch.Tensor:
+def flip_sets(ndim: int, count: int) -> list[tuple[int, ...]]:
+    """The first ``count`` (at least 1) of the 2**ndim sets of spatial axes (negative, of a batched
+    tensor) to flip for test-time augmentation; the empty set (no flip) first."""
+    from itertools import combinations
+
+    axes = [-(d + 1) for d in range(ndim)]
+    sets = [c for r in range(ndim + 1) for c in combinations(axes, r)]
+    return sets[:max(1, min(int(count), len(sets)))]
+
+
+def forward(net, x: torch.Tensor, kind: str, device: str, tta: int = 1) -> torch.Tensor:
     """Sigmoid probabilities ``[k, j, i]`` (2D: ``[1, j, i]``) of an input ``[C, k, j, i]``; mixed
-    precision on CUDA, float32 on CPU (deterministic run to run)."""
+    precision on CUDA, float32 on CPU (deterministic run to run). ``tta`` > 1 averages the
+    probabilities over that many flips of the input (test-time augmentation; the models are trained
+    with random flips), one batch."""
     inp = network_input(x, kind).to(device)
+    flips = flip_sets(inp.ndim - 2, tta)
+    batch = torch.cat([inp.flip(f) if f else inp for f in flips]) if len(flips) > 1 else inp
     with torch.no_grad(), torch.autocast("cuda", enabled=device.startswith("cuda")):
-        out = torch.sigmoid(net(inp).float())[0, 0].cpu()
+        probs = torch.sigmoid(net(batch).float())
+    if len(flips) > 1:
+        probs = torch.stack([p.flip(f) if f else p for p, f in zip(probs[:, None], flips)]).mean(dim=0)
+    out = probs[0, 0].cpu()
     return out[None] if kind == "deepgrow2d" else out
 
 
@@ -111,7 +128,7 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
         fg_roi = roi.index_to_roi(fg, sp) if len(fg) else np.zeros((0, 3))
         x = interactive_input(img, fg_roi, roi.index_to_roi(bg, sp) if len(bg) else [], m,
                               deepgrow_sigma(settings, roi.spacing))
-        prob = forward(net, x, kind, device)
+        prob = forward(net, x, kind, device, int(settings.get("tta_flips", 1)))
         if keep:
             prob = keep_clicked_components(prob, fg_roi, m.numpy(), settings["threshold"])
         return roi, prob
@@ -172,5 +189,5 @@ def run_dextr(net, settings: dict, vol: Volume, points: np.ndarray, device: str)
     roi = box_roi(points.min(axis=0), points.max(axis=0), vol.spacing, float(settings["margin_mm"]), size)
     img = sample_roi(vol.array, vol.spacing, roi, transform=vol.normalise)
     x = dextr_input(img, roi.index_to_roi(points.astype(np.float64), vol.spacing), settings["guidance"]["sigma_vox"])
-    prob = forward(net, x, "dextr3d", device)
+    prob = forward(net, x, "dextr3d", device, int(settings.get("tta_flips", 1)))
     return _paste_roi(prob, roi, vol, settings["threshold"])

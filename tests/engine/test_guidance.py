@@ -132,3 +132,29 @@ def test_box_roi_covers_points_with_margin():
     corners = roi.corners_index([1.0, 1.0, 3.0])
     assert corners.min(axis=0) == pytest.approx([5.0, 5.0, 5 - 5 / 3])
     assert corners.max(axis=0) == pytest.approx([25.0, 35.0, 8 + 5 / 3])
+
+
+def test_test_time_flips_average_back_onto_the_input_grid():
+    """``forward(tta=n)`` runs n flipped copies in one batch and flips each output back: a network that
+    commutes with flips gives the plain result; one that does not gives the mean of the flipped views."""
+    import torch
+
+    from claraseg.engine.runners import flip_sets, forward
+
+    assert flip_sets(3, 8)[0] == () and len(set(flip_sets(3, 8))) == 8 and len(flip_sets(2, 99)) == 4
+
+    class Pointwise(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :1] * 3 - 1
+
+    class Ramp(torch.nn.Module):  # adds a ramp along i: not flip-equivariant
+        def forward(self, x):
+            return x[:, :1] + torch.linspace(-2, 2, x.shape[-1])
+
+    x3 = torch.rand(2, 1, 5, 6, 7)
+    x2 = torch.rand(4, 1, 6, 7)
+    assert torch.allclose(forward(Pointwise(), x3, "dextr3d", "cpu", 8), forward(Pointwise(), x3, "dextr3d", "cpu"))
+    assert torch.allclose(forward(Pointwise(), x2, "deepgrow2d", "cpu", 4), forward(Pointwise(), x2, "deepgrow2d", "cpu"))
+    ramp = torch.linspace(-2, 2, 7)
+    expect = (torch.sigmoid(x3[0] + ramp) + torch.sigmoid(x3[0] + ramp.flip(0))) / 2
+    assert torch.allclose(forward(Ramp(), x3, "dextr3d", "cpu", 2), expect, atol=1e-6)
