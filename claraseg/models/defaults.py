@@ -45,7 +45,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
         # Training crops are smaller than the inference ROI (same spacing rules; the network is convolutional).
         "train_roi_size": [48, 48, 48],
         "spacing_range_mm": [0.6, 8.0],
-        "first_click_spacing_mm": 2.5,
+        # The first click's field of view (64 x 2 mm); chosen from 1.4-3.5 mm on held-out Dice after 1-3 clicks.
+        "first_click_spacing_mm": 2.0,
     },
     "deepgrow2d": {
         **_DEEPGROW_COMMON,
@@ -54,7 +55,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "tta_flips": 4,
         "roi_size": [128, 128, 1],
         "spacing_range_mm": [0.3, 4.0],
-        "first_click_spacing_mm": 1.5,
+        # The first click's field of view (128 x 1 mm); chosen from 0.7-2.5 mm on held-out Dice after 1-5 clicks.
+        "first_click_spacing_mm": 1.0,
     },
     "dextr3d": {
         "kind": "dextr3d",
