@@ -81,7 +81,8 @@ def _paste_roi(prob: torch.Tensor, roi: Roi, vol: Volume, threshold: float):
 
 
 def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarray, bg: np.ndarray,
-                 device: str, slice_axis: int | None = None, slice_index: int | None = None):
+                 device: str, slice_axis: int | None = None, slice_index: int | None = None,
+                 new_clicks: tuple[np.ndarray, np.ndarray] | None = None):
     """DeepGrow 3D (or 2D on the slice ``slice_index`` normal to ``slice_axis``).
 
     ``mask`` is the object's current mask (:class:`~claraseg.engine.masks.BoxMask`); ``fg``/``bg`` all
@@ -141,7 +142,32 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
             break
         s = min(s * 1.8, srange[1])
         roi, prob = run_at(s, centre)
-    return _paste_roi(prob, roi, vol, settings["threshold"])
+    start, crop = _paste_roi(prob, roi, vol, settings["threshold"])
+    radius = float(settings.get("click_radius_mm", 0.0))
+    if new_clicks is not None and radius > 0 and crop.size:
+        # Every click of the object holds in the new result; the ones just placed are applied last.
+        n_fg, n_bg = len(new_clicks[0]), len(new_clicks[1])
+        honour_clicks(crop, start, fg[:len(fg) - n_fg], bg[:len(bg) - n_bg], radius, sp)
+        honour_clicks(crop, start, new_clicks[0], new_clicks[1], radius, sp)
+    return start, crop
+
+
+def honour_clicks(crop: np.ndarray, start, fg: np.ndarray, bg: np.ndarray, radius_mm: float, spacing) -> None:
+    """Make the result agree with the clicks just placed: the voxels within ``radius_mm`` of a new
+    foreground click become 1, of a new background click 0 (in place, inside the crop ``[k, j, i]``)."""
+    start = np.asarray(start, np.int64)
+    shape = np.asarray(crop.shape[::-1])
+    r = np.floor(radius_mm / np.asarray(spacing, np.float64)).astype(np.int64)
+    for points, value in ((fg, 1), (bg, 0)):
+        for p in np.asarray(points, np.int64).reshape(-1, 3):
+            c = p - start
+            lo, hi = np.maximum(c - r, 0), np.minimum(c + r + 1, shape)
+            if np.any(hi <= lo):
+                continue
+            grids = np.ogrid[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
+            d2 = sum(((g - c[a]) * spacing[a]) ** 2 for g, a in zip(grids, (2, 1, 0)))
+            region = crop[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
+            region[d2 <= radius_mm ** 2] = value
 
 
 def keep_clicked_components(prob: torch.Tensor, fg_roi: np.ndarray, mask_roi: np.ndarray,

@@ -152,7 +152,7 @@ class LocalSession:
                 self._check_size(model)
             net = self._backend.registry.network(model, self._backend.device)
             start, crop = run_deepgrow(net, kind, bundle.settings, self._volume(bundle), obj.mask, all_fg, all_bg,
-                                       self._backend.device, slice_axis, index)
+                                       self._backend.device, slice_axis, index, (fg, bg))
             obj.snapshot()
             new = obj.mask.copy()
             if crop.size:

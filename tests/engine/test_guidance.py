@@ -158,3 +158,22 @@ def test_test_time_flips_average_back_onto_the_input_grid():
     ramp = torch.linspace(-2, 2, 7)
     expect = (torch.sigmoid(x3[0] + ramp) + torch.sigmoid(x3[0] + ramp.flip(0))) / 2
     assert torch.allclose(forward(Ramp(), x3, "dextr3d", "cpu", 2), expect, atol=1e-6)
+
+
+def test_results_honour_the_clicks_just_placed():
+    """``honour_clicks``: voxels within the radius (mm, anisotropic spacing) of a new foreground click
+    become 1, of a background click 0; clicks outside the crop change nothing."""
+    from claraseg.engine.runners import honour_clicks
+
+    crop = np.zeros((5, 9, 9), np.uint8)  # [k, j, i], box starting at [i, j, k] = [10, 20, 30]
+    crop[2, 6:, 6:] = 1
+    start = np.array([10, 20, 30])
+    spacing = np.array([1.0, 1.0, 3.0])
+    honour_clicks(crop, start, np.array([[14, 24, 32]]), np.array([[17, 27, 32], [0, 0, 0]]), 1.0, spacing)
+    assert crop[2, 4, 4] == 1 and crop[2, 3, 4] == 1 and crop[2, 4, 5] == 1  # the ball in plane (1 voxel)
+    assert crop[2, 3, 3] == 0 and crop[1, 4, 4] == 0 and crop[3, 4, 4] == 0  # not the corner, not +-3 mm in k
+    assert crop[2, 7, 7] == 0 and crop[2, 6, 7] == 0 and crop[2, 8, 8] == 1  # the background ball
+    assert crop.sum() == 5 + 9 - 5
+    before = crop.copy()
+    honour_clicks(crop, start, np.zeros((0, 3)), np.array([[100, 100, 100]]), 5.0, spacing)
+    assert np.array_equal(crop, before)

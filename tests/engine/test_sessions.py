@@ -94,6 +94,9 @@ def test_2d_clicks_change_only_their_slice_on_any_axis(tiny_backend, small_phant
     q[(axis + 1) % 3] += 3
     d2 = s.click("deepgrow2d", [], [q], object_id="o", slice_axis=axis)
     assert d2.is_empty or (d2.start[axis] == p[axis] and d2.stop[axis] == p[axis] + 1)
+    # Whatever the (random-weight) network says, the clicked voxels take their click's label.
+    full = s.mask("o")
+    assert full[p[2], p[1], p[0]] == 1 and full[q[2], q[1], q[0]] == 0
     s.close()
 
 
