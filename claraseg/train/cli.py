@@ -103,6 +103,11 @@ def _bench_adapt(args) -> int:
                          threads=args.threads, budget_s=args.budget, interactions=args.interactions,
                          overrides=dict(parse_override(o) for o in args.override))
     _write_result(result, args.out)
+    if args.out:
+        from claraseg.train.plot import plot_adaptation
+
+        png = plot_adaptation(result, Path(args.out).with_suffix(".png"))
+        print(f"wrote {png}")
     return 0
 
 

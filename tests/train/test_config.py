@@ -124,3 +124,13 @@ def test_plain_job_ignores_automl_search_lists():
     bundle = Path(__file__).resolve().parents[2] / "claraseg" / "automl" / "bundles" / "tiny_seg"
     comps = cfg.validate(cfg.make_parser(bundle, {}))
     assert comps["optimizer"].param_groups[0]["lr"] == 0.0003
+
+
+def test_adaptation_plot_is_written(tmp_path):
+    from claraseg.train.plot import plot_adaptation
+
+    result = {"interactions": 3, "published": "m@v2", "iterations": 10, "budget_s": 60.0,
+              "mean_dice_curve": {"before": [0.2, 0.4, 0.5], "after": [0.4, 0.6, 0.7]},
+              "per_structure": {"a": {"before": [0.2, 0.4, 0.5], "after": [0.4, 0.6, 0.7]}}}
+    out = plot_adaptation(result, tmp_path / "adapt.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
