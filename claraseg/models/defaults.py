@@ -99,7 +99,7 @@ SEGMENTATION_WINDOW = [-250, 350]
 #: Training settings of each kind (recorded in configs/train.json and read by claraseg pretrain; a
 #: fine-tune job starts from ``finetune_learning_rate``).
 TRAINING: dict[str, dict[str, Any]] = {
-    "deepgrow3d": {"batch_size": 2, "learning_rate": 1e-3, "finetune_learning_rate": 1e-4, "loss": "DiceCELoss(sigmoid)", "p_model_in_loop": 0.6,
+    "deepgrow3d": {"batch_size": 2, "learning_rate": 1e-3, "finetune_learning_rate": 5e-5, "loss": "DiceCELoss(sigmoid)", "p_model_in_loop": 0.6,
                    "max_loop_clicks": 5},
     "deepgrow2d": {"batch_size": 8, "learning_rate": 1e-3, "finetune_learning_rate": 1e-4, "loss": "DiceCELoss(sigmoid)", "p_model_in_loop": 0.4,
                    "max_loop_clicks": 3},
