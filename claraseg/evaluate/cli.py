@@ -143,6 +143,9 @@ def _eval(args) -> int:
 def _heldout(args) -> int:
     from claraseg.evaluate.heldout import evaluate_heldout
 
+    if args.slice_axis is not None:
+        raise ClarasegError("--slice-axis does not apply to --heldout: its 2D protocol is fixed to slices normal to "
+                            "k through each structure's largest cross-section (run --image/--label for other axes)")
     _set_threads(args.threads)
     backend, backend_name = _backend(args)
     try:

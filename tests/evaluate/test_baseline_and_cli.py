@@ -193,3 +193,11 @@ def test_cli_eval_reads_a_dicom_series_and_a_seg_nrrd(phantom, tmp_path, capsys)
     out = capsys.readouterr().out
     summary = json.loads(out[out.index("{"):])["summary"]
     assert summary["structures"] == 1 and summary["mean_dice_at"]["1"] > 0.3
+
+
+def test_cli_heldout_refuses_a_slice_axis(tmp_path, capsys):
+    """The held-out 2D protocol is fixed to axis k: asking for another axis is an error, not ignored."""
+    code = main(["eval", "--heldout", "--model", "deepgrow2d", "--slice-axis", "0", "--out", str(tmp_path), "--quiet"])
+    assert code == 1
+    assert "--slice-axis does not apply to --heldout" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
