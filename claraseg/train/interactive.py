@@ -8,9 +8,8 @@ draw fresh clicks every time (seeded per item, so a resumed job draws the same o
 
 Replay: a fraction ``replay`` of the samples comes from a fixed pool of other structures (synthetic
 phantoms, or the pre-training data when ``replay_data`` names that folder), so a model fine-tuned on a
-few structures keeps what it knew about the rest - above all how to refine a mask from clicks on
-objects of every size. Without it, a few minutes on large organs costs small ones (the gallbladder
-fell from Dice .69 to .30 after 5 clicks in ``claraseg train bench-adapt``).
+few structures keeps refining the rest. In ``claraseg train bench-adapt`` it keeps the fine-tuned model
+ahead of the starting one after every click; the smallest structure there (a gallbladder) still loses.
 """
 
 from __future__ import annotations
@@ -32,37 +31,39 @@ REPLAY_PHANTOM_SEEDS = tuple(range(1000, 1004))
 REPLAY_HIPPOCAMPUS_CASES = 24
 
 
-def replay_pool(source: str, intensity: dict[str, Any]) -> dict[str, list]:
-    """The replay volumes by source: ``"phantoms"`` (always available), or a folder laid out like the
-    shared sample data (``claraseg pretrain --data``), whose pre-training structures (never the
-    held-out ones) are loaded together with the phantoms."""
+#: What a pre-training data folder must hold (see :func:`claraseg.models.pretrain.load_sources`).
+REPLAY_DATA_LAYOUT = ("ct_abdomen_3mm/image.nii.gz", "mr_abdomen_3mm/image.nii.gz", "mr_brain_1mm/image.nii.gz",
+                      "mr_hippocampus/images")
+
+
+def check_replay_data(source: str) -> None:
+    """``"phantoms"``, or a folder holding the pre-training data's layout; else a :class:`TrainingDataError`
+    naming what is missing (raised when the job's config is built, before training)."""
     from pathlib import Path
 
+    if source == "phantoms":
+        return
+    missing = [p for p in REPLAY_DATA_LAYOUT if not (Path(source) / p).exists()]
+    if missing:
+        raise TrainingDataError(f"replay_data {source!r}: not the pre-training data folder (missing "
+                                f"{', '.join(missing)}); give 'phantoms' or the shared sample data folder")
+
+
+def replay_pool(source: str, intensity: dict[str, Any]) -> dict[str, list]:
+    """The replay volumes by source: ``"phantoms"`` (always available), or a folder laid out like the
+    shared sample data (``claraseg pretrain --data``): its pre-training structures (never the held-out
+    ones) and phantoms."""
     from claraseg.io import make_phantom
     from claraseg.models.training import volume_from_images
 
-    if source and source != "phantoms":
+    check_replay_data(source)
+    if source != "phantoms":
         from claraseg.models.pretrain import load_sources
 
-        folder = Path(source)
-        if not folder.is_dir():
-            raise TrainingDataError(
-                f"replay_data {source!r}: not a folder (give 'phantoms' or the folder "
-                "of the pre-training data, e.g. ../shared/data)"
-            )
-        # The pre-training structures (held-out ones excluded) and phantoms.
-        pool = load_sources(folder, intensity, hippocampus_limit=REPLAY_HIPPOCAMPUS_CASES)
+        pool = load_sources(source, intensity, hippocampus_limit=REPLAY_HIPPOCAMPUS_CASES)
     else:
-        phantoms = [
-            volume_from_images(
-                f"phantom_{s}",
-                *make_phantom(seed=s, size_ijk=(96, 96, 48)),
-                intensity,
-                min_voxels=60,
-                modality="CT",
-            )
-            for s in REPLAY_PHANTOM_SEEDS
-        ]
+        phantoms = [volume_from_images(f"phantom_{s}", *make_phantom(seed=s, size_ijk=(96, 96, 48)), intensity,
+                                       min_voxels=60, modality="CT") for s in REPLAY_PHANTOM_SEEDS]
         pool = {"phantoms": [v for v in phantoms if v.structures]}
     return {k: v for k, v in pool.items() if v}
 
@@ -128,14 +129,8 @@ class InteractiveSampled(Randomizable, MapTransform):
                 f"structures, got {replay!r}"
             )
         self.replay_data = str(replay_data or "phantoms")
-        if self.replay and self.replay_data != "phantoms":
-            from pathlib import Path
-
-            if not (Path(self.replay_data) / "ct_abdomen_3mm").is_dir():
-                raise TrainingDataError(
-                    f"replay_data {self.replay_data!r}: not the pre-training data folder "
-                    "(give 'phantoms' or the folder of the shared sample data, e.g. ../shared/data)"
-                )
+        if self.replay:
+            check_replay_data(self.replay_data)
         self._pool: dict[str, list] | None = None
 
     def _replay_draw(self, rng: np.random.Generator):
@@ -156,16 +151,18 @@ class InteractiveSampled(Randomizable, MapTransform):
         volume = data["volume"]
         out = []
         for _ in range(self.num_samples):
-            source = volume
+            source, structure = volume, None
             if self.replay and rng.random() < self.replay:
-                source, _first = self._replay_draw(rng)
+                source, structure = self._replay_draw(rng)
             for _draw in range(MAX_DRAWS):
-                structure = source.structures[int(rng.integers(len(source.structures)))]
+                if structure is None:
+                    structure = source.structures[int(rng.integers(len(source.structures)))]
                 sample = make_sample(
                     self.kind, source, structure, self.settings, rng, self.predict, self.train
                 )
                 if sample is not None:
                     break
+                structure = None  # this draw missed it: draw again, any structure of the source
             else:
                 raise TrainingDataError(
                     f"{source.name}: no training ROI of this model holds the structure "

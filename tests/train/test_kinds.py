@@ -79,7 +79,7 @@ def test_replay_mixes_in_other_structures(interactive_data, tmp_path):
 @pytest.mark.parametrize("override, message", [
     ({"replay": 1.5}, "replay must lie in"),
     ({"replay": "lots"}, "replay must lie in"),
-    ({"replay_data": "/nonexistent/folder"}, "not the pre-training data folder"),
+    ({"replay_data": "/nonexistent/folder"}, r"not the pre-training data folder \(missing ct_abdomen_3mm/image.nii.gz"),
 ])
 def test_bad_replay_settings_fail_before_training(tmp_path, override, message):
     from claraseg.errors import ClarasegError
