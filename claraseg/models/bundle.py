@@ -148,6 +148,13 @@ def read_bundle(path: str | os.PathLike, name: str | None = None) -> Bundle:
     kind = settings.get("kind", "segmentation")
     if kind not in MODEL_KINDS:
         raise ConfigError(f"{path / METADATA}: claraseg.kind {kind!r} is not one of {MODEL_KINDS}")
+    for key, minimum, integer in (("tta_flips", 1, True), ("click_radius_mm", 0.0, False)):
+        value = settings.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or value < minimum:
+            want = f"an integer >= {minimum}" if integer else f"a number >= {minimum}"
+            raise ConfigError(f"{path / METADATA}: claraseg.{key} must be {want}, got {value!r}")
     return Bundle(path=path, name=name or path.name, metadata=meta, inference=inference, settings=settings)
 
 

@@ -95,3 +95,20 @@ def test_unknown_models_and_bad_bundles(tiny_models, tmp_path):
     inf.write_text(json.dumps(cfg))
     with pytest.raises(ConfigError):
         ModelRegistry(tmp_path / "m").network("deepgrow2d")
+
+
+@pytest.mark.parametrize("key, value", [("tta_flips", 0), ("tta_flips", "8"), ("tta_flips", 2.5),
+                                        ("click_radius_mm", -1), ("click_radius_mm", "1 mm")])
+def test_bad_inference_settings_are_refused_at_load(tiny_models, tmp_path, key, value):
+    """A bundle whose test-time flips or click radius is not a valid number is reported when it is read,
+    naming the setting, instead of failing inside a click."""
+    from claraseg.models.bundle import read_bundle
+
+    shutil.copytree(tiny_models / "deepgrow2d", tmp_path / "deepgrow2d")
+    meta_path = tmp_path / "deepgrow2d" / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["claraseg"][key] = value
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=f"claraseg.{key} must be"):
+        read_bundle(tmp_path / "deepgrow2d")
+    assert "deepgrow2d" in ModelRegistry(tmp_path).errors
