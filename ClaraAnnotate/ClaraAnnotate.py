@@ -328,11 +328,12 @@ class ClaraAnnotateTest(ScriptedLoadableModuleTest):
         return load_sample_ct(self, __file__)
 
     def _labelValue(self, names, wanted: str) -> int:
-        for k, v in names.items():
-            name = v["name"] if isinstance(v, dict) else v
-            if name == wanted:
-                return int(k)
-        self.fail(f"label '{wanted}' not in labels.json")
+        from ClaraAnnotateLib import selftest
+
+        value = selftest.label_value(names, wanted)
+        if value is None:
+            self.fail(f"label '{wanted}' not in labels.json")
+        return value
 
     def _logic(self):
         logic = ClaraAnnotateLogic.shared()
@@ -369,7 +370,8 @@ class ClaraAnnotateTest(ScriptedLoadableModuleTest):
         seg, segmentId = self._segmentationOf(volume)
         logic.getParameterNode().clickModel = annotator.default_model(logic.connectionInfo.models,
                                                                       ("deepgrow3d",)).name
-        result = spleen & False
+        result = spleen.copy()
+        result[...] = False  # nothing segmented yet: the first protocol click is the deepest point
         for n in range(selftest.SELFTEST_CLICKS):
             click = selftest.protocol_click(result, spleen)
             if click is None:

@@ -153,8 +153,8 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
 
 
 def honour_clicks(crop: np.ndarray, start, fg: np.ndarray, bg: np.ndarray, radius_mm: float, spacing) -> None:
-    """Make the result agree with the clicks just placed: the voxels within ``radius_mm`` of a new
-    foreground click become 1, of a new background click 0 (in place, inside the crop ``[k, j, i]``)."""
+    """Make the result agree with clicks: the voxels within ``radius_mm`` of a foreground click become 1,
+    of a background click 0 (in place, inside the crop ``[k, j, i]``; clicks outside it change nothing)."""
     start = np.asarray(start, np.int64)
     shape = np.asarray(crop.shape[::-1])
     r = np.floor(radius_mm / np.asarray(spacing, np.float64)).astype(np.int64)

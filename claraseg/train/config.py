@@ -222,9 +222,12 @@ def _parsed(parser, key: str) -> Any:
         raise
     except Exception as e:  # MONAI raises ValueError/ModuleNotFoundError/RuntimeError/... for bad configs
         # A component of ours that refused its arguments says why; keep that message.
-        cause = e
-        while cause is not None and not isinstance(cause, ClarasegError):
+        cause, seen = e, set()
+        while cause is not None and not isinstance(cause, ClarasegError) and id(cause) not in seen:
+            seen.add(id(cause))
             cause = cause.__cause__ or cause.__context__
+        if not isinstance(cause, ClarasegError):
+            cause = None
         if cause is not None:
             raise ConfigError(f"config element {key!r}: {cause}") from None
         raise ConfigError(_describe(parser, key, e)) from None
