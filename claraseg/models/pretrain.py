@@ -111,6 +111,21 @@ def draw_structure(sources: dict[str, list[TrainingVolume]], rng: np.random.Gene
     return vol, vol.structures[int(rng.integers(len(vol.structures)))]
 
 
+def check_roi_scale_range(train_cfg: dict) -> None:
+    """train.json's optional ``roi_scale_range`` must be [low, high] with 0 < low <= high."""
+    scale = train_cfg.get("roi_scale_range")
+    if scale is None:
+        return
+    try:
+        a, b = (float(v) for v in scale)
+        ok = 0 < a <= b and math.isfinite(b)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise TrainingDataError(f"train.json roi_scale_range {scale!r}: give [low, high] with 0 < low <= high "
+                                "(the factor on an object's extent when its training ROI is sized from it)")
+
+
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
     s = a.sum() + b.sum()
@@ -156,6 +171,7 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
     bundle = read_bundle(bundle_dir)
     settings = bundle.settings
     train_cfg = json.loads((bundle_dir / TRAIN).read_text())
+    check_roi_scale_range(train_cfg)
     net = bundle.build_network().float().train()
     previous: list[dict[str, Any]] = []
     if warm_start:
@@ -163,7 +179,8 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
         net.load_state_dict({k: v.float() for k, v in state.items()})
         old = settings.get("training") or {}
         previous = list(old.get("previous_stages", [])) + [{k: old.get(k) for k in (
-            "recipe", "seed", "iterations", "minutes", "learning_rate", "validation_dice_roi") if k in old}]
+            "recipe", "seed", "iterations", "minutes", "learning_rate", "validation_dice_roi", "p_model_in_loop",
+            "max_loop_clicks", "roi_scale_range", "settings_at_training") if k in old}]
     sources = load_sources(data_dir, settings["intensity"])
     counts = {k: sum(len(v.structures) for v in vols) for k, vols in sources.items()}
     progress(f"{kind}: {sum(counts.values())} training structures {counts}")
@@ -217,6 +234,10 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
         "previous_stages": previous,
         "seed": seed, "iterations": it, "minutes": round((time.time() - t0) / 60, 1), "threads": torch.get_num_threads(),
         "batch_size": batch, "learning_rate": lr0, "schedule": "cosine to 5%", "loss": train_cfg["loss"],
+        "p_model_in_loop": train_cfg.get("p_model_in_loop"), "max_loop_clicks": train_cfg.get("max_loop_clicks"),
+        "roi_scale_range": train_cfg.get("roi_scale_range", [0.85, 1.4]),
+        "settings_at_training": {k: settings.get(k) for k in ("first_click_spacing_mm", "fill", "roi_size",
+                                                               "train_roi_size", "guidance")},
         "final_loss": round(float(np.mean(losses[-100:])), 4) if losses else None,
         "validation_dice_roi": round(vd, 4), "validation_history": history,
         "data": {"sources": SOURCE_WEIGHTS, "structures_per_source": counts, "min_voxels": MIN_VOXELS,

@@ -203,12 +203,23 @@ def _random_inside(mask: np.ndarray, rng: np.random.Generator):
 
 
 # ----- one sample per kind -----------------------------------------------------------------------------------
-def _choose_spacing(settings: dict, extent_mm: float, roi_voxels: int, rng: np.random.Generator) -> float:
+def _choose_spacing(settings: dict, extent_mm: float, roi_voxels: int, rng: np.random.Generator,
+                    train: dict | None = None) -> float:
+    """ROI spacing of a training sample: the first click's field of view (35 %), else the spacing at
+    which the object's extent, times a random factor, fills ``fill`` of the ROI. The factor is uniform
+    in 0.85..1.4, or log-uniform in train.json's ``roi_scale_range`` when set: a low end below 1 lets
+    the object overflow the ROI, as a refinement ROI sized from an under-segmented mask does."""
     lo, hi = settings["spacing_range_mm"]
     if rng.random() < 0.35:  # the first click's fixed field of view, objects small or cut off
         s = settings["first_click_spacing_mm"] * float(np.exp(rng.uniform(np.log(0.7), np.log(1.5))))
         return float(np.clip(s, lo, hi))
-    return object_spacing(extent_mm * rng.uniform(0.85, 1.4), roi_voxels, settings["fill"], (lo, hi))
+    scale = (train or {}).get("roi_scale_range")
+    if scale is None:
+        factor = rng.uniform(0.85, 1.4)
+    else:
+        a, b = (float(v) for v in scale)
+        factor = float(np.exp(rng.uniform(np.log(a), np.log(b))))
+    return object_spacing(extent_mm * factor, roi_voxels, settings["fill"], (lo, hi))
 
 
 def _simulate_clicks(img: torch.Tensor, gt: np.ndarray, roi_label: np.ndarray, settings: dict, sigma,
@@ -281,7 +292,7 @@ def deepgrow_sample(volume: TrainingVolume, structure: Structure, settings: dict
         others = [a for a in range(3) if a != axis]
         lo, hi = pts.min(axis=0), pts.max(axis=0)
         extent = float(((hi - lo + 1) * sp)[others].max())
-        s = _choose_spacing(settings, extent, size[0], rng)
+        s = _choose_spacing(settings, extent, size[0], rng, train)
         a = rng.uniform(-np.pi / 6, np.pi / 6)
         base = slice_axes(axis)
         u, v = base[:, 0], base[:, 1]
@@ -298,7 +309,7 @@ def deepgrow_sample(volume: TrainingVolume, structure: Structure, settings: dict
     else:
         lo, hi = coords.min(axis=0), coords.max(axis=0)
         extent = float(((hi - lo + 1) * sp).max())
-        s = _choose_spacing(settings, extent, size[0], rng)
+        s = _choose_spacing(settings, extent, size[0], rng, train)
         axes = random_rotation(rng, 25.0)
         centre = (lo + hi) / 2.0
         jitter = rng.uniform(-0.2, 0.2, 3) * crop[0] * s / sp
