@@ -139,6 +139,67 @@ class Bundle:
         return net.float().to(device).eval()
 
 
+def _number(value: Any, *, integer: bool = False) -> bool:
+    if isinstance(value, bool):
+        return False
+    if integer:
+        return isinstance(value, int)
+    return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
+
+
+#: The ``claraseg`` constants the engine reads: key -> (description, test). Absent optional keys are fine.
+_CHECKS: dict[str, tuple[str, Any]] = {
+    "tta_flips": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
+    "click_radius_mm": ("a number >= 0", lambda v: _number(v) and v >= 0),
+    "threshold": ("a number between 0 and 1 (exclusive)", lambda v: _number(v) and 0 < v < 1),
+    "fill": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
+    "refine_fill": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
+    "first_click_spacing_mm": ("a number > 0", lambda v: _number(v) and v > 0),
+    "margin_mm": ("a number >= 0", lambda v: _number(v) and v >= 0),
+    "grow_passes": ("an integer >= 0", lambda v: _number(v, integer=True) and v >= 0),
+    "min_points": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
+    "spacing_range_mm": ("[low, high] with 0 < low <= high",
+                         lambda v: isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v)
+                         and 0 < v[0] <= v[1]),
+    "roi_size": ("three positive integers [i, j, k]",
+                 lambda v: isinstance(v, list) and len(v) == 3 and all(_number(x, integer=True) and x >= 1 for x in v)),
+}
+#: Guidance constants: key -> (description, test).
+_GUIDANCE_CHECKS: dict[str, tuple[str, Any]] = {
+    "sigma_mm": ("a number > 0", lambda v: _number(v) and v > 0),
+    "sigma_vox": ("a number > 0", lambda v: _number(v) and v > 0),
+    "min_sigma_vox": ("a number >= 0", lambda v: _number(v) and v >= 0),
+}
+#: Keys each interactive kind cannot run without.
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "deepgrow3d": ("roi_size", "fill", "spacing_range_mm", "first_click_spacing_mm", "threshold", "guidance", "intensity"),
+    "deepgrow2d": ("roi_size", "fill", "spacing_range_mm", "first_click_spacing_mm", "threshold", "guidance", "intensity"),
+    "dextr3d": ("roi_size", "margin_mm", "threshold", "guidance", "intensity"),
+}
+
+
+def check_settings(settings: dict[str, Any], kind: str, where: Path) -> None:
+    """Refuse a ``claraseg`` section whose constants the engine could not use (a missing key, a string
+    where a number belongs, a threshold of 2 ...), naming the key, when the bundle is read rather than
+    inside a click."""
+    missing = [k for k in _REQUIRED.get(kind, ()) if k not in settings]
+    if missing:
+        raise ConfigError(f"{where}: claraseg section of a {kind} model lacks {', '.join(missing)}")
+    for key, (want, ok) in _CHECKS.items():
+        if key in settings and not ok(settings[key]):
+            raise ConfigError(f"{where}: claraseg.{key} must be {want}, got {settings[key]!r}")
+    guidance = settings.get("guidance")
+    if guidance is not None:
+        if not isinstance(guidance, dict):
+            raise ConfigError(f"{where}: claraseg.guidance must be an object, got {guidance!r}")
+        for key, (want, ok) in _GUIDANCE_CHECKS.items():
+            if key in guidance and not ok(guidance[key]):
+                raise ConfigError(f"{where}: claraseg.guidance.{key} must be {want}, got {guidance[key]!r}")
+        need = "sigma_vox" if kind == "dextr3d" else "sigma_mm" if kind in ("deepgrow3d", "deepgrow2d") else None
+        if need and need not in guidance:
+            raise ConfigError(f"{where}: claraseg.guidance of a {kind} model lacks {need}")
+
+
 def read_bundle(path: str | os.PathLike, name: str | None = None) -> Bundle:
     """Read a bundle directory; ``name`` defaults to the folder name (``<name>@vN`` folders keep theirs)."""
     path = Path(path)
@@ -148,13 +209,7 @@ def read_bundle(path: str | os.PathLike, name: str | None = None) -> Bundle:
     kind = settings.get("kind", "segmentation")
     if kind not in MODEL_KINDS:
         raise ConfigError(f"{path / METADATA}: claraseg.kind {kind!r} is not one of {MODEL_KINDS}")
-    for key, minimum, integer in (("tta_flips", 1, True), ("click_radius_mm", 0.0, False)):
-        value = settings.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or value < minimum:
-            want = f"an integer >= {minimum}" if integer else f"a number >= {minimum}"
-            raise ConfigError(f"{path / METADATA}: claraseg.{key} must be {want}, got {value!r}")
+    check_settings(settings, kind, path / METADATA)
     return Bundle(path=path, name=name or path.name, metadata=meta, inference=inference, settings=settings)
 
 

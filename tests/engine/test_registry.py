@@ -98,7 +98,12 @@ def test_unknown_models_and_bad_bundles(tiny_models, tmp_path):
 
 
 @pytest.mark.parametrize("key, value", [("tta_flips", 0), ("tta_flips", "8"), ("tta_flips", 2.5),
-                                        ("click_radius_mm", -1), ("click_radius_mm", "1 mm")])
+                                        ("click_radius_mm", -1), ("click_radius_mm", "1 mm"),
+                                        ("threshold", 1.5), ("threshold", "0.5"), ("fill", 0), ("refine_fill", 2),
+                                        ("first_click_spacing_mm", -2), ("grow_passes", 1.5),
+                                        ("spacing_range_mm", [4, 1]), ("spacing_range_mm", [1]),
+                                        ("roi_size", [128, 128]), ("roi_size", [128, 0, 1]),
+                                        ("threshold", float("nan")), ("min_points", True)])
 def test_bad_inference_settings_are_refused_at_load(tiny_models, tmp_path, key, value):
     """A bundle whose test-time flips or click radius is not a valid number is reported when it is read,
     naming the setting, instead of failing inside a click."""
@@ -112,3 +117,23 @@ def test_bad_inference_settings_are_refused_at_load(tiny_models, tmp_path, key, 
     with pytest.raises(ConfigError, match=f"claraseg.{key} must be"):
         read_bundle(tmp_path / "deepgrow2d")
     assert "deepgrow2d" in ModelRegistry(tmp_path).errors
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.pop("roi_size"), "lacks roi_size"),
+    (lambda c: c.pop("guidance"), "lacks guidance"),
+    (lambda c: c["guidance"].pop("sigma_mm"), "guidance of a deepgrow2d model lacks sigma_mm"),
+    (lambda c: c["guidance"].update(sigma_mm=0), "claraseg.guidance.sigma_mm must be"),
+    (lambda c: c.update(guidance="gaussian"), "claraseg.guidance must be an object"),
+])
+def test_incomplete_settings_are_refused_at_load(tiny_models, tmp_path, change, message):
+    """A claraseg section without a constant the engine needs is reported when read, naming the key."""
+    from claraseg.models.bundle import read_bundle
+
+    shutil.copytree(tiny_models / "deepgrow2d", tmp_path / "deepgrow2d")
+    meta_path = tmp_path / "deepgrow2d" / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    change(meta["claraseg"])
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=message):
+        read_bundle(tmp_path / "deepgrow2d")
