@@ -39,8 +39,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", help="local engine: cpu, cuda, auto (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--refine-model", help="DEXTR3D: model of the refinement clicks (default: deepgrow3d)")
-    p.add_argument("--slice-axis", type=int, choices=(0, 1, 2), default=2,
-                   help="DeepGrow 2D: slice normal 0 = i, 1 = j, 2 = k (default %(default)s)")
+    p.add_argument("--slice-axis", type=int, choices=(0, 1, 2), default=None,
+                   help="DeepGrow 2D: slice normal 0 = i, 1 = j, 2 = k (default 2; not with --heldout)")
     p.add_argument("--jitter-seeds", type=int, default=0,
                    help="DEXTR3D robustness: also run with +-3-voxel jittered extreme points, this many seeds")
     p.add_argument("--heldout", action="store_true",
@@ -122,7 +122,7 @@ def _eval(args) -> int:
             refine = args.method if not args.model else default_refine_model(backend)
         report = build_report(
             backend, model, structures, baseline=baseline, interactions=args.clicks, refine_model=refine,
-            slice_axis=args.slice_axis, jitter_seeds=args.jitter_seeds, progress=not args.quiet,
+            slice_axis=2 if args.slice_axis is None else args.slice_axis, jitter_seeds=args.jitter_seeds, progress=not args.quiet,
             backend_name=backend_name,
             inputs={"image": str(args.image), "label": str(args.label), "labels": _labels(args.labels),
                     "min_voxels": args.min_voxels, "size_ijk": list(image.size_ijk),

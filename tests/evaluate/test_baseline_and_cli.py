@@ -201,3 +201,11 @@ def test_cli_heldout_refuses_a_slice_axis(tmp_path, capsys):
     assert code == 1
     assert "--slice-axis does not apply to --heldout" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_cli_heldout_without_a_slice_axis_gets_past_the_check(tmp_path, capsys):
+    """Without --slice-axis, --heldout runs (here it stops at the unknown model, not at the axis check)."""
+    code = main(["eval", "--heldout", "--model", "no_such_model", "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "no_such_model" in err and "--slice-axis" not in err
