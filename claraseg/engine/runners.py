@@ -82,7 +82,7 @@ def _paste_roi(prob: torch.Tensor, roi: Roi, vol: Volume, threshold: float):
 
 def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarray, bg: np.ndarray,
                  device: str, slice_axis: int | None = None, slice_index: int | None = None,
-                 new_clicks: tuple[np.ndarray, np.ndarray] | None = None):
+                 new_clicks: tuple[np.ndarray, np.ndarray] | None = None, local_rel: float = 0.0):
     """DeepGrow 3D (or 2D on the slice ``slice_index`` normal to ``slice_axis``).
 
     ``mask`` is the object's current mask (:class:`~claraseg.engine.masks.BoxMask`); ``fg``/``bg`` all
@@ -90,6 +90,10 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
     and the clicks at the spacing that makes them fill ``fill`` of it; the first click on an empty
     object uses ``first_click_spacing_mm`` and, when the result is cut off by the ROI, runs again with a
     larger field of view (``grow_passes`` times at most).
+
+    ``local_rel`` > 0 (3D, a mask the object already has) keeps the result's changes to the mask within
+    that fraction of the mask's largest extent around the new clicks (at least two voxels): a click
+    corrects a good mask (a DEXTR3D result) where it was placed instead of re-segmenting all of it.
     """
     sp = vol.spacing
     size = tuple(int(v) for v in settings["roi_size"])
@@ -143,6 +147,10 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
         s = min(s * 1.8, srange[1])
         roi, prob = run_at(s, centre)
     start, crop = _paste_roi(prob, roi, vol, settings["threshold"])
+    if local_rel > 0 and not two_d and has_mask and new_clicks is not None and crop.size:
+        crop = keep_changes_near(crop, start, mask, np.concatenate([np.reshape(new_clicks[0], (-1, 3)),
+                                                                    np.reshape(new_clicks[1], (-1, 3))]),
+                                 local_rel, sp)
     radius = float(settings.get("click_radius_mm", 0.0))
     if new_clicks is not None and radius > 0 and crop.size:
         # Every click of the object holds in the new result; the ones just placed are applied last.
@@ -150,6 +158,23 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
         honour_clicks(crop, start, fg[:len(fg) - n_fg], bg[:len(bg) - n_bg], radius, sp)
         honour_clicks(crop, start, new_clicks[0], new_clicks[1], radius, sp)
     return start, crop
+
+
+def keep_changes_near(crop: np.ndarray, start, mask, clicks: np.ndarray, rel: float, spacing) -> np.ndarray:
+    """``crop`` (the new result ``[k, j, i]`` in the box at ``start``) where it lies within ``rel`` x the
+    current mask's largest extent (mm, at least two voxels) of a click, the current ``mask`` elsewhere."""
+    spacing = np.asarray(spacing, np.float64)
+    start = np.asarray(start, np.int64)
+    extent = float(((mask.stop - mask.start) * spacing).max())
+    radius = max(rel * extent, 2.0 * float(spacing.max()))
+    old = mask.region(start, start + np.asarray(crop.shape[::-1], np.int64))
+    near = np.zeros(crop.shape, bool)
+    kk, jj, ii = np.ogrid[:crop.shape[0], :crop.shape[1], :crop.shape[2]]
+    for p in np.asarray(clicks, np.float64).reshape(-1, 3):
+        c = p - start
+        near |= (((ii - c[0]) * spacing[0]) ** 2 + ((jj - c[1]) * spacing[1]) ** 2
+                 + ((kk - c[2]) * spacing[2]) ** 2) <= radius ** 2
+    return np.where(near, crop, old).astype(np.uint8)
 
 
 def honour_clicks(crop: np.ndarray, start, fg: np.ndarray, bg: np.ndarray, radius_mm: float, spacing) -> None:

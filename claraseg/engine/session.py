@@ -40,6 +40,7 @@ class _Snapshot:
     mask: bytes  # MaskDelta.encode() of the whole mask (compressed)
     fg: list
     bg: list
+    local_rel: float = 0.0
 
     @property
     def nbytes(self) -> int:
@@ -54,10 +55,13 @@ class ObjectState:
     fg: list = field(default_factory=list)
     bg: list = field(default_factory=list)
     history: list = field(default_factory=list)
+    #: > 0 while the mask is a DEXTR3D result: clicks then change it only near themselves (the DEXTR3D
+    #: bundle's ``refine_radius_rel``, a fraction of the mask's extent).
+    local_rel: float = 0.0
 
     def snapshot(self) -> None:
         full = MaskDelta(tuple(self.mask.start), tuple(self.mask.stop), self.mask.crop, self.mask.size)
-        self.history.append(_Snapshot(full.encode(), list(self.fg), list(self.bg)))
+        self.history.append(_Snapshot(full.encode(), list(self.fg), list(self.bg), self.local_rel))
         del self.history[:-MAX_UNDO]
 
     @property
@@ -152,7 +156,8 @@ class LocalSession:
                 self._check_size(model)
             net = self._backend.registry.network(model, self._backend.device)
             start, crop = run_deepgrow(net, kind, bundle.settings, self._volume(bundle), obj.mask, all_fg, all_bg,
-                                       self._backend.device, slice_axis, index, (fg, bg))
+                                       self._backend.device, slice_axis, index, (fg, bg),
+                                       local_rel=obj.local_rel if kind == "deepgrow3d" else 0.0)
             obj.snapshot()
             new = obj.mask.copy()
             if crop.size:
@@ -184,6 +189,7 @@ class LocalSession:
             new = BoxMask(self._size, start, crop) if crop.size else BoxMask(self._size)
             delta = obj.mask.delta_to(new)
             obj.mask, obj.fg, obj.bg = new, [], []
+            obj.local_rel = float(bundle.settings.get("refine_radius_rel", 0.0))
             self.objects[object_id] = obj
             self._bound_memory()
             return delta
@@ -214,7 +220,7 @@ class LocalSession:
             obj = self.objects.get(object_id) or ObjectState(BoxMask(self._size))
             obj.snapshot()
             obj.mask = BoxMask.from_delta(mask)
-            obj.fg, obj.bg = [], []
+            obj.fg, obj.bg, obj.local_rel = [], [], 0.0
             self.objects[object_id] = obj
             self._bound_memory()
 
@@ -227,7 +233,7 @@ class LocalSession:
             snap = obj.history.pop()
             old = BoxMask.from_delta(MaskDelta.decode(snap.mask))
             delta = obj.mask.delta_to(old)
-            obj.mask, obj.fg, obj.bg = old, snap.fg, snap.bg
+            obj.mask, obj.fg, obj.bg, obj.local_rel = old, snap.fg, snap.bg, snap.local_rel
             return delta
 
     def clear(self, object_id: str = "1") -> MaskDelta:
@@ -239,7 +245,7 @@ class LocalSession:
             obj.snapshot()
             empty = BoxMask(self._size)
             delta = obj.mask.delta_to(empty)
-            obj.mask, obj.fg, obj.bg = empty, [], []
+            obj.mask, obj.fg, obj.bg, obj.local_rel = empty, [], [], 0.0
             return delta
 
     def close(self) -> None:

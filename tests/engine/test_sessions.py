@@ -231,3 +231,50 @@ def test_bad_images(tiny_backend):
     ok = tiny_backend.open_session(Image(np.zeros((8, 8, 8), np.int16)))
     ok.click("deepgrow3d", [[4, 4, 4]])
     ok.close()
+
+
+def test_clicks_on_a_dextr_result_change_it_only_near_the_click(tiny_backend, small_phantom):
+    """A DEXTR3D result is corrected locally: a refinement click changes voxels only within the DEXTR3D
+    bundle's refine_radius_rel x the mask's extent of the click; a set mask or a cleared object is refined
+    as a whole again, and undo brings the local mode back with the mask."""
+    image, label = small_phantom
+    rel = tiny_backend.registry.get("dextr3d").settings["refine_radius_rel"]
+    assert rel > 0
+    s = tiny_backend.open_session(image)
+    pts = extreme_points(label.array == 1)
+    s.extreme_points("dextr3d", pts.tolist(), object_id="x")
+    before = s.mask("x")
+    if not before.any():  # random weights may give nothing; refine a set mask made local by hand instead
+        s.objects["x"].mask.write((0, 0, 0), (label.array == 1).astype(np.uint8))
+        before = s.mask("x")
+    nz = np.argwhere(before)[:, ::-1]
+    extent = float(((nz.max(axis=0) - nz.min(axis=0) + 1) * image.spacing).max())
+    radius = max(rel * extent, 2 * float(np.max(image.spacing)))
+    click = nz[len(nz) // 2]  # inside the mask, so the background click must remove something
+    s.click("dextr3d", background=[click.tolist()], object_id="x")
+    changed = np.argwhere(s.mask("x") != before)[:, ::-1]
+    assert len(changed), "the background click changed nothing"
+    dist = np.sqrt((((changed - click) * image.spacing) ** 2).sum(axis=1))
+    assert dist.max() <= radius + 1e-6
+    assert s.objects["x"].local_rel == rel
+    s.set_mask("x", MaskDelta.from_full((label.array == 1).astype(np.uint8)))
+    assert s.objects["x"].local_rel == 0.0
+    s.undo("x")
+    assert s.objects["x"].local_rel == rel
+    s.clear("x")
+    assert s.objects["x"].local_rel == 0.0
+    s.close()
+
+
+def test_keep_changes_near_restores_the_mask_away_from_clicks():
+    from claraseg.engine.masks import BoxMask
+    from claraseg.engine.runners import keep_changes_near
+
+    mask = BoxMask((20, 20, 20), np.array([5, 5, 5]), np.ones((10, 10, 10), np.uint8))  # extent 10 voxels
+    new = np.zeros((20, 20, 20), np.uint8)  # the network erased everything
+    out = keep_changes_near(new, (0, 0, 0), mask, np.array([[10, 10, 10]]), 0.3, np.array([1.0, 1.0, 1.0]))
+    kk, jj, ii = np.indices(out.shape)
+    d = np.sqrt((ii - 10) ** 2 + (jj - 10) ** 2 + (kk - 10) ** 2)
+    assert not out[d <= 3].any()  # erased within 0.3 x 10 voxels of the click
+    inside_far = (d > 3) & (mask.region((0, 0, 0), (20, 20, 20)) > 0)
+    assert out[inside_far].all()  # kept elsewhere
