@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from claraseg.guidance import Roi, box_roi, object_spacing, sample_from_roi, sample_roi, square_roi
+from claraseg.guidance import (
+    Roi,
+    box_roi,
+    extreme_points,
+    object_spacing,
+    sample_from_roi,
+    sample_roi,
+    square_roi,
+)
 from claraseg.guidance.roi import slice_axes
 from claraseg.models.training import deepgrow_sigma, dextr_input, interactive_input, network_input
 
@@ -242,3 +250,38 @@ def run_dextr(net, settings: dict, vol: Volume, points: np.ndarray, device: str)
     x = dextr_input(img, roi.index_to_roi(points.astype(np.float64), vol.spacing), settings["guidance"]["sigma_vox"])
     prob = forward(net, x, "dextr3d", device, int(settings.get("tta_flips", 1)))
     return _paste_roi(prob, roi, vol, settings["threshold"])
+
+
+#: Smallest mask (voxels) whose extreme points are worth a re-fit.
+REFIT_MIN_VOXELS = 20
+
+
+def refit_with_dextr(net, settings: dict, vol: Volume, mask, fg: np.ndarray, bg: np.ndarray, device: str,
+                     min_agreement: float):
+    """Shape re-fit of a DeepGrow 3D result: DEXTR3D run on the extreme points of ``mask`` (a
+    :class:`~claraseg.engine.masks.BoxMask`). Returns ``(start, crop)`` of the whole new object, or None
+    when the re-fit is refused: it contradicts a click (a foreground click outside it, a background click
+    inside) or agrees with ``mask`` by less than ``min_agreement`` Dice."""
+    if mask.is_empty or int(mask.crop.sum()) < REFIT_MIN_VOXELS:
+        return None
+    points = (extreme_points(mask.crop.astype(bool)) + mask.start).astype(np.float64)
+    start, crop = run_dextr(net, settings, vol, points, device)
+    if not crop.size or not crop.any():
+        return None
+    start = np.asarray(start, np.int64)
+    shape = np.asarray(crop.shape[::-1], np.int64)
+
+    def inside(p) -> bool:
+        c = np.asarray(p, np.int64) - start
+        return bool(np.all(c >= 0) and np.all(c < shape) and crop[c[2], c[1], c[0]])
+
+    if not all(inside(p) for p in np.reshape(fg, (-1, 3))) or any(inside(p) for p in np.reshape(bg, (-1, 3))):
+        return None
+    lo, hi = np.minimum(start, mask.start), np.maximum(start + shape, mask.stop)
+    old = mask.region(lo, hi).astype(bool)
+    new = np.zeros(old.shape, bool)
+    new[tuple(slice(a, a + n) for a, n in zip((start - lo)[::-1], crop.shape))] = crop > 0
+    agreement = 2.0 * np.count_nonzero(old & new) / max(1, np.count_nonzero(old) + np.count_nonzero(new))
+    if agreement < min_agreement:
+        return None
+    return start, crop

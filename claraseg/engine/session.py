@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from claraseg.engine.masks import BoxMask
-from claraseg.engine.runners import Volume, run_deepgrow, run_dextr
+from claraseg.engine.runners import Volume, honour_clicks, refit_with_dextr, run_deepgrow, run_dextr
 from claraseg.errors import (
     InvalidImageError,
     InvalidPointsError,
@@ -162,6 +162,8 @@ class LocalSession:
             new = obj.mask.copy()
             if crop.size:
                 new.write(start, crop)
+            if kind == "deepgrow3d" and not obj.local_rel:
+                new = self._refit(bundle.settings, new, all_fg, all_bg, (fg, bg)) or new
             delta = obj.mask.delta_to(new)
             obj.mask = new
             obj.fg.extend(fg.tolist())
@@ -169,6 +171,32 @@ class LocalSession:
             self.objects[object_id] = obj
             self._bound_memory()
             return delta
+
+    def _refit(self, settings: dict, mask: BoxMask, fg: np.ndarray, bg: np.ndarray,
+               new_clicks: tuple[np.ndarray, np.ndarray]) -> BoxMask | None:
+        """The DeepGrow 3D bundle's shape re-fit (``refit_model``, a DEXTR3D model, on the extreme points
+        of the click's result), or None when there is none, it is not on this backend, or it is refused
+        (see :func:`~claraseg.engine.runners.refit_with_dextr`). Clicks are honoured on the re-fit."""
+        name = settings.get("refit_model")
+        if not name or name not in self._backend.registry.names():
+            return None
+        bundle = self._backend.registry.get(name)
+        if bundle.kind != "dextr3d":
+            return None
+        net = self._backend.registry.network(name, self._backend.device)
+        found = refit_with_dextr(net, bundle.settings, self._volume(bundle), mask, fg, bg, self._backend.device,
+                                 float(settings.get("refit_min_agreement", 0.5)))
+        if found is None:
+            return None
+        start, crop = found
+        crop = crop.copy()
+        radius = float(settings.get("click_radius_mm", 0.0))
+        if radius > 0:
+            n_fg, n_bg = len(new_clicks[0]), len(new_clicks[1])
+            sp = self.geometry.spacing
+            honour_clicks(crop, start, fg[:len(fg) - n_fg], bg[:len(bg) - n_bg], radius, sp)
+            honour_clicks(crop, start, np.asarray(new_clicks[0]), np.asarray(new_clicks[1]), radius, sp)
+        return BoxMask(self._size, start, crop)
 
     def extreme_points(self, model: str, points: Sequence, object_id: str = "1") -> MaskDelta:
         pts = check_points_inside(self._size, points if len(points) else np.zeros((0, 3)), "extreme point")

@@ -95,3 +95,36 @@ def test_segmentation_finds_the_liver(default_backend, ct_pair):
     s.close()
     liver = [v for v, n in d.labels.items() if n == "liver"][0]
     assert _dice(d.to_full() == liver, label.array == names["liver"]) > 0.6
+
+
+def test_dextr_refit_improves_a_rough_mask_and_respects_clicks(default_backend):
+    """The DeepGrow 3D shape re-fit (DEXTR3D on a result's extreme points) turns a rough mask of a fresh
+    phantom's liver into a better one, and is refused when it would contradict a click or agree too little."""
+    from scipy import ndimage
+
+    from claraseg.engine.masks import BoxMask
+    from claraseg.engine.runners import refit_with_dextr
+    from claraseg.io import make_phantom
+
+    image, label = make_phantom(seed=5002, size_ijk=(96, 96, 48))
+    gt = label.array == 1
+    rough = ndimage.binary_erosion(gt, iterations=2)  # under-segmented, but with the right extent
+    nz = np.argwhere(rough)
+    lo, hi = nz.min(axis=0), nz.max(axis=0) + 1
+    mask = BoxMask(image.size_ijk, lo[::-1], rough[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.uint8))
+    s = default_backend.open_session(image)
+    bundle = default_backend.registry.get("dextr3d")
+    net = default_backend.registry.network("dextr3d", "cpu")
+    vol = s._volume(bundle)
+    inside = np.argwhere(ndimage.binary_erosion(gt, iterations=4))[0][::-1]  # [i, j, k] deep in the liver
+    none = np.zeros((0, 3), np.int64)
+    found = refit_with_dextr(net, bundle.settings, vol, mask, inside[None], none, "cpu", 0.5)
+    assert found is not None
+    start, crop = found
+    full = np.zeros(gt.shape, bool)
+    full[tuple(slice(a, a + n) for a, n in zip(np.asarray(start)[::-1], crop.shape))] = crop > 0
+    assert _dice(full, gt) > _dice(rough, gt) + 0.03
+    # A background click inside the re-fit, or a stricter agreement than it reaches, refuses it.
+    assert refit_with_dextr(net, bundle.settings, vol, mask, none, inside[None], "cpu", 0.5) is None
+    assert refit_with_dextr(net, bundle.settings, vol, mask, inside[None], none, "cpu", 1.0) is None
+    s.close()
