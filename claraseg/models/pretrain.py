@@ -30,6 +30,7 @@ from claraseg.models.bundle import METADATA, TRAIN, read_bundle, save_weights, w
 from claraseg.models.defaults import create_bundle
 from claraseg.models.training import (
     TrainingVolume,
+    check_roi_scale_range,
     make_loss,
     make_sample,
     network_input,
@@ -109,21 +110,6 @@ def draw_structure(sources: dict[str, list[TrainingVolume]], rng: np.random.Gene
     vols = sources[names[int(rng.choice(len(names), p=w / w.sum()))]]
     vol = vols[int(rng.integers(len(vols)))]
     return vol, vol.structures[int(rng.integers(len(vol.structures)))]
-
-
-def check_roi_scale_range(train_cfg: dict) -> None:
-    """train.json's optional ``roi_scale_range`` must be [low, high] with 0 < low <= high."""
-    scale = train_cfg.get("roi_scale_range")
-    if scale is None:
-        return
-    try:
-        a, b = (float(v) for v in scale)
-        ok = 0 < a <= b and math.isfinite(b)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise TrainingDataError(f"train.json roi_scale_range {scale!r}: give [low, high] with 0 < low <= high "
-                                "(the factor on an object's extent when its training ROI is sized from it)")
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -235,7 +221,7 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
         "seed": seed, "iterations": it, "minutes": round((time.time() - t0) / 60, 1), "threads": torch.get_num_threads(),
         "batch_size": batch, "learning_rate": lr0, "schedule": "cosine to 5%", "loss": train_cfg["loss"],
         "p_model_in_loop": train_cfg.get("p_model_in_loop"), "max_loop_clicks": train_cfg.get("max_loop_clicks"),
-        "roi_scale_range": train_cfg.get("roi_scale_range", [0.85, 1.4]),
+        "roi_scale_range": train_cfg.get("roi_scale_range"),  # None: uniform 0.85-1.4 (the default)
         "settings_at_training": {k: settings.get(k) for k in ("first_click_spacing_mm", "fill", "roi_size",
                                                                "train_roi_size", "guidance")},
         "final_loss": round(float(np.mean(losses[-100:])), 4) if losses else None,

@@ -203,6 +203,19 @@ def _random_inside(mask: np.ndarray, rng: np.random.Generator):
 
 
 # ----- one sample per kind -----------------------------------------------------------------------------------
+def check_roi_scale_range(train: dict | None) -> None:
+    """A training config's optional ``roi_scale_range`` must be [low, high] with 0 < low <= high."""
+    scale = (train or {}).get("roi_scale_range")
+    if scale is None:
+        return
+    ok = isinstance(scale, (list, tuple)) and len(scale) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+    ok = ok and 0 < float(scale[0]) <= float(scale[1]) and np.isfinite(float(scale[1]))
+    if not ok:
+        raise TrainingDataError(f"train.json roi_scale_range {scale!r}: give [low, high] with 0 < low <= high "
+                                "(the factor on an object's extent when its training ROI is sized from it)")
+
+
 def _choose_spacing(settings: dict, extent_mm: float, roi_voxels: int, rng: np.random.Generator,
                     train: dict | None = None) -> float:
     """ROI spacing of a training sample: the first click's field of view (35 %), else the spacing at

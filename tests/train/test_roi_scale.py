@@ -8,8 +8,9 @@ import pytest
 
 from claraseg.errors import TrainingDataError
 from claraseg.guidance import object_spacing
-from claraseg.models.pretrain import check_roi_scale_range
-from claraseg.models.training import _choose_spacing
+from claraseg.models.defaults import SETTINGS as DEFAULTS
+from claraseg.models.training import _choose_spacing, check_roi_scale_range
+from claraseg.train.interactive import InteractiveSampled
 
 #: An object far larger than the first click's field of view, so the two kinds of draw differ.
 EXTENT = 400.0
@@ -42,7 +43,8 @@ def test_low_factor_lets_the_object_overflow():
     assert 64 * expected < EXTENT
 
 
-@pytest.mark.parametrize("bad", [[0, 1], [1.4, 0.5], ["a", 1], [0.5], 3, [0.5, float("inf")]])
+@pytest.mark.parametrize("bad", [[0, 1], [1.4, 0.5], ["a", 1], [0.5], 3, [0.5, float("inf")], "12",
+                                 [0.5, 1, 2], [True, 1]])
 def test_bad_roi_scale_range_is_refused(bad):
     with pytest.raises(TrainingDataError, match="roi_scale_range"):
         check_roi_scale_range({"roi_scale_range": bad})
@@ -51,3 +53,9 @@ def test_bad_roi_scale_range_is_refused(bad):
 def test_absent_roi_scale_range_is_fine():
     check_roi_scale_range({})
     check_roi_scale_range({"roi_scale_range": [0.5, 1.4]})
+
+
+def test_a_fine_tune_with_a_bad_range_fails_when_its_sampler_is_built():
+    with pytest.raises(TrainingDataError, match="roi_scale_range"):
+        InteractiveSampled("deepgrow3d", DEFAULTS["deepgrow3d"], train={"roi_scale_range": [2, 1]})
+    InteractiveSampled("deepgrow3d", DEFAULTS["deepgrow3d"], train={"roi_scale_range": [0.5, 1.4]})
