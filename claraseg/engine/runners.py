@@ -159,13 +159,20 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
         crop = keep_changes_near(crop, start, mask, np.concatenate([np.reshape(new_clicks[0], (-1, 3)),
                                                                     np.reshape(new_clicks[1], (-1, 3))]),
                                  local_rel, sp)
-    radius = float(settings.get("click_radius_mm", 0.0))
-    if new_clicks is not None and radius > 0 and crop.size:
-        # Every click of the object holds in the new result; the ones just placed are applied last.
-        n_fg, n_bg = len(new_clicks[0]), len(new_clicks[1])
-        honour_clicks(crop, start, fg[:len(fg) - n_fg], bg[:len(bg) - n_bg], radius, sp)
-        honour_clicks(crop, start, new_clicks[0], new_clicks[1], radius, sp)
+    if new_clicks is not None and crop.size:
+        honour_all_clicks(crop, start, fg, bg, new_clicks, float(settings.get("click_radius_mm", 0.0)), sp)
     return start, crop
+
+
+def honour_all_clicks(crop: np.ndarray, start, fg: np.ndarray, bg: np.ndarray,
+                      new_clicks: tuple[np.ndarray, np.ndarray], radius_mm: float, spacing) -> None:
+    """Every click of the object (``fg``/``bg``, the ones just placed last in each) holds in ``crop``;
+    the new clicks are applied last, so they win where they meet an older one. No-op for radius 0."""
+    if radius_mm <= 0:
+        return
+    n_fg, n_bg = len(new_clicks[0]), len(new_clicks[1])
+    honour_clicks(crop, start, fg[:len(fg) - n_fg], bg[:len(bg) - n_bg], radius_mm, spacing)
+    honour_clicks(crop, start, np.asarray(new_clicks[0]), np.asarray(new_clicks[1]), radius_mm, spacing)
 
 
 def keep_changes_near(crop: np.ndarray, start, mask, clicks: np.ndarray, rel: float, spacing) -> np.ndarray:

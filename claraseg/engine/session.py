@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from claraseg.engine.masks import BoxMask
-from claraseg.engine.runners import Volume, honour_clicks, refit_with_dextr, run_deepgrow, run_dextr
+from claraseg.engine.runners import Volume, honour_all_clicks, refit_with_dextr, run_deepgrow, run_dextr
 from claraseg.errors import (
     InvalidImageError,
     InvalidPointsError,
@@ -28,6 +29,8 @@ from claraseg.models.preprocess import apply_intensity, guess_modality, intensit
 
 if TYPE_CHECKING:
     from claraseg.engine.backend import LocalBackend
+
+log = logging.getLogger("claraseg.engine")
 
 #: Undo steps kept per object (older ones are dropped first when memory runs short).
 MAX_UNDO = 50
@@ -67,6 +70,16 @@ class ObjectState:
     @property
     def nbytes(self) -> int:
         return self.mask.nbytes + sum(s.nbytes for s in self.history)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log a configuration problem once per process instead of at every click."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
 
 
 def compact_array(a: np.ndarray) -> np.ndarray:
@@ -178,10 +191,14 @@ class LocalSession:
         of the click's result), or None when there is none, it is not on this backend, or it is refused
         (see :func:`~claraseg.engine.runners.refit_with_dextr`). Clicks are honoured on the re-fit."""
         name = settings.get("refit_model")
-        if not name or name not in self._backend.registry.names():
+        if not name:
+            return None
+        if name not in self._backend.registry.names():
+            _warn_once(f"refit model {name!r} is not loaded: DeepGrow 3D clicks run without the shape re-fit")
             return None
         bundle = self._backend.registry.get(name)
         if bundle.kind != "dextr3d":
+            _warn_once(f"refit model {name!r} is a {bundle.kind} model, not dextr3d: the shape re-fit is skipped")
             return None
         net = self._backend.registry.network(name, self._backend.device)
         found = refit_with_dextr(net, bundle.settings, self._volume(bundle), mask, fg, bg, self._backend.device,
@@ -190,12 +207,8 @@ class LocalSession:
             return None
         start, crop = found
         crop = crop.copy()
-        radius = float(settings.get("click_radius_mm", 0.0))
-        if radius > 0:
-            n_fg, n_bg = len(new_clicks[0]), len(new_clicks[1])
-            sp = self.geometry.spacing
-            honour_clicks(crop, start, fg[:len(fg) - n_fg], bg[:len(bg) - n_bg], radius, sp)
-            honour_clicks(crop, start, np.asarray(new_clicks[0]), np.asarray(new_clicks[1]), radius, sp)
+        honour_all_clicks(crop, start, fg, bg, new_clicks, float(settings.get("click_radius_mm", 0.0)),
+                          self.geometry.spacing)
         return BoxMask(self._size, start, crop)
 
     def extreme_points(self, model: str, points: Sequence, object_id: str = "1") -> MaskDelta:

@@ -278,3 +278,25 @@ def test_keep_changes_near_restores_the_mask_away_from_clicks():
     assert not out[d <= 3].any()  # erased within 0.3 x 10 voxels of the click
     inside_far = (d > 3) & (mask.region((0, 0, 0), (20, 20, 20)) > 0)
     assert out[inside_far].all()  # kept elsewhere
+
+
+def test_a_missing_refit_model_is_skipped_with_one_warning(tiny_models, small_phantom, tmp_path, caplog):
+    """A models folder with DeepGrow 3D but without its re-fit model still segments, and says once why
+    the re-fit is off."""
+    import shutil
+
+    import claraseg.engine.session as session_module
+
+    shutil.copytree(tiny_models / "deepgrow3d", tmp_path / "deepgrow3d")
+    session_module._warned.clear()
+    image, label = small_phantom
+    backend = LocalBackend(tmp_path, device="cpu", idle_timeout=None)
+    s = backend.open_session(image)
+    point = np.argwhere(label.array == 1)[0][::-1].tolist()
+    with caplog.at_level("WARNING", logger="claraseg.engine"):
+        s.click("deepgrow3d", [point], object_id="a")
+        s.click("deepgrow3d", [point], object_id="b")
+    warnings = [r for r in caplog.records if "refit model 'dextr3d' is not loaded" in r.getMessage()]
+    assert len(warnings) == 1
+    s.close()
+    backend.close()
