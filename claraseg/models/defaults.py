@@ -80,8 +80,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "threshold": 0.5,
         "min_points": 6,
         "refine_model": "deepgrow3d",
-        # Clicks on a DEXTR3D result change it only within 0.15 x its extent around the click: re-segmenting
-        # all of it cost 0.06 Dice after the first click (held-out, 0.881 -> 0.816; local: 0.870, 0.892 at 20).
+        # Clicks on a DEXTR3D result change it only within 0.15 x its extent around the click. Re-segmenting
+        # all of it made it worse (claraseg eval --heldout, session 2: 0.881 then 0.819 / 0.820 after 3 / 5
+        # interactions); locally 0.882 / 0.884, and 0.898 after 20 (results/heldout_dextr3d.json).
         "refine_radius_rel": 0.15,
         "train_jitter_vox": 3,
     },
