@@ -23,7 +23,13 @@ from claraseg.guidance import (
     square_roi,
 )
 from claraseg.guidance.roi import slice_axes
-from claraseg.models.training import deepgrow_sigma, dextr_input, interactive_input, network_input
+from claraseg.models.training import (
+    deepgrow_sigma,
+    dextr_input,
+    dextr_takes_clicks,
+    interactive_input,
+    network_input,
+)
 
 
 @dataclass
@@ -249,14 +255,42 @@ def _mask_box(mask, axis: int, index: int):
     return lo.astype(np.float64), hi.astype(np.float64)
 
 
-def run_dextr(net, settings: dict, vol: Volume, points: np.ndarray, device: str):
-    """DEXTR3D: the points' box plus ``margin_mm`` stretched onto the ROI, points as a heat-map channel."""
+def run_dextr(net, settings: dict, vol: Volume, points: np.ndarray, device: str,
+              fg: np.ndarray | None = None, bg: np.ndarray | None = None, mask=None):
+    """DEXTR3D: the points' box plus ``margin_mm`` stretched onto the ROI, points as a heat-map channel.
+
+    A bundle that takes clicks (:func:`~claraseg.models.training.dextr_takes_clicks`) also reads the
+    object's clicks ``fg``/``bg`` (N, 3) and its current ``mask`` (a
+    :class:`~claraseg.engine.masks.BoxMask`); without them those channels are empty, as for a first
+    segmentation from the points. A bundle that does not take clicks ignores them."""
     size = tuple(int(v) for v in settings["roi_size"])
     roi = box_roi(points.min(axis=0), points.max(axis=0), vol.spacing, float(settings["margin_mm"]), size)
     img = sample_roi(vol.array, vol.spacing, roi, transform=vol.normalise)
-    x = dextr_input(img, roi.index_to_roi(points.astype(np.float64), vol.spacing), settings["guidance"]["sigma_vox"])
+    sigma = settings["guidance"]["sigma_vox"]
+    pts = roi.index_to_roi(points.astype(np.float64), vol.spacing)
+    if dextr_takes_clicks(settings):
+        def to_roi(p):
+            p = np.asarray(p if p is not None else np.zeros((0, 3)), np.float64).reshape(-1, 3)
+            return roi.index_to_roi(p, vol.spacing) if len(p) else p
+
+        m = sample_roi(mask, vol.spacing, roi, mode="nearest") if mask is not None and not mask.is_empty else None
+        x = dextr_input(img, pts, sigma, True, to_roi(fg), to_roi(bg), m)
+    else:
+        x = dextr_input(img, pts, sigma)
     prob = forward(net, x, "dextr3d", device, int(settings.get("tta_flips", 1)))
     return _paste_roi(prob, roi, vol, settings["threshold"])
+
+
+def box_points(points: np.ndarray, fg: np.ndarray) -> np.ndarray:
+    """The points that set a DEXTR3D box: ``points`` themselves while every foreground click lies in
+    their box, else the six extreme points of points and foreground clicks together (a click outside
+    the box says the object reaches further)."""
+    points = np.asarray(points, np.int64).reshape(-1, 3)
+    fg = np.asarray(fg, np.int64).reshape(-1, 3)
+    if not len(fg) or (np.all(fg >= points.min(axis=0)) and np.all(fg <= points.max(axis=0))):
+        return points
+    both = np.concatenate([points, fg])
+    return np.asarray([both[f(both[:, a])] for a in range(3) for f in (np.argmin, np.argmax)], np.int64)
 
 
 #: Smallest mask (voxels) whose extreme points are worth a re-fit.
@@ -271,8 +305,8 @@ def refit_with_dextr(net, settings: dict, vol: Volume, mask, fg: np.ndarray, bg:
     inside) or agrees with ``mask`` by less than ``min_agreement`` Dice."""
     if mask.is_empty or int(mask.crop.sum()) < REFIT_MIN_VOXELS:
         return None
-    points = (extreme_points(mask.crop.astype(bool)) + mask.start).astype(np.float64)
-    start, crop = run_dextr(net, settings, vol, points, device)
+    points = box_points(extreme_points(mask.crop.astype(bool)) + mask.start, fg).astype(np.float64)
+    start, crop = run_dextr(net, settings, vol, points, device, fg, bg, mask)
     if not crop.size or not crop.any():
         return None
     start = np.asarray(start, np.int64)

@@ -15,7 +15,15 @@ import numpy as np
 import torch
 
 from claraseg.engine.masks import BoxMask
-from claraseg.engine.runners import Volume, honour_all_clicks, refit_with_dextr, run_deepgrow, run_dextr
+from claraseg.engine.runners import (
+    REFIT_MIN_VOXELS,
+    Volume,
+    box_points,
+    honour_all_clicks,
+    refit_with_dextr,
+    run_deepgrow,
+    run_dextr,
+)
 from claraseg.errors import (
     InvalidImageError,
     InvalidPointsError,
@@ -24,8 +32,10 @@ from claraseg.errors import (
     SessionExpiredError,
     SessionNotFoundError,
 )
+from claraseg.guidance import extreme_points
 from claraseg.io import Image, MaskDelta, check_finite, check_points_inside
 from claraseg.models.preprocess import apply_intensity, guess_modality, intensity_params
+from claraseg.models.training import dextr_takes_clicks
 
 if TYPE_CHECKING:
     from claraseg.engine.backend import LocalBackend
@@ -44,6 +54,7 @@ class _Snapshot:
     fg: list
     bg: list
     local_rel: float = 0.0
+    points: list = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -61,10 +72,14 @@ class ObjectState:
     #: > 0 while the mask is a DEXTR3D result: clicks then change it only near themselves (the DEXTR3D
     #: bundle's ``refine_radius_rel``, a fraction of the mask's extent).
     local_rel: float = 0.0
+    #: The extreme points ``[i, j, k]`` of a mask made by DEXTR3D (empty otherwise): a DEXTR3D model
+    #: that takes clicks corrects the object with them.
+    points: list = field(default_factory=list)
 
     def snapshot(self) -> None:
         full = MaskDelta(tuple(self.mask.start), tuple(self.mask.stop), self.mask.crop, self.mask.size)
-        self.history.append(_Snapshot(full.encode(), list(self.fg), list(self.bg), self.local_rel))
+        self.history.append(_Snapshot(full.encode(), list(self.fg), list(self.bg), self.local_rel,
+                                      list(self.points)))
         del self.history[:-MAX_UNDO]
 
     @property
@@ -147,6 +162,16 @@ class LocalSession:
             self._touch()
             bundle = self._backend.registry.get(model)
             kind = bundle.kind
+            obj = self.objects.get(object_id) or ObjectState(BoxMask(self._size))
+            all_fg = np.array([*obj.fg, *fg.tolist()], dtype=np.int64).reshape(-1, 3)
+            all_bg = np.array([*obj.bg, *bg.tolist()], dtype=np.int64).reshape(-1, 3)
+            corrector = self._corrector(model, bundle, obj)
+            if corrector is not None:
+                # The object is corrected by a DEXTR3D model that reads clicks and the current mask.
+                self._check_size(corrector)
+                new = self._correct(corrector, obj, all_fg, all_bg, (fg, bg),
+                                    float(bundle.settings.get("click_radius_mm", 0.0)))
+                return self._commit(object_id, obj, new, fg, bg)
             if kind == "dextr3d":
                 # DEXTR3D segments from extreme points; its refinement clicks go to its DeepGrow partner.
                 refine = bundle.settings.get("refine_model")
@@ -156,9 +181,6 @@ class LocalSession:
                 kind = bundle.kind
             if kind not in ("deepgrow3d", "deepgrow2d"):
                 raise ModelError(f"model {model!r} is a {kind} model; clicks need a deepgrow2d or deepgrow3d model")
-            obj = self.objects.get(object_id) or ObjectState(BoxMask(self._size))
-            all_fg = np.array([*obj.fg, *fg.tolist()], dtype=np.int64).reshape(-1, 3)
-            all_bg = np.array([*obj.bg, *bg.tolist()], dtype=np.int64).reshape(-1, 3)
             index = None
             if kind == "deepgrow2d":
                 index = self._slice_index(slice_axis, np.concatenate([fg, bg]))
@@ -171,19 +193,61 @@ class LocalSession:
             start, crop = run_deepgrow(net, kind, bundle.settings, self._volume(bundle), obj.mask, all_fg, all_bg,
                                        self._backend.device, slice_axis, index, (fg, bg),
                                        local_rel=obj.local_rel if kind == "deepgrow3d" else 0.0)
-            obj.snapshot()
             new = obj.mask.copy()
             if crop.size:
                 new.write(start, crop)
             if kind == "deepgrow3d" and not obj.local_rel:
                 new = self._refit(bundle.settings, new, all_fg, all_bg, (fg, bg)) or new
-            delta = obj.mask.delta_to(new)
-            obj.mask = new
-            obj.fg.extend(fg.tolist())
-            obj.bg.extend(bg.tolist())
-            self.objects[object_id] = obj
-            self._bound_memory()
-            return delta
+            return self._commit(object_id, obj, new, fg, bg)
+
+    def _commit(self, object_id: str, obj: ObjectState, new: BoxMask, fg: np.ndarray, bg: np.ndarray) -> MaskDelta:
+        """Make ``new`` the object's mask after a click (undo-able) and return the change."""
+        obj.snapshot()
+        delta = obj.mask.delta_to(new)
+        obj.mask = new
+        obj.fg.extend(fg.tolist())
+        obj.bg.extend(bg.tolist())
+        self.objects[object_id] = obj
+        self._bound_memory()
+        return delta
+
+    def _corrector(self, model: str, bundle, obj: ObjectState) -> str | None:
+        """The DEXTR3D model (taking clicks) that corrects this object for a click with ``model``, or None.
+
+        - A click with a DEXTR3D model on an object it segmented from extreme points: that model.
+        - A DeepGrow 3D click on an object with a mask, when the bundle's ``refit_model`` takes clicks:
+          the re-fit model, on the extreme points the object was made from or else those of its mask
+          (``refit_corrects``; an empty object starts with the DeepGrow 3D network)."""
+        if bundle.kind == "dextr3d":
+            return model if obj.points and dextr_takes_clicks(bundle.settings) else None
+        if bundle.kind != "deepgrow3d" or obj.mask.is_empty or not bundle.settings.get("refit_corrects"):
+            return None
+        name = bundle.settings.get("refit_model")
+        if not name or name not in self._backend.registry.names():
+            return None
+        refit = self._backend.registry.get(name)
+        if refit.kind != "dextr3d" or not dextr_takes_clicks(refit.settings):
+            return None
+        if int(obj.mask.crop.sum()) < REFIT_MIN_VOXELS and not obj.points:
+            return None
+        return name
+
+    def _correct(self, name: str, obj: ObjectState, fg: np.ndarray, bg: np.ndarray,
+                 new_clicks: tuple[np.ndarray, np.ndarray], radius_mm: float) -> BoxMask:
+        """The object corrected by the DEXTR3D model ``name`` from its extreme points (those it was made
+        from, else its mask's; widened to take in foreground clicks beyond them), all its clicks and its
+        current mask; clicks are honoured on the result."""
+        bundle = self._backend.registry.get(name)
+        pts = np.asarray(obj.points, np.int64).reshape(-1, 3) if obj.points else (
+            extreme_points(obj.mask.crop.astype(bool)) + obj.mask.start)
+        pts = box_points(pts, fg).astype(np.float64)
+        net = self._backend.registry.network(name, self._backend.device)
+        start, crop = run_dextr(net, bundle.settings, self._volume(bundle), pts, self._backend.device, fg, bg, obj.mask)
+        if not crop.size:
+            return obj.mask.copy()
+        crop = crop.copy()
+        honour_all_clicks(crop, start, fg, bg, new_clicks, radius_mm, self.geometry.spacing)
+        return BoxMask(self._size, start, crop)
 
     def _refit(self, settings: dict, mask: BoxMask, fg: np.ndarray, bg: np.ndarray,
                new_clicks: tuple[np.ndarray, np.ndarray]) -> BoxMask | None:
@@ -229,7 +293,7 @@ class LocalSession:
             obj.snapshot()
             new = BoxMask(self._size, start, crop) if crop.size else BoxMask(self._size)
             delta = obj.mask.delta_to(new)
-            obj.mask, obj.fg, obj.bg = new, [], []
+            obj.mask, obj.fg, obj.bg, obj.points = new, [], [], pts.tolist()
             obj.local_rel = float(bundle.settings.get("refine_radius_rel", 0.0))
             self.objects[object_id] = obj
             self._bound_memory()
@@ -261,7 +325,7 @@ class LocalSession:
             obj = self.objects.get(object_id) or ObjectState(BoxMask(self._size))
             obj.snapshot()
             obj.mask = BoxMask.from_delta(mask)
-            obj.fg, obj.bg, obj.local_rel = [], [], 0.0
+            obj.fg, obj.bg, obj.local_rel, obj.points = [], [], 0.0, []
             self.objects[object_id] = obj
             self._bound_memory()
 
@@ -274,7 +338,7 @@ class LocalSession:
             snap = obj.history.pop()
             old = BoxMask.from_delta(MaskDelta.decode(snap.mask))
             delta = obj.mask.delta_to(old)
-            obj.mask, obj.fg, obj.bg, obj.local_rel = old, snap.fg, snap.bg, snap.local_rel
+            obj.mask, obj.fg, obj.bg, obj.local_rel, obj.points = old, snap.fg, snap.bg, snap.local_rel, snap.points
             return delta
 
     def clear(self, object_id: str = "1") -> MaskDelta:
@@ -286,7 +350,7 @@ class LocalSession:
             obj.snapshot()
             empty = BoxMask(self._size)
             delta = obj.mask.delta_to(empty)
-            obj.mask, obj.fg, obj.bg, obj.local_rel = empty, [], [], 0.0
+            obj.mask, obj.fg, obj.bg, obj.local_rel, obj.points = empty, [], [], 0.0, []
             return delta
 
     def close(self) -> None:

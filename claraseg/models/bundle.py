@@ -159,6 +159,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "refine_radius_rel": ("a number >= 0 (0: off)", lambda v: _number(v) and v >= 0),
     "refit_model": ("a model name (a string)", lambda v: isinstance(v, str)),
     "refit_min_agreement": ("a number between 0 and 1", lambda v: _number(v) and 0 <= v <= 1),
+    "refit_corrects": ("true or false", lambda v: isinstance(v, bool)),
     "grow_passes": ("an integer >= 0", lambda v: _number(v, integer=True) and v >= 0),
     "min_points": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
     "spacing_range_mm": ("[low, high] with 0 < low <= high",
@@ -173,6 +174,8 @@ _GUIDANCE_CHECKS: dict[str, tuple[str, Any]] = {
     "sigma_vox": ("a number > 0", lambda v: _number(v) and v > 0),
     "min_sigma_vox": ("a number >= 0", lambda v: _number(v) and v >= 0),
 }
+#: The input channels a DEXTR3D network may have: the points alone, or also clicks and the current mask.
+DEXTR_CHANNELS = (["image", "extreme_points"], ["image", "extreme_points", "foreground", "background", "mask"])
 #: Keys each interactive kind cannot run without.
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "deepgrow3d": ("roi_size", "fill", "spacing_range_mm", "first_click_spacing_mm", "threshold", "guidance", "intensity"),
@@ -191,6 +194,10 @@ def check_settings(settings: dict[str, Any], kind: str, where: Path) -> None:
     for key, (want, ok) in _CHECKS.items():
         if key in settings and not ok(settings[key]):
             raise ConfigError(f"{where}: claraseg.{key} must be {want}, got {settings[key]!r}")
+    channels = settings.get("channels")
+    if kind == "dextr3d" and channels is not None and channels not in DEXTR_CHANNELS:
+        raise ConfigError(f"{where}: claraseg.channels of a dextr3d model must be one of "
+                          f"{' or '.join(map(str, DEXTR_CHANNELS))}, got {channels!r}")
     guidance = settings.get("guidance")
     if guidance is not None:
         if not isinstance(guidance, dict):
@@ -213,6 +220,12 @@ def read_bundle(path: str | os.PathLike, name: str | None = None) -> Bundle:
     if kind not in MODEL_KINDS:
         raise ConfigError(f"{path / METADATA}: claraseg.kind {kind!r} is not one of {MODEL_KINDS}")
     check_settings(settings, kind, path / METADATA)
+    net_def = inference.get("network_def") if isinstance(inference, dict) else None
+    in_channels = net_def.get("in_channels") if isinstance(net_def, dict) else None
+    if kind in ("deepgrow3d", "deepgrow2d", "dextr3d") and isinstance(settings.get("channels"), list) \
+            and isinstance(in_channels, int) and in_channels != len(settings["channels"]):
+        raise ConfigError(f"{path / INFERENCE}: network_def.in_channels is {in_channels} but claraseg.channels "
+                          f"in {METADATA} lists {len(settings['channels'])}: {settings['channels']}")
     return Bundle(path=path, name=name or path.name, metadata=meta, inference=inference, settings=settings)
 
 

@@ -144,6 +144,24 @@ def _update_metadata(bundle_dir: Path, training: dict[str, Any], data_source: st
     write_json_atomic(meta_path, meta)
 
 
+def widen_input_channels(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Trained weights for a network whose input gained channels (e.g. DEXTR3D taking clicks and the
+    current mask as well): a tensor that differs from ``target``'s only in having fewer input channels
+    (axis 1, a first-layer convolution) is zero-padded there, so the widened network starts out computing
+    exactly what the trained one did and learns to use the new channels. Any other mismatch is left to
+    ``load_state_dict`` to report."""
+    out = {}
+    for k, v in state.items():
+        t = target.get(k)
+        if (t is not None and v.ndim >= 2 and t.ndim == v.ndim and t.shape[0] == v.shape[0]
+                and t.shape[2:] == v.shape[2:] and t.shape[1] > v.shape[1]):
+            w = torch.zeros_like(t)
+            w[:, :v.shape[1]] = v
+            v = w
+        out[k] = v
+    return out
+
+
 def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: float, iterations: int | None,
                       seed: int, progress: Callable[[str], None] = log.info, warm_start: bool = False,
                       lr_scale: float = 1.0) -> dict[str, Any]:
@@ -162,11 +180,11 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
     previous: list[dict[str, Any]] = []
     if warm_start:
         state = torch.load(bundle.weights_path, map_location="cpu", weights_only=True)
-        net.load_state_dict({k: v.float() for k, v in state.items()})
+        net.load_state_dict(widen_input_channels({k: v.float() for k, v in state.items()}, net.state_dict()))
         old = settings.get("training") or {}
         previous = list(old.get("previous_stages", [])) + [{k: old.get(k) for k in (
             "recipe", "seed", "iterations", "minutes", "learning_rate", "validation_dice_roi", "p_model_in_loop",
-            "max_loop_clicks", "roi_scale_range", "settings_at_training") if k in old}]
+            "max_loop_clicks", "p_correction", "roi_scale_range", "settings_at_training") if k in old}]
     sources = load_sources(data_dir, settings["intensity"])
     counts = {k: sum(len(v.structures) for v in vols) for k, vols in sources.items()}
     progress(f"{kind}: {sum(counts.values())} training structures {counts}")
@@ -221,6 +239,7 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
         "seed": seed, "iterations": it, "minutes": round((time.time() - t0) / 60, 1), "threads": torch.get_num_threads(),
         "batch_size": batch, "learning_rate": lr0, "schedule": "cosine to 5%", "loss": train_cfg["loss"],
         "p_model_in_loop": train_cfg.get("p_model_in_loop"), "max_loop_clicks": train_cfg.get("max_loop_clicks"),
+        "p_correction": train_cfg.get("p_correction"),  # DEXTR3D with clicks: share of correction samples
         "roi_scale_range": train_cfg.get("roi_scale_range"),  # None: uniform 0.85-1.4 (the default)
         "settings_at_training": {k: settings.get(k) for k in ("first_click_spacing_mm", "fill", "roi_size",
                                                                "train_roi_size", "guidance")},

@@ -31,6 +31,7 @@ from claraseg.guidance import (
 )
 from claraseg.guidance.roi import slice_axes
 from claraseg.io import Image
+from claraseg.models.bundle import DEXTR_CHANNELS
 from claraseg.models.preprocess import guess_modality, normalise_intensity
 
 #: A callable that maps a network input ``[C, ...]`` to foreground probabilities of the same spatial shape.
@@ -50,10 +51,31 @@ def interactive_input(image_roi: torch.Tensor, fg_roi, bg_roi, mask_roi, sigma_v
     return torch.stack([image_roi.float(), torch.from_numpy(fg), torch.from_numpy(bg), mask])
 
 
-def dextr_input(image_roi: torch.Tensor, points_roi, sigma_vox) -> torch.Tensor:
-    """DEXTR3D input ``[2, k, j, i]``: image and the extreme points' heat map."""
-    pts = gaussian_heatmap(np.asarray(points_roi, dtype=np.float64).reshape(-1, 3), tuple(image_roi.shape), sigma_vox)
-    return torch.stack([image_roi.float(), torch.from_numpy(pts)])
+#: The channels of a DEXTR3D model that also takes correction clicks and the current mask.
+DEXTR_CLICK_CHANNELS = DEXTR_CHANNELS[1]
+
+
+def dextr_takes_clicks(settings: dict) -> bool:
+    """Whether a DEXTR3D bundle's network also reads correction clicks and the current mask
+    (``channels`` = :data:`DEXTR_CLICK_CHANNELS`), or only the image and the extreme points."""
+    return list(settings.get("channels", [])) == DEXTR_CLICK_CHANNELS
+
+
+def dextr_input(image_roi: torch.Tensor, points_roi, sigma_vox, clicks: bool = False, fg_roi=(), bg_roi=(),
+                mask_roi=None) -> torch.Tensor:
+    """DEXTR3D input: image and the extreme points' heat map ``[2, k, j, i]``; with ``clicks`` also the
+    foreground and background click heat maps and the current mask ``[5, k, j, i]`` (all zero for a
+    first segmentation from the points). Positions are (N, 3) ROI ``[i, j, k]``."""
+    shape = tuple(image_roi.shape)
+
+    def heat(points):
+        return torch.from_numpy(gaussian_heatmap(np.asarray(points, dtype=np.float64).reshape(-1, 3), shape, sigma_vox))
+
+    chans = [image_roi.float(), heat(points_roi)]
+    if clicks:
+        mask = torch.zeros(shape) if mask_roi is None else torch.as_tensor(np.asarray(mask_roi, dtype=np.float32))
+        chans += [heat(fg_roi), heat(bg_roi), mask.float()]
+    return torch.stack(chans)
 
 
 def deepgrow_sigma(settings: dict, roi_spacing) -> np.ndarray:
@@ -255,28 +277,38 @@ def _simulate_clicks(img: torch.Tensor, gt: np.ndarray, roi_label: np.ndarray, s
                     break
                 prev = pred.astype(np.uint8)
                 add(click)
-    else:  # refine an imperfect mask: a few earlier clicks it agrees with, one or two new ones on its errors
-        prev = corrupt_mask(gt, roi_label, rng)
-        for _ in range(int(rng.integers(0, 3))):
-            if rng.random() < 0.6:
-                p = _random_inside(gt.astype(bool) & prev.astype(bool), rng)
-                if p is not None:
-                    fg.append(p)
-            else:
-                ring = ndimage.binary_dilation(gt.astype(bool), iterations=4) & ~gt.astype(bool) & ~prev.astype(bool)
-                p = _random_inside(ring, rng)
-                if p is not None:
-                    bg.append(p)
-        work = prev.copy()
-        for _ in range(int(rng.integers(1, 3))):
-            click = random_click(work, gt, rng, p_deepest=0.5)
-            if click is None:
-                break
-            add(click)
-            _fill_ball(work, gt, click[0][::-1], 4)
-        if not fg and not bg:
-            add(random_click(np.zeros_like(gt), gt, rng))
+    else:
+        prev, fg, bg = _refine_clicks(gt, roi_label, rng)
     return interactive_input(img, fg, bg, prev, sigma)
+
+
+def _refine_clicks(gt: np.ndarray, roi_label: np.ndarray, rng: np.random.Generator):
+    """An imperfect current mask (:func:`corrupt_mask`) with a few earlier clicks it agrees with and one
+    or two new ones on its errors: ``(mask, fg, bg)``."""
+    fg: list = []
+    bg: list = []
+    prev = corrupt_mask(gt, roi_label, rng)
+    for _ in range(int(rng.integers(0, 3))):
+        if rng.random() < 0.6:
+            p = _random_inside(gt.astype(bool) & prev.astype(bool), rng)
+            if p is not None:
+                fg.append(p)
+        else:
+            ring = ndimage.binary_dilation(gt.astype(bool), iterations=4) & ~gt.astype(bool) & ~prev.astype(bool)
+            p = _random_inside(ring, rng)
+            if p is not None:
+                bg.append(p)
+    work = prev.copy()
+    for _ in range(int(rng.integers(1, 3))):
+        click = random_click(work, gt, rng, p_deepest=0.5)
+        if click is None:
+            break
+        (fg if click[1] else bg).append(click[0])
+        _fill_ball(work, gt, click[0][::-1], 4)
+    if not fg and not bg:
+        click = random_click(np.zeros_like(gt), gt, rng)
+        (fg if click[1] else bg).append(click[0])
+    return prev, fg, bg
 
 
 def _object_roi_label(volume: TrainingVolume, roi: Roi):
@@ -360,15 +392,44 @@ def dextr_sample(volume: TrainingVolume, structure: Structure, settings: dict, r
     jit = int(settings.get("train_jitter_vox", 3))
     pts_idx = coords[idx] + rng.integers(-jit, jit + 1, size=(6, 3))
     yp = (pts_idx * sp) @ axes
+    takes = dextr_takes_clicks(settings)
+    train = train or {}
+    correct = takes and rng.random() < float(train.get("p_correction", 0.6))
+    if correct and rng.random() < 0.5:
+        # Points of an estimate, not of the truth (a click model's result re-fitted): the box shrunk or
+        # grown about its centre along each ROI axis, so the object may overflow it.
+        c = (yp.min(axis=0) + yp.max(axis=0)) / 2.0
+        yp = c + (yp - c) * rng.uniform(0.65, 1.15, size=3)
     margin = float(settings["margin_mm"])
     lo, hi = yp.min(axis=0) - margin, yp.max(axis=0) + margin
     spacing = np.maximum(hi - lo, 1e-3) / (np.asarray(size) - 1.0)
     roi = Roi(axes @ ((lo + hi) / 2.0), spacing, size, axes)
-    gt = np.isin(_object_roi_label(volume, roi), structure.values).astype(np.uint8)
+    roi_label = _object_roi_label(volume, roi)
+    gt = np.isin(roi_label, structure.values).astype(np.uint8)
     if gt.sum() < 6:
         return None
     img = augment_intensity(sample_roi(volume.image, sp, roi), rng)
-    x = dextr_input(img, (yp - lo) / spacing, settings["guidance"]["sigma_vox"])
+    sigma = settings["guidance"]["sigma_vox"]
+    pts_roi = (yp - lo) / spacing
+    if not correct:
+        return dextr_input(img, pts_roi, sigma, takes), torch.from_numpy(gt[None].astype(np.float32))
+    if predict is not None and rng.random() < float(train.get("p_model_in_loop", 0.5)):
+        # Clicks on the network's own errors: from the points alone, then with the clicks so far.
+        fg, bg = [], []
+        prev = np.zeros_like(gt)
+        steps = int(rng.integers(1, int(train.get("max_loop_clicks", 3)) + 1))
+        for _ in range(steps):
+            prev = (predict(dextr_input(img, pts_roi, sigma, True, fg, bg, prev)) > settings["threshold"])
+            click = random_click(prev, gt, rng, p_deepest=0.6)
+            if click is None:
+                break
+            (fg if click[1] else bg).append(click[0])
+        prev = prev.astype(np.uint8)
+        if not fg and not bg:
+            return dextr_input(img, pts_roi, sigma, True, [], [], prev), torch.from_numpy(gt[None].astype(np.float32))
+    else:
+        prev, fg, bg = _refine_clicks(gt, roi_label, rng)
+    x = dextr_input(img, pts_roi, sigma, True, fg, bg, prev)
     return x, torch.from_numpy(gt[None].astype(np.float32))
 
 
