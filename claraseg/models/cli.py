@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--continue", dest="warm_start", action="store_true",
                    help="train the interactive bundles further from their current weights (a recorded extra stage)")
     p.add_argument("--lr-scale", type=float, default=1.0, help="multiply the bundle's learning rate (e.g. 0.3 with --continue)")
+    p.add_argument("--channels", default=None,
+                   help="input channels of the interactive bundles, comma-separated (DEXTR3D: "
+                        "image,extreme_points or image,extreme_points,foreground,background,mask); with "
+                        "--continue the trained weights are kept and widened")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation after training")
     p.add_argument("--evaluate-only", action="store_true",
                    help="only (re)run the held-out evaluation of already trained bundles and record it")
@@ -49,7 +53,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     records = pretrain(models, args.out, args.data or default_data_dir(), minutes=parse_minutes(args.minutes),
                        iterations=args.iterations, seed=args.seed, evaluate=not args.no_eval,
-                       warm_start=args.warm_start, lr_scale=args.lr_scale)
+                       warm_start=args.warm_start, lr_scale=args.lr_scale,
+                       channels=[c.strip() for c in args.channels.split(",") if c.strip()] if args.channels else None)
     print(json.dumps({k: {f: v.get(f) for f in ("iterations", "minutes", "final_loss", "validation_dice_roi",
                                                     "dice_on_training_ct", "heldout_metrics")}
                       for k, v in records.items()}, indent=2))

@@ -162,9 +162,37 @@ def widen_input_channels(state: dict[str, torch.Tensor], target: dict[str, torch
     return out
 
 
+def set_input_channels(bundle_dir: Path, kind: str, channels: list[str]) -> bool:
+    """Give an interactive bundle these input channels (``claraseg pretrain --channels``): the
+    ``claraseg.channels``, the network's ``in_channels`` and the model-zoo input description. Only the
+    channel lists the engine knows for the kind are accepted. Returns whether anything changed; the
+    weights are widened when the bundle is trained further (:func:`widen_input_channels`)."""
+    from claraseg.models.bundle import DEXTR_CHANNELS, INFERENCE
+    from claraseg.models.defaults import SETTINGS
+
+    allowed = [list(c) for c in DEXTR_CHANNELS] if kind == "dextr3d" else [SETTINGS[kind]["channels"]]
+    if list(channels) not in allowed:
+        raise TrainingDataError(f"--channels {','.join(channels)}: a {kind} model takes "
+                                + " or ".join(",".join(c) for c in allowed))
+    meta_path, inf_path = bundle_dir / METADATA, bundle_dir / INFERENCE
+    meta, inference = json.loads(meta_path.read_text()), json.loads(inf_path.read_text())
+    if meta.get("claraseg", {}).get("channels") == list(channels):
+        return False
+    meta["claraseg"]["channels"] = list(channels)
+    meta["image_classes"] = "channels: " + ", ".join(channels)
+    inp = meta.get("network_data_format", {}).get("inputs", {}).get("image")
+    if isinstance(inp, dict):
+        inp["num_channels"] = len(channels)
+        inp["channel_def"] = {str(i): c for i, c in enumerate(channels)}
+    inference["network_def"]["in_channels"] = len(channels)
+    write_json_atomic(inf_path, inference)
+    write_json_atomic(meta_path, meta)
+    return True
+
+
 def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: float, iterations: int | None,
                       seed: int, progress: Callable[[str], None] = log.info, warm_start: bool = False,
-                      lr_scale: float = 1.0) -> dict[str, Any]:
+                      lr_scale: float = 1.0, channels_option: str | None = None) -> dict[str, Any]:
     """Train a DeepGrow 2D/3D or DEXTR3D bundle in place; returns the training record.
 
     With ``warm_start`` the bundle's current weights are trained further (a further stage of the recipe,
@@ -233,6 +261,8 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
     recipe = f"claraseg pretrain --models {kind} --seed {seed} --iterations {it}"
     if warm_start:
         recipe += f" --continue --lr-scale {lr_scale:g}"
+    if channels_option:
+        recipe += f" --channels {channels_option}"
     record = {
         "recipe": recipe,
         "previous_stages": previous,
@@ -366,9 +396,11 @@ def train_segmentation(bundle_dir: Path, data_dir: Path, *, minutes: float, iter
 def pretrain(models: list[str], out: Path, data_dir: Path, *, minutes: float | dict[str, float] = 30.0,
              iterations: int | None = None,
              seed: int = DEFAULT_SEED, fresh: bool = True, evaluate: bool = True,
-             warm_start: bool = False, lr_scale: float = 1.0) -> dict[str, Any]:
+             warm_start: bool = False, lr_scale: float = 1.0, channels: list[str] | None = None) -> dict[str, Any]:
     """Create (``fresh``) and train the named default bundles under ``out``; returns their records.
-    ``warm_start`` continues the interactive bundles from their current weights (implies not fresh)."""
+    ``warm_start`` continues the interactive bundles from their current weights (implies not fresh).
+    ``channels`` sets the input channels of the interactive bundles (:func:`set_input_channels`; with
+    ``warm_start`` the trained weights are kept and widened)."""
     fresh = fresh and not warm_start
     records = {}
     for kind in models:
@@ -378,11 +410,14 @@ def pretrain(models: list[str], out: Path, data_dir: Path, *, minutes: float | d
         budget = minutes.get(kind, 30.0) if isinstance(minutes, dict) else float(minutes)
         if fresh or not (bundle_dir / METADATA).exists():
             create_bundle(bundle_dir, kind)
+        if channels and kind != "segmentation":
+            set_input_channels(bundle_dir, kind, channels)
         if kind == "segmentation":
             records[kind] = train_segmentation(bundle_dir, data_dir, minutes=budget, iterations=iterations, seed=seed)
         else:
             records[kind] = train_interactive(kind, bundle_dir, data_dir, minutes=budget, iterations=iterations,
-                                              seed=seed, warm_start=warm_start, lr_scale=lr_scale)
+                                              seed=seed, warm_start=warm_start, lr_scale=lr_scale,
+                                              channels_option=",".join(channels) if channels else None)
             if evaluate:
                 # Imported here: the held-out evaluation runs the real engine on the trained bundle.
                 from claraseg.models.heldout import evaluate_bundle
