@@ -16,7 +16,6 @@ import torch
 
 from claraseg.engine.masks import BoxMask
 from claraseg.engine.runners import (
-    REFIT_MIN_VOXELS,
     Volume,
     box_points,
     honour_all_clicks,
@@ -32,7 +31,6 @@ from claraseg.errors import (
     SessionExpiredError,
     SessionNotFoundError,
 )
-from claraseg.guidance import extreme_points
 from claraseg.io import Image, MaskDelta, check_finite, check_points_inside
 from claraseg.models.preprocess import apply_intensity, guess_modality, intensity_params
 from claraseg.models.training import dextr_takes_clicks
@@ -212,35 +210,26 @@ class LocalSession:
         return delta
 
     def _corrector(self, model: str, bundle, obj: ObjectState) -> str | None:
-        """The DEXTR3D model (taking clicks) that corrects this object for a click with ``model``, or None.
-
-        - A click with a DEXTR3D model on an object it segmented from extreme points: that model.
-        - A DeepGrow 3D click on an object with a mask, when the bundle's ``refit_model`` takes clicks:
-          the re-fit model, on the extreme points the object was made from or else those of its mask
-          (``refit_corrects``; an empty object starts with the DeepGrow 3D network)."""
-        if bundle.kind == "dextr3d":
-            return model if obj.points and dextr_takes_clicks(bundle.settings) else None
-        if bundle.kind != "deepgrow3d" or obj.mask.is_empty or not bundle.settings.get("refit_corrects"):
+        """The DEXTR3D model that corrects an object made from extreme points, for a click with ``model``:
+        ``model`` itself when it is that DEXTR3D model, or a DeepGrow 3D model's ``refit_model``; None
+        when the object has no points or the model does not take clicks (the click then runs DeepGrow)."""
+        if not obj.points:
             return None
-        name = bundle.settings.get("refit_model")
+        if bundle.kind == "dextr3d":
+            return model if dextr_takes_clicks(bundle.settings) else None
+        name = bundle.settings.get("refit_model") if bundle.kind == "deepgrow3d" else None
         if not name or name not in self._backend.registry.names():
             return None
         refit = self._backend.registry.get(name)
-        if refit.kind != "dextr3d" or not dextr_takes_clicks(refit.settings):
-            return None
-        if int(obj.mask.crop.sum()) < REFIT_MIN_VOXELS and not obj.points:
-            return None
-        return name
+        return name if refit.kind == "dextr3d" and dextr_takes_clicks(refit.settings) else None
 
     def _correct(self, name: str, obj: ObjectState, fg: np.ndarray, bg: np.ndarray,
                  new_clicks: tuple[np.ndarray, np.ndarray], radius_mm: float) -> BoxMask:
-        """The object corrected by the DEXTR3D model ``name`` from its extreme points (those it was made
-        from, else its mask's; widened to take in foreground clicks beyond them), all its clicks and its
-        current mask; clicks are honoured on the result."""
+        """The object corrected by the DEXTR3D model ``name`` from the extreme points it was made from
+        (widened to take in foreground clicks beyond them), all its clicks and its current mask; clicks are
+        honoured on the result."""
         bundle = self._backend.registry.get(name)
-        pts = np.asarray(obj.points, np.int64).reshape(-1, 3) if obj.points else (
-            extreme_points(obj.mask.crop.astype(bool)) + obj.mask.start)
-        pts = box_points(pts, fg).astype(np.float64)
+        pts = box_points(np.asarray(obj.points, np.int64).reshape(-1, 3), fg).astype(np.float64)
         net = self._backend.registry.network(name, self._backend.device)
         start, crop = run_dextr(net, bundle.settings, self._volume(bundle), pts, self._backend.device, fg, bg, obj.mask)
         if not crop.size:

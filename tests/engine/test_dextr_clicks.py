@@ -122,7 +122,7 @@ def test_box_points_widen_only_for_a_foreground_click_outside():
 @pytest.fixture(scope="module")
 def click_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("dextr_clicks")
-    make_tiny_bundle("deepgrow3d", root / "deepgrow3d", settings={"refit_corrects": True})
+    make_tiny_bundle("deepgrow3d", root / "deepgrow3d")
     make_tiny_bundle("dextr3d", root / "dextr3d", settings={"channels": DEXTR_CLICK_CHANNELS, "click_radius_mm": 1.0})
     make_tiny_bundle("dextr3d", root / "dextr3d_points", settings={"refine_model": "deepgrow3d"})
     backend = LocalBackend(root, device="cpu", idle_timeout=None)
@@ -135,7 +135,7 @@ class _Calls:
 
     def __init__(self, monkeypatch):
         self.names: list[str] = []
-        for name in ("run_dextr", "run_deepgrow"):
+        for name in ("run_dextr", "run_deepgrow", "refit_with_dextr"):
             real = getattr(session_module, name)
 
             def spy(*args, _real=real, _name=name, **kwargs):
@@ -159,19 +159,19 @@ def test_a_session_routes_clicks_to_the_dextr_model_that_takes_them(click_models
     m = s.mask("a")
     assert m[inside[2], inside[1], inside[0]] == 1  # the click holds (click_radius_mm)
     assert s.objects["a"].points == pts.tolist() and s.objects["a"].fg == [inside.tolist()]
-    # A DeepGrow 3D click on the same object goes to the same corrector (refit_corrects, points known).
+    # A DeepGrow 3D click on the same object goes to the same corrector (its refit_model, points known).
     calls.names.clear()
     s.click("deepgrow3d", background=[[0, 0, 0]], object_id="a")
     assert calls.names == ["run_dextr"]
     s.undo("a")
     s.undo("a")
     assert s.objects["a"].points == pts.tolist() and s.objects["a"].fg == []
-    # A painted mask forgets the points; DeepGrow 3D then corrects it from the mask's own extreme points.
+    # A painted mask forgets the points: DeepGrow 3D then refines it (and DEXTR3D re-fits the result).
     s.set_mask("a", s.extreme_points("dextr3d", pts.tolist(), object_id="b"))
     assert s.objects["a"].points == []
     calls.names.clear()
     s.click("deepgrow3d", foreground=[inside.tolist()], object_id="a")
-    assert calls.names == ["run_dextr"]
+    assert calls.names == ["run_deepgrow", "refit_with_dextr"]
     # An empty object starts with the DeepGrow 3D network (then the re-fit, which takes the clicks too).
     calls.names.clear()
     s.click("deepgrow3d", foreground=[inside.tolist()], object_id="c")
@@ -197,10 +197,3 @@ def test_bundle_checks_for_click_channels(tmp_path):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="channels of a dextr3d model"):
         read_bundle(path)
-    dg = make_tiny_bundle("deepgrow3d", tmp_path / "deepgrow3d")
-    meta_path = dg / "configs" / "metadata.json"
-    meta = json.loads(meta_path.read_text())
-    meta["claraseg"]["refit_corrects"] = "yes"
-    meta_path.write_text(json.dumps(meta))
-    with pytest.raises(ConfigError, match="refit_corrects must be true or false"):
-        read_bundle(dg)
