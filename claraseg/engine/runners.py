@@ -26,6 +26,7 @@ from claraseg.guidance.roi import slice_axes
 from claraseg.models.training import (
     deepgrow_sigma,
     dextr_input,
+    dextr_margin,
     dextr_takes_clicks,
     interactive_input,
     network_input,
@@ -264,7 +265,8 @@ def run_dextr(net, settings: dict, vol: Volume, points: np.ndarray, device: str,
     :class:`~claraseg.engine.masks.BoxMask`); without them those channels are empty, as for a first
     segmentation from the points. A bundle that does not take clicks ignores them."""
     size = tuple(int(v) for v in settings["roi_size"])
-    roi = box_roi(points.min(axis=0), points.max(axis=0), vol.spacing, float(settings["margin_mm"]), size)
+    margin = dextr_margin(settings, (points.max(axis=0) - points.min(axis=0)) * np.asarray(vol.spacing))
+    roi = box_roi(points.min(axis=0), points.max(axis=0), vol.spacing, margin, size)
     img = sample_roi(vol.array, vol.spacing, roi, transform=vol.normalise)
     sigma = settings["guidance"]["sigma_vox"]
     pts = roi.index_to_roi(points.astype(np.float64), vol.spacing)

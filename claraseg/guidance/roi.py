@@ -75,9 +75,9 @@ def square_roi(center_ijk, src_spacing, spacing_mm: float | Sequence[float], siz
     return Roi(centre, spacing, tuple(int(v) for v in size_ijk), np.eye(3) if axes is None else np.asarray(axes, float))
 
 
-def box_roi(lo_ijk, hi_ijk, src_spacing, margin_mm: float, size_ijk: Sequence[int]) -> Roi:
+def box_roi(lo_ijk, hi_ijk, src_spacing, margin_mm, size_ijk: Sequence[int]) -> Roi:
     """An axis-aligned ROI covering the source voxel box ``[lo, hi]`` (inclusive voxel centres) plus
-    ``margin_mm`` on every side, resampled to ``size_ijk`` voxels (spacing differs per axis)."""
+    ``margin_mm`` (one number, or one per axis ``[i, j, k]``) on every side, resampled to ``size_ijk`` voxels (spacing differs per axis)."""
     sp = np.asarray(src_spacing, dtype=np.float64)
     lo = np.asarray(lo_ijk, dtype=np.float64) * sp - margin_mm
     hi = np.asarray(hi_ijk, dtype=np.float64) * sp + margin_mm

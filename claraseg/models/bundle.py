@@ -156,6 +156,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "refine_fill": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
     "first_click_spacing_mm": ("a number > 0", lambda v: _number(v) and v > 0),
     "margin_mm": ("a number >= 0", lambda v: _number(v) and v >= 0),
+    "margin_rel": ("a number >= 0", lambda v: _number(v) and v >= 0),
     "refine_radius_rel": ("a number >= 0 (0: off)", lambda v: _number(v) and v >= 0),
     "refit_model": ("a model name (a string)", lambda v: isinstance(v, str)),
     "refit_min_agreement": ("a number between 0 and 1", lambda v: _number(v) and 0 <= v <= 1),

@@ -30,7 +30,7 @@ from claraseg.models.bundle import METADATA, TRAIN, read_bundle, save_weights, w
 from claraseg.models.defaults import create_bundle
 from claraseg.models.training import (
     TrainingVolume,
-    check_roi_scale_range,
+    check_train_config,
     make_loss,
     make_sample,
     network_input,
@@ -203,7 +203,7 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
     bundle = read_bundle(bundle_dir)
     settings = bundle.settings
     train_cfg = json.loads((bundle_dir / TRAIN).read_text())
-    check_roi_scale_range(train_cfg)
+    check_train_config(train_cfg)
     net = bundle.build_network().float().train()
     previous: list[dict[str, Any]] = []
     if warm_start:
@@ -212,7 +212,8 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
         old = settings.get("training") or {}
         previous = list(old.get("previous_stages", [])) + [{k: old.get(k) for k in (
             "recipe", "seed", "iterations", "minutes", "learning_rate", "validation_dice_roi", "p_model_in_loop",
-            "max_loop_clicks", "p_correction", "roi_scale_range", "settings_at_training") if k in old}]
+            "max_loop_clicks", "p_correction", "box_scale_range", "roi_scale_range", "settings_at_training")
+            if k in old}]
     sources = load_sources(data_dir, settings["intensity"])
     counts = {k: sum(len(v.structures) for v in vols) for k, vols in sources.items()}
     progress(f"{kind}: {sum(counts.values())} training structures {counts}")
@@ -270,9 +271,11 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
         "batch_size": batch, "learning_rate": lr0, "schedule": "cosine to 5%", "loss": train_cfg["loss"],
         "p_model_in_loop": train_cfg.get("p_model_in_loop"), "max_loop_clicks": train_cfg.get("max_loop_clicks"),
         "p_correction": train_cfg.get("p_correction"),  # DEXTR3D with clicks: share of correction samples
+        "box_scale_range": train_cfg.get("box_scale_range"),  # None: 0.65-1.15 (the default)
         "roi_scale_range": train_cfg.get("roi_scale_range"),  # None: uniform 0.85-1.4 (the default)
         "settings_at_training": {k: settings.get(k) for k in ("first_click_spacing_mm", "fill", "roi_size",
-                                                               "train_roi_size", "guidance")},
+                                                               "train_roi_size", "guidance", "channels",
+                                                               "margin_mm", "margin_rel")},
         "final_loss": round(float(np.mean(losses[-100:])), 4) if losses else None,
         "validation_dice_roi": round(vd, 4), "validation_history": history,
         "data": {"sources": SOURCE_WEIGHTS, "structures_per_source": counts, "min_voxels": MIN_VOXELS,

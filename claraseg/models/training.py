@@ -78,6 +78,13 @@ def dextr_input(image_roi: torch.Tensor, points_roi, sigma_vox, clicks: bool = F
     return torch.stack(chans)
 
 
+def dextr_margin(settings: dict, extent_mm) -> np.ndarray:
+    """The margin (mm, per axis) a DEXTR3D box gets on each side: ``margin_mm``, plus ``margin_rel`` x the
+    points' extent along that axis when the bundle sets it (room for an object the points under-span)."""
+    extent = np.asarray(extent_mm, dtype=np.float64)
+    return float(settings["margin_mm"]) + float(settings.get("margin_rel", 0.0)) * extent
+
+
 def deepgrow_sigma(settings: dict, roi_spacing) -> np.ndarray:
     """Click heat-map sigma in ROI voxels for a DeepGrow model (sigma in mm, floored in voxels)."""
     g = settings["guidance"]
@@ -225,17 +232,31 @@ def _random_inside(mask: np.ndarray, rng: np.random.Generator):
 
 
 # ----- one sample per kind -----------------------------------------------------------------------------------
-def check_roi_scale_range(train: dict | None) -> None:
-    """A training config's optional ``roi_scale_range`` must be [low, high] with 0 < low <= high."""
-    scale = (train or {}).get("roi_scale_range")
-    if scale is None:
-        return
-    ok = isinstance(scale, (list, tuple)) and len(scale) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
-    ok = ok and 0 < float(scale[0]) <= float(scale[1]) and np.isfinite(float(scale[1]))
-    if not ok:
-        raise TrainingDataError(f"train.json roi_scale_range {scale!r}: give [low, high] with 0 < low <= high "
-                                "(the factor on an object's extent when its training ROI is sized from it)")
+#: train.json's optional [low, high] factors, with what each scales.
+_TRAIN_RANGES = {
+    "roi_scale_range": "the factor on an object's extent when its training ROI is sized from it",
+    "box_scale_range": "DEXTR3D with clicks: the factor on the extreme points' box of a sample whose points "
+                       "come from an estimate",
+}
+
+
+def check_train_config(train: dict | None) -> None:
+    """The optional sampling keys of a training config: ``roi_scale_range`` and ``box_scale_range`` must
+    be [low, high] with 0 < low <= high; ``p_correction`` and ``p_model_in_loop`` probabilities."""
+    train = train or {}
+    for key, what in _TRAIN_RANGES.items():
+        scale = train.get(key)
+        if scale is None:
+            continue
+        ok = isinstance(scale, (list, tuple)) and len(scale) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+        ok = ok and 0 < float(scale[0]) <= float(scale[1]) and np.isfinite(float(scale[1]))
+        if not ok:
+            raise TrainingDataError(f"train.json {key} {scale!r}: give [low, high] with 0 < low <= high ({what})")
+    for key in ("p_correction", "p_model_in_loop"):
+        v = train.get(key)
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1):
+            raise TrainingDataError(f"train.json {key} {v!r}: give a probability between 0 and 1")
 
 
 def _choose_spacing(settings: dict, extent_mm: float, roi_voxels: int, rng: np.random.Generator,
@@ -398,9 +419,10 @@ def dextr_sample(volume: TrainingVolume, structure: Structure, settings: dict, r
     if correct and rng.random() < 0.5:
         # Points of an estimate, not of the truth (a click model's result re-fitted): the box shrunk or
         # grown about its centre along each ROI axis, so the object may overflow it.
+        a, b = (float(v) for v in train.get("box_scale_range", (0.65, 1.15)))
         c = (yp.min(axis=0) + yp.max(axis=0)) / 2.0
-        yp = c + (yp - c) * rng.uniform(0.65, 1.15, size=3)
-    margin = float(settings["margin_mm"])
+        yp = c + (yp - c) * rng.uniform(a, b, size=3)
+    margin = dextr_margin(settings, yp.max(axis=0) - yp.min(axis=0))
     lo, hi = yp.min(axis=0) - margin, yp.max(axis=0) + margin
     spacing = np.maximum(hi - lo, 1e-3) / (np.asarray(size) - 1.0)
     roi = Roi(axes @ ((lo + hi) / 2.0), spacing, size, axes)

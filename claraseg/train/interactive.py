@@ -117,9 +117,9 @@ class InteractiveSampled(Randomizable, MapTransform):
         self.kind = kind
         self.settings = dict(settings)
         self.train = dict(train or {})
-        from claraseg.models.training import check_roi_scale_range
+        from claraseg.models.training import check_train_config
 
-        check_roi_scale_range(self.train)  # a bad range fails when the job's config is built
+        check_train_config(self.train)  # a bad range fails when the job's config is built
         self.num_samples = int(num_samples)
         self.predict = None
         try:

@@ -197,3 +197,16 @@ def test_bundle_checks_for_click_channels(tmp_path):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="channels of a dextr3d model"):
         read_bundle(path)
+
+
+def test_dextr_margin_grows_with_the_box_when_margin_rel_is_set(tmp_path):
+    from claraseg.guidance import box_roi
+    from claraseg.models.training import dextr_margin
+
+    assert np.allclose(dextr_margin({"margin_mm": 8.0}, [10, 20, 30]), 8.0)
+    m = dextr_margin({"margin_mm": 8.0, "margin_rel": 0.1}, [10, 20, 30])
+    assert np.allclose(m, [9.0, 10.0, 11.0])
+    roi = box_roi([0, 0, 0], [10, 20, 30], [1.0, 1.0, 1.0], m, (48, 48, 48))
+    assert np.allclose(roi.spacing * 47, [10 + 18, 20 + 20, 30 + 22])  # the box plus the margin per axis
+    with pytest.raises(ConfigError, match="margin_rel must be a number >= 0"):
+        make_tiny_bundle("dextr3d", tmp_path / "dextr3d", settings={"margin_rel": -0.1})

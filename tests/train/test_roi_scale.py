@@ -9,7 +9,7 @@ import pytest
 from claraseg.errors import TrainingDataError
 from claraseg.guidance import object_spacing
 from claraseg.models.defaults import SETTINGS as DEFAULTS
-from claraseg.models.training import _choose_spacing, check_roi_scale_range
+from claraseg.models.training import _choose_spacing, check_train_config
 from claraseg.train.interactive import InteractiveSampled
 
 #: An object far larger than the first click's field of view, so the two kinds of draw differ.
@@ -47,15 +47,23 @@ def test_low_factor_lets_the_object_overflow():
                                  [0.5, 1, 2], [True, 1]])
 def test_bad_roi_scale_range_is_refused(bad):
     with pytest.raises(TrainingDataError, match="roi_scale_range"):
-        check_roi_scale_range({"roi_scale_range": bad})
+        check_train_config({"roi_scale_range": bad})
 
 
 def test_absent_roi_scale_range_is_fine():
-    check_roi_scale_range({})
-    check_roi_scale_range({"roi_scale_range": [0.5, 1.4]})
+    check_train_config({})
+    check_train_config({"roi_scale_range": [0.5, 1.4]})
 
 
 def test_a_fine_tune_with_a_bad_range_fails_when_its_sampler_is_built():
     with pytest.raises(TrainingDataError, match="roi_scale_range"):
         InteractiveSampled("deepgrow3d", DEFAULTS["deepgrow3d"], train={"roi_scale_range": [2, 1]})
     InteractiveSampled("deepgrow3d", DEFAULTS["deepgrow3d"], train={"roi_scale_range": [0.5, 1.4]})
+
+
+@pytest.mark.parametrize("cfg", [{"box_scale_range": [1.2, 0.5]}, {"box_scale_range": "12"},
+                                 {"p_correction": 1.5}, {"p_model_in_loop": -0.1}, {"p_correction": True}])
+def test_bad_dextr_click_sampling_is_refused(cfg):
+    key = next(iter(cfg))
+    with pytest.raises(TrainingDataError, match=key):
+        check_train_config(cfg)
