@@ -124,7 +124,8 @@ def click_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("dextr_clicks")
     make_tiny_bundle("deepgrow3d", root / "deepgrow3d")
     make_tiny_bundle("dextr3d", root / "dextr3d", settings={"channels": DEXTR_CLICK_CHANNELS, "click_radius_mm": 1.0})
-    make_tiny_bundle("dextr3d", root / "dextr3d_points", settings={"refine_model": "deepgrow3d"})
+    make_tiny_bundle("dextr3d", root / "dextr3d_points", settings={"refine_model": "deepgrow3d",
+                                                                      "channels": ["image", "extreme_points"]})
     backend = LocalBackend(root, device="cpu", idle_timeout=None)
     yield backend
     backend.close()

@@ -21,7 +21,7 @@ def test_continue_with_click_channels_widens_a_trained_dextr_bundle(tmp_path):
     data = default_data_dir()
     if not (Path(data) / "ct_abdomen_3mm" / "image.nii.gz").exists():
         pytest.skip(f"shared sample data not found at {data}")
-    path = make_tiny_bundle("dextr3d", tmp_path / "dextr3d")
+    path = make_tiny_bundle("dextr3d", tmp_path / "dextr3d", settings={"channels": ["image", "extreme_points"]})
     state = torch.load(read_bundle(path).weights_path, weights_only=True)
     key = next(k for k, v in state.items() if v.ndim == 5)  # the first convolution
     before = state[key]
