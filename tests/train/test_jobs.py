@@ -95,7 +95,8 @@ def test_kill9_resume_and_determinism(tmp_path, seg_bundle, seg_data):
     before = job.events()
     last_ckpt = max(e["iteration"] for e in before if e["event"] == "checkpoint")
     done = max(e["iteration"] for e in before if e["event"] == "iteration")
-    assert last_ckpt == 10 and done - last_ckpt <= 5
+    # Checkpoints every 5 iterations; killed at iteration 12 or, on a loaded machine, a little later.
+    assert last_ckpt % 5 == 0 and 10 <= last_ckpt < 25 and done - last_ckpt <= 5
     status = job.resume().wait(120)
     assert ref_job.wait(60)["state"] == "completed"
     reference = losses(ref_job.events())
