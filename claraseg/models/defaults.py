@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from claraseg.errors import ConfigError
-from claraseg.models.bundle import INFERENCE, METADATA, TRAIN, write_json_atomic
+from claraseg.models.bundle import DEXTR_CHANNELS, INFERENCE, METADATA, TRAIN, write_json_atomic
 
 #: Intensity normalisation shared by the interactive models (see claraseg.models.preprocess).
 INTENSITY = {
@@ -76,7 +76,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "roi_size": [48, 48, 48],
         # Image and extreme points, plus the object's clicks and current mask: clicks on an object made
         # from extreme points are corrected by this network (empty click/mask channels for the first result).
-        "channels": ["image", "extreme_points", "foreground", "background", "mask"],
+        "channels": list(DEXTR_CHANNELS[1]),
         "margin_mm": 8.0,
         # The crop is stretched to the ROI per axis, so sigma is in ROI voxels, not mm.
         "guidance": {"encoding": "gaussian", "sigma_vox": 2.0},
