@@ -242,7 +242,9 @@ class LocalSession:
                new_clicks: tuple[np.ndarray, np.ndarray]) -> BoxMask | None:
         """The DeepGrow 3D bundle's shape re-fit (``refit_model``, a DEXTR3D model, on the extreme points
         of the click's result), or None when there is none, it is not on this backend, or it is refused
-        (see :func:`~claraseg.engine.runners.refit_with_dextr`). Clicks are honoured on the re-fit."""
+        (see :func:`~claraseg.engine.runners.refit_with_dextr`). ``refit_passes`` (default 1) re-fits
+        the re-fit again, from its own extreme points and with it as the current mask, until a pass is
+        refused or changes nothing. Clicks are honoured on the last accepted pass."""
         name = settings.get("refit_model")
         if not name:
             return None
@@ -254,8 +256,18 @@ class LocalSession:
             _warn_once(f"refit model {name!r} is a {bundle.kind} model, not dextr3d: the shape re-fit is skipped")
             return None
         net = self._backend.registry.network(name, self._backend.device)
-        found = refit_with_dextr(net, bundle.settings, self._volume(bundle), mask, fg, bg, self._backend.device,
-                                 float(settings.get("refit_min_agreement", 0.5)))
+        found = None
+        for _ in range(int(settings.get("refit_passes", 1))):
+            # Each further pass re-fits the previous one (its box is taken from a better estimate).
+            again = refit_with_dextr(net, bundle.settings, self._volume(bundle),
+                                     mask if found is None else BoxMask(self._size, *found), fg, bg,
+                                     self._backend.device, float(settings.get("refit_min_agreement", 0.5)))
+            if again is None:
+                break
+            converged = found is not None and np.array_equal(again[0], found[0]) and np.array_equal(again[1], found[1])
+            found = again
+            if converged:
+                break
         if found is None:
             return None
         start, crop = found

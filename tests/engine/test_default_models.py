@@ -135,6 +135,43 @@ def test_dextr_refit_improves_a_rough_mask_and_respects_clicks(default_backend):
     s.close()
 
 
+def test_refit_passes_refit_the_refit(default_backend):
+    """``refit_passes`` 2 runs the re-fit again on the first re-fit (its extreme points, itself as the
+    current mask): exactly two chained :func:`refit_with_dextr` calls, and on a rough phantom liver the
+    second pass keeps the gain of the first."""
+    from scipy import ndimage
+
+    from claraseg.engine.masks import BoxMask
+    from claraseg.engine.runners import refit_with_dextr
+    from claraseg.io import make_phantom
+
+    image, label = make_phantom(seed=5001, size_ijk=(96, 96, 48))
+    gt = label.array == 1
+    rough = ndimage.binary_erosion(gt, iterations=2)
+    nz = np.argwhere(rough)
+    lo, hi = nz.min(axis=0), nz.max(axis=0) + 1
+    mask = BoxMask(image.size_ijk, lo[::-1], rough[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.uint8))
+    s = default_backend.open_session(image)
+    bundle = default_backend.registry.get("dextr3d")
+    net = default_backend.registry.network("dextr3d", "cpu")
+    vol = s._volume(bundle)
+    fg = np.argwhere(ndimage.binary_erosion(gt, iterations=4))[:1, ::-1]
+    none = np.zeros((0, 3), np.int64)
+    first = refit_with_dextr(net, bundle.settings, vol, mask, fg, none, "cpu", 0.5)
+    assert first is not None
+    second = refit_with_dextr(net, bundle.settings, vol, BoxMask(image.size_ijk, *first), fg, none, "cpu", 0.5)
+    assert second is not None
+    settings = {"refit_model": "dextr3d", "refit_min_agreement": 0.5, "click_radius_mm": 0.0}
+    one = s._refit(settings, mask, fg, none, (fg, none))
+    two = s._refit({**settings, "refit_passes": 2}, mask, fg, none, (fg, none))
+    assert np.array_equal(one.region((0, 0, 0), image.size_ijk),
+                          BoxMask(image.size_ijk, *first).region((0, 0, 0), image.size_ijk))
+    full_two = two.region((0, 0, 0), image.size_ijk)
+    assert np.array_equal(full_two, BoxMask(image.size_ijk, *second).region((0, 0, 0), image.size_ijk))
+    assert _dice(full_two > 0, gt) > _dice(rough, gt) + 0.03
+    s.close()
+
+
 def test_clicks_correct_a_dextr3d_result_on_held_out_ct(default_backend, ct_pair):
     """The shipped DEXTR3D reads clicks: on the held-out CT iliopsoas (its weakest CT structure from the
     extreme points) ANCHORS clicks after the points raise Dice well beyond what honouring the 1 mm click
