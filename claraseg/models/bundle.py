@@ -161,6 +161,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "refit_model": ("a model name (a string)", lambda v: isinstance(v, str)),
     "refit_min_agreement": ("a number between 0 and 1", lambda v: _number(v) and 0 <= v <= 1),
     "refit_passes": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
+    "refit_tta_flips": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
     "grow_passes": ("an integer >= 0", lambda v: _number(v, integer=True) and v >= 0),
     "min_points": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
     "spacing_range_mm": ("[low, high] with 0 < low <= high",

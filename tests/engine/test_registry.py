@@ -101,7 +101,7 @@ def test_unknown_models_and_bad_bundles(tiny_models, tmp_path):
                                         ("click_radius_mm", -1), ("click_radius_mm", "1 mm"),
                                         ("threshold", 1.5), ("threshold", "0.5"), ("fill", 0), ("refine_fill", 2),
                                         ("first_click_spacing_mm", -2), ("grow_passes", 1.5),
-                                        ("refit_passes", 0), ("refit_passes", "2"),
+                                        ("refit_passes", 0), ("refit_passes", "2"), ("refit_tta_flips", 0),
                                         ("spacing_range_mm", [4, 1]), ("spacing_range_mm", [1]),
                                         ("roi_size", [128, 128]), ("roi_size", [128, 0, 1]),
                                         ("threshold", float("nan")), ("min_points", True)])
