@@ -244,8 +244,8 @@ class LocalSession:
         of the click's result), or None when there is none, it is not on this backend, or it is refused
         (see :func:`~claraseg.engine.runners.refit_with_dextr`). ``refit_passes`` (default 1) re-fits
         the re-fit again, from its own extreme points and with it as the current mask, until a pass is
-        refused or changes nothing; ``refit_tta_flips`` overrides the DEXTR3D bundle's ``tta_flips`` for
-        them. Clicks are honoured on the last accepted pass."""
+        refused or changes nothing; ``refit_tta_flips`` sets the test-time flips of the passes before the
+        last (the last runs with the DEXTR3D bundle's own). Clicks are honoured on the last accepted pass."""
         name = settings.get("refit_model")
         if not name:
             return None
@@ -257,13 +257,14 @@ class LocalSession:
             _warn_once(f"refit model {name!r} is a {bundle.kind} model, not dextr3d: the shape re-fit is skipped")
             return None
         net = self._backend.registry.network(name, self._backend.device)
-        refit_settings = bundle.settings
-        if "refit_tta_flips" in settings:  # the re-fit's own test-time flips (its latency is the click's)
-            refit_settings = {**refit_settings, "tta_flips": settings["refit_tta_flips"]}
+        passes = int(settings.get("refit_passes", 1))
+        # Passes before the last may run with fewer test-time flips (they only set the next box and mask).
+        early = {**bundle.settings, "tta_flips": settings["refit_tta_flips"]} if "refit_tta_flips" in settings \
+            else bundle.settings
         found = None
-        for _ in range(int(settings.get("refit_passes", 1))):
+        for n in range(passes):
             # Each further pass re-fits the previous one (its box is taken from a better estimate).
-            again = refit_with_dextr(net, refit_settings, self._volume(bundle),
+            again = refit_with_dextr(net, bundle.settings if n == passes - 1 else early, self._volume(bundle),
                                      mask if found is None else BoxMask(self._size, *found), fg, bg,
                                      self._backend.device, float(settings.get("refit_min_agreement", 0.5)))
             if again is None:

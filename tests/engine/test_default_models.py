@@ -169,12 +169,16 @@ def test_refit_passes_refit_the_refit(default_backend):
     full_two = two.region((0, 0, 0), image.size_ijk)
     assert np.array_equal(full_two, BoxMask(image.size_ijk, *second).region((0, 0, 0), image.size_ijk))
     assert _dice(full_two > 0, gt) > _dice(rough, gt) + 0.03
-    # refit_tta_flips: the re-fit runs with that many flips instead of the DEXTR3D bundle's own.
+    # refit_tta_flips: the passes before the last run with that many flips, the last with DEXTR3D's own.
     flat = refit_with_dextr(net, {**bundle.settings, "tta_flips": 1}, vol, mask, fg, none, "cpu", 0.5)
     assert flat is not None
-    one_flip = s._refit({**settings, "refit_tta_flips": 1}, mask, fg, none, (fg, none))
-    assert np.array_equal(one_flip.region((0, 0, 0), image.size_ijk),
-                          BoxMask(image.size_ijk, *flat).region((0, 0, 0), image.size_ijk))
+    last = refit_with_dextr(net, bundle.settings, vol, BoxMask(image.size_ijk, *flat), fg, none, "cpu", 0.5)
+    assert last is not None
+    mixed = s._refit({**settings, "refit_passes": 2, "refit_tta_flips": 1}, mask, fg, none, (fg, none))
+    assert np.array_equal(mixed.region((0, 0, 0), image.size_ijk),
+                          BoxMask(image.size_ijk, *last).region((0, 0, 0), image.size_ijk))
+    assert np.array_equal(s._refit({**settings, "refit_tta_flips": 1}, mask, fg, none, (fg, none))
+                          .region((0, 0, 0), image.size_ijk), one.region((0, 0, 0), image.size_ijk))
     s.close()
 
 
