@@ -275,7 +275,7 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
         "roi_scale_range": train_cfg.get("roi_scale_range"),  # None: uniform 0.85-1.4 (the default)
         "settings_at_training": {k: settings.get(k) for k in ("first_click_spacing_mm", "fill", "roi_size",
                                                                "train_roi_size", "guidance", "channels",
-                                                               "margin_mm", "margin_rel")},
+                                                               "margin_mm", "margin_rel", "threshold")},
         "final_loss": round(float(np.mean(losses[-100:])), 4) if losses else None,
         "validation_dice_roi": round(vd, 4), "validation_history": history,
         "data": {"sources": SOURCE_WEIGHTS, "structures_per_source": counts, "min_voxels": MIN_VOXELS,
