@@ -261,12 +261,13 @@ class LocalSession:
         # Passes before the last may run with fewer test-time flips (they only set the next box and mask).
         early = {**bundle.settings, "tta_flips": settings["refit_tta_flips"]} if "refit_tta_flips" in settings \
             else bundle.settings
+        vol, gate = self._volume(bundle), float(settings.get("refit_min_agreement", 0.5))
         found = None
         for n in range(passes):
             # Each further pass re-fits the previous one (its box is taken from a better estimate).
-            again = refit_with_dextr(net, bundle.settings if n == passes - 1 else early, self._volume(bundle),
+            again = refit_with_dextr(net, bundle.settings if n == passes - 1 else early, vol,
                                      mask if found is None else BoxMask(self._size, *found), fg, bg,
-                                     self._backend.device, float(settings.get("refit_min_agreement", 0.5)))
+                                     self._backend.device, gate)
             if again is None:
                 break
             converged = found is not None and np.array_equal(again[0], found[0]) and np.array_equal(again[1], found[1])

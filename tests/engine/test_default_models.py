@@ -97,26 +97,34 @@ def test_segmentation_finds_the_liver(default_backend, ct_pair):
     assert _dice(d.to_full() == liver, label.array == names["liver"]) > 0.6
 
 
-def test_dextr_refit_improves_a_rough_mask_and_respects_clicks(default_backend):
-    """The DeepGrow 3D shape re-fit (DEXTR3D on a result's extreme points) turns a rough mask of a fresh
-    phantom's liver into a better one, and is refused when it would contradict a click or agree too little."""
+def _rough_phantom_liver(backend, seed: int):
+    """A fresh phantom's liver eroded by 2 voxels (under-segmented, right extent) as a BoxMask, with a
+    session on the phantom and the shipped DEXTR3D bundle, network and volume for re-fits:
+    ``(session, gt, rough, mask, bundle, net, vol, inside)``, ``inside`` one [i, j, k] point deep in the liver."""
     from scipy import ndimage
 
     from claraseg.engine.masks import BoxMask
-    from claraseg.engine.runners import refit_with_dextr
     from claraseg.io import make_phantom
 
-    image, label = make_phantom(seed=5002, size_ijk=(96, 96, 48))
+    image, label = make_phantom(seed=seed, size_ijk=(96, 96, 48))
     gt = label.array == 1
-    rough = ndimage.binary_erosion(gt, iterations=2)  # under-segmented, but with the right extent
+    rough = ndimage.binary_erosion(gt, iterations=2)
     nz = np.argwhere(rough)
     lo, hi = nz.min(axis=0), nz.max(axis=0) + 1
     mask = BoxMask(image.size_ijk, lo[::-1], rough[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.uint8))
-    s = default_backend.open_session(image)
-    bundle = default_backend.registry.get("dextr3d")
-    net = default_backend.registry.network("dextr3d", "cpu")
-    vol = s._volume(bundle)
-    inside = np.argwhere(ndimage.binary_erosion(gt, iterations=4))[0][::-1]  # [i, j, k] deep in the liver
+    s = backend.open_session(image)
+    bundle = backend.registry.get("dextr3d")
+    net = backend.registry.network("dextr3d", "cpu")
+    inside = np.argwhere(ndimage.binary_erosion(gt, iterations=4))[0][::-1]
+    return s, gt, rough, mask, bundle, net, s._volume(bundle), inside
+
+
+def test_dextr_refit_improves_a_rough_mask_and_respects_clicks(default_backend):
+    """The DeepGrow 3D shape re-fit (DEXTR3D on a result's extreme points) turns a rough mask of a fresh
+    phantom's liver into a better one, and is refused when it would contradict a click or agree too little."""
+    from claraseg.engine.runners import refit_with_dextr
+
+    s, gt, rough, mask, bundle, net, vol, inside = _rough_phantom_liver(default_backend, 5002)
     none = np.zeros((0, 3), np.int64)
     found = refit_with_dextr(net, bundle.settings, vol, mask, inside[None], none, "cpu", 0.5)
     assert found is not None
@@ -139,46 +147,35 @@ def test_refit_passes_refit_the_refit(default_backend):
     """``refit_passes`` 2 runs the re-fit again on the first re-fit (its extreme points, itself as the
     current mask): exactly two chained :func:`refit_with_dextr` calls, and on a rough phantom liver the
     second pass keeps the gain of the first."""
-    from scipy import ndimage
-
     from claraseg.engine.masks import BoxMask
     from claraseg.engine.runners import refit_with_dextr
-    from claraseg.io import make_phantom
 
-    image, label = make_phantom(seed=5001, size_ijk=(96, 96, 48))
-    gt = label.array == 1
-    rough = ndimage.binary_erosion(gt, iterations=2)
-    nz = np.argwhere(rough)
-    lo, hi = nz.min(axis=0), nz.max(axis=0) + 1
-    mask = BoxMask(image.size_ijk, lo[::-1], rough[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.uint8))
-    s = default_backend.open_session(image)
-    bundle = default_backend.registry.get("dextr3d")
-    net = default_backend.registry.network("dextr3d", "cpu")
-    vol = s._volume(bundle)
-    fg = np.argwhere(ndimage.binary_erosion(gt, iterations=4))[:1, ::-1]
-    none = np.zeros((0, 3), np.int64)
+    s, gt, rough, mask, bundle, net, vol, inside = _rough_phantom_liver(default_backend, 5001)
+    size = s.image_size
+
+    def full(found):  # a BoxMask, or a refit_with_dextr (start, crop), on the whole image
+        m = found if isinstance(found, BoxMask) else BoxMask(size, *found)
+        return m.region((0, 0, 0), size)
+
+    fg, none = inside[None], np.zeros((0, 3), np.int64)
     first = refit_with_dextr(net, bundle.settings, vol, mask, fg, none, "cpu", 0.5)
     assert first is not None
-    second = refit_with_dextr(net, bundle.settings, vol, BoxMask(image.size_ijk, *first), fg, none, "cpu", 0.5)
+    second = refit_with_dextr(net, bundle.settings, vol, BoxMask(size, *first), fg, none, "cpu", 0.5)
     assert second is not None
     settings = {"refit_model": "dextr3d", "refit_min_agreement": 0.5, "click_radius_mm": 0.0}
     one = s._refit(settings, mask, fg, none, (fg, none))
     two = s._refit({**settings, "refit_passes": 2}, mask, fg, none, (fg, none))
-    assert np.array_equal(one.region((0, 0, 0), image.size_ijk),
-                          BoxMask(image.size_ijk, *first).region((0, 0, 0), image.size_ijk))
-    full_two = two.region((0, 0, 0), image.size_ijk)
-    assert np.array_equal(full_two, BoxMask(image.size_ijk, *second).region((0, 0, 0), image.size_ijk))
-    assert _dice(full_two > 0, gt) > _dice(rough, gt) + 0.03
+    assert np.array_equal(full(one), full(first))
+    assert np.array_equal(full(two), full(second))
+    assert _dice(full(two) > 0, gt) > _dice(rough, gt) + 0.03
     # refit_tta_flips: the passes before the last run with that many flips, the last with DEXTR3D's own.
     flat = refit_with_dextr(net, {**bundle.settings, "tta_flips": 1}, vol, mask, fg, none, "cpu", 0.5)
     assert flat is not None
-    last = refit_with_dextr(net, bundle.settings, vol, BoxMask(image.size_ijk, *flat), fg, none, "cpu", 0.5)
+    last = refit_with_dextr(net, bundle.settings, vol, BoxMask(size, *flat), fg, none, "cpu", 0.5)
     assert last is not None
     mixed = s._refit({**settings, "refit_passes": 2, "refit_tta_flips": 1}, mask, fg, none, (fg, none))
-    assert np.array_equal(mixed.region((0, 0, 0), image.size_ijk),
-                          BoxMask(image.size_ijk, *last).region((0, 0, 0), image.size_ijk))
-    assert np.array_equal(s._refit({**settings, "refit_tta_flips": 1}, mask, fg, none, (fg, none))
-                          .region((0, 0, 0), image.size_ijk), one.region((0, 0, 0), image.size_ijk))
+    assert np.array_equal(full(mixed), full(last))
+    assert np.array_equal(full(s._refit({**settings, "refit_tta_flips": 1}, mask, fg, none, (fg, none))), full(one))
     s.close()
 
 
