@@ -87,12 +87,21 @@ def _roi_mask_extent(pred: np.ndarray, roi: Roi) -> tuple[float, np.ndarray, boo
     return extent, (lo + hi) / 2.0, touches
 
 
-def _paste_roi(prob: torch.Tensor, roi: Roi, vol: Volume, threshold: float):
+def _paste_roi(prob: torch.Tensor, roi: Roi, vol: Volume, threshold: float, mask=None, mask_roi=None):
+    """The thresholded ``prob`` resampled onto the source voxels the ROI covers: ``(start, crop)``.
+
+    With the object's current ``mask`` (a :class:`~claraseg.engine.masks.BoxMask`) and ``mask_roi`` (that
+    mask as the network saw it, on the ROI grid), only the result's *changes* are applied: where the
+    result agrees with the ROI-resolution mask the source-resolution mask is kept. A ROI coarser than the
+    image then no longer re-draws, and thins, the parts of the object a click did not change."""
     start, stop = roi.covered_box(vol.spacing, vol.size)
     if np.any(stop <= start):
         return start, np.zeros((0, 0, 0), np.uint8)
-    back = sample_from_roi(prob, roi, vol.spacing, start, stop)
-    return start, (back.numpy() > threshold).astype(np.uint8)
+    back = sample_from_roi(prob, roi, vol.spacing, start, stop).numpy() > threshold
+    if mask is not None and mask_roi is not None and not mask.is_empty:
+        seen = sample_from_roi(torch.as_tensor(mask_roi, dtype=torch.float32), roi, vol.spacing, start, stop)
+        back = np.where(back != (seen.numpy() > 0.5), back, mask.region(start, stop) > 0)
+    return start, back.astype(np.uint8)
 
 
 def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarray, bg: np.ndarray,
@@ -151,17 +160,18 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
         prob = forward(net, x, kind, device, int(settings.get("tta_flips", 1)))
         if keep:
             prob = keep_clicked_components(prob, fg_roi, m.numpy(), settings["threshold"])
-        return roi, prob
+        return roi, prob, m
 
-    roi, prob = run_at(s, centre)
+    roi, prob, m = run_at(s, centre)
     # A first result cut off by the ROI runs once more with a larger field of view.
     for _ in range(int(settings.get("grow_passes", 1)) if first else 0):
         info = _roi_mask_extent(prob.numpy() > settings["threshold"], roi)
         if info is None or not info[2] or s >= srange[1]:
             break
         s = min(s * 1.8, srange[1])
-        roi, prob = run_at(s, centre)
-    start, crop = _paste_roi(prob, roi, vol, settings["threshold"])
+        roi, prob, m = run_at(s, centre)
+    detail = bool(settings.get("keep_mask_detail", False)) and has_mask and not two_d
+    start, crop = _paste_roi(prob, roi, vol, settings["threshold"], *((mask, m) if detail else ()))
     if local_rel > 0 and not two_d and has_mask and new_clicks is not None and crop.size:
         crop = keep_changes_near(crop, start, mask, np.concatenate([np.reshape(new_clicks[0], (-1, 3)),
                                                                     np.reshape(new_clicks[1], (-1, 3))]),
@@ -278,9 +288,10 @@ def run_dextr(net, settings: dict, vol: Volume, points: np.ndarray, device: str,
         m = sample_roi(mask, vol.spacing, roi, mode="nearest") if mask is not None and not mask.is_empty else None
         x = dextr_input(img, pts, sigma, True, to_roi(fg), to_roi(bg), m)
     else:
-        x = dextr_input(img, pts, sigma)
+        m, x = None, dextr_input(img, pts, sigma)
     prob = forward(net, x, "dextr3d", device, int(settings.get("tta_flips", 1)))
-    return _paste_roi(prob, roi, vol, settings["threshold"])
+    detail = bool(settings.get("keep_mask_detail", False)) and m is not None
+    return _paste_roi(prob, roi, vol, settings["threshold"], *((mask, m) if detail else ()))
 
 
 def box_points(points: np.ndarray, fg: np.ndarray) -> np.ndarray:
