@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="input channels of the interactive bundles, comma-separated (DEXTR3D: "
                         "image,extreme_points or image,extreme_points,foreground,background,mask); with "
                         "--continue the trained weights are kept and widened")
+    p.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a click-sampling key of the interactive bundles' train.json for this run (JSON value; "
+                        "repeatable), e.g. --train max_loop_clicks=8; the recipe records it")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation after training")
     p.add_argument("--evaluate-only", action="store_true",
                    help="only (re)run the held-out evaluation of already trained bundles and record it")
@@ -54,11 +57,28 @@ def _run(args: argparse.Namespace) -> int:
     records = pretrain(models, args.out, args.data or default_data_dir(), minutes=parse_minutes(args.minutes),
                        iterations=args.iterations, seed=args.seed, evaluate=not args.no_eval,
                        warm_start=args.warm_start, lr_scale=args.lr_scale,
-                       channels=[c.strip() for c in args.channels.split(",") if c.strip()] if args.channels else None)
+                       channels=[c.strip() for c in args.channels.split(",") if c.strip()] if args.channels else None,
+                       train_overrides=parse_train_options(args.train))
     print(json.dumps({k: {f: v.get(f) for f in ("iterations", "minutes", "final_loss", "validation_dice_roi",
                                                     "dice_on_training_ct", "heldout_metrics")}
                       for k, v in records.items()}, indent=2))
     return 0
+
+
+def parse_train_options(items: list[str]) -> dict:
+    """``["max_loop_clicks=8", "box_scale_range=[0.6,1.2]"]`` -> a dict of JSON values."""
+    from claraseg.errors import ConfigError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--train {item!r}: give KEY=VALUE, e.g. max_loop_clicks=8")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--train {item!r}: the value is not JSON ({exc.msg})") from None
+    return out
 
 
 def parse_minutes(text: str) -> float | dict[str, float]:

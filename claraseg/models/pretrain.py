@@ -29,12 +29,14 @@ from claraseg.io import make_phantom, read_image, read_labels_json
 from claraseg.models.bundle import METADATA, TRAIN, read_bundle, save_weights, write_json_atomic
 from claraseg.models.defaults import create_bundle
 from claraseg.models.training import (
+    TRAIN_SAMPLING_KEYS,
     TrainingVolume,
     check_train_config,
     make_loss,
     make_sample,
     network_input,
     predictor,
+    train_sampling,
     volume_from_images,
 )
 
@@ -192,17 +194,21 @@ def set_input_channels(bundle_dir: Path, kind: str, channels: list[str]) -> bool
 
 def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: float, iterations: int | None,
                       seed: int, progress: Callable[[str], None] = log.info, warm_start: bool = False,
-                      lr_scale: float = 1.0, channels_option: str | None = None) -> dict[str, Any]:
+                      lr_scale: float = 1.0, channels_option: str | None = None,
+                      train_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train a DeepGrow 2D/3D or DEXTR3D bundle in place; returns the training record.
 
     With ``warm_start`` the bundle's current weights are trained further (a further stage of the recipe,
     typically with ``lr_scale`` < 1); the earlier stages stay in the record under ``previous_stages``.
+    ``train_overrides`` replace sampling keys of the bundle's train.json for this run
+    (:data:`~claraseg.models.training.TRAIN_SAMPLING_KEYS`); the recipe records every sampling key it ran
+    with as ``--train KEY=VALUE``.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     bundle = read_bundle(bundle_dir)
     settings = bundle.settings
-    train_cfg = json.loads((bundle_dir / TRAIN).read_text())
+    train_cfg = {**json.loads((bundle_dir / TRAIN).read_text()), **check_train_overrides(train_overrides)}
     check_train_config(train_cfg)
     net = bundle.build_network().float().train()
     previous: list[dict[str, Any]] = []
@@ -264,15 +270,18 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
         recipe += f" --continue --lr-scale {lr_scale:g}"
     if channels_option:
         recipe += f" --channels {channels_option}"
+    recipe += train_recipe_options(kind, train_cfg)
+    sampling = train_sampling(kind, train_cfg)
     record = {
         "recipe": recipe,
         "previous_stages": previous,
         "seed": seed, "iterations": it, "minutes": round((time.time() - t0) / 60, 1), "threads": torch.get_num_threads(),
         "batch_size": batch, "learning_rate": lr0, "schedule": "cosine to 5%", "loss": train_cfg["loss"],
-        "p_model_in_loop": train_cfg.get("p_model_in_loop"), "max_loop_clicks": train_cfg.get("max_loop_clicks"),
-        "p_correction": train_cfg.get("p_correction"),  # DEXTR3D with clicks: share of correction samples
-        "box_scale_range": train_cfg.get("box_scale_range"),  # None: 0.65-1.15 (the default)
-        "roi_scale_range": train_cfg.get("roi_scale_range"),  # None: uniform 0.85-1.4 (the default)
+        # The click sampling the stage used (train.json's values or the defaults), as in its recipe.
+        "p_model_in_loop": sampling["p_model_in_loop"], "max_loop_clicks": sampling["max_loop_clicks"],
+        "p_correction": sampling.get("p_correction"),  # DEXTR3D with clicks: share of correction samples
+        "box_scale_range": sampling.get("box_scale_range"),  # DEXTR3D
+        "roi_scale_range": sampling.get("roi_scale_range"),  # DeepGrow; None: uniform 0.85-1.4
         "settings_at_training": {k: settings.get(k) for k in ("first_click_spacing_mm", "fill", "roi_size",
                                                                "train_roi_size", "guidance", "channels",
                                                                "margin_mm", "margin_rel", "threshold")},
@@ -291,6 +300,26 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
                      "../shared/data (TotalSegmentator example CT and MR, voxelmorph brain MR, MSD Task04 "
                      "hippocampus) and claraseg synthetic phantoms; class-agnostic targets")
     return record
+
+
+def check_train_overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """``--train`` values: only the sampling keys of train.json (checked with the rest of the config)."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(TRAIN_SAMPLING_KEYS))
+    if unknown:
+        raise TrainingDataError(f"--train {', '.join(unknown)}: not a sampling key of train.json; "
+                                f"choose from {', '.join(TRAIN_SAMPLING_KEYS)}")
+    return overrides
+
+
+def train_recipe_options(kind: str, train_cfg: dict[str, Any]) -> str:
+    """The ``--train KEY=VALUE`` options that replay a stage's click sampling exactly: every sampling key
+    of ``kind`` with the value the stage used (train.json's or the default)."""
+    out = ""
+    for key, value in train_sampling(kind, train_cfg).items():
+        text = json.dumps(value, separators=(",", ":"))
+        out += f" --train '{key}={text}'" if "[" in text else f" --train {key}={text}"
+    return out
 
 
 def train_segmentation(bundle_dir: Path, data_dir: Path, *, minutes: float, iterations: int | None, seed: int,
@@ -399,12 +428,18 @@ def train_segmentation(bundle_dir: Path, data_dir: Path, *, minutes: float, iter
 def pretrain(models: list[str], out: Path, data_dir: Path, *, minutes: float | dict[str, float] = 30.0,
              iterations: int | None = None,
              seed: int = DEFAULT_SEED, fresh: bool = True, evaluate: bool = True,
-             warm_start: bool = False, lr_scale: float = 1.0, channels: list[str] | None = None) -> dict[str, Any]:
+             warm_start: bool = False, lr_scale: float = 1.0, channels: list[str] | None = None,
+             train_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Create (``fresh``) and train the named default bundles under ``out``; returns their records.
     ``warm_start`` continues the interactive bundles from their current weights (implies not fresh).
     ``channels`` sets the input channels of the interactive bundles (:func:`set_input_channels`; with
-    ``warm_start`` the trained weights are kept and widened)."""
+    ``warm_start`` the trained weights are kept and widened). ``train_overrides`` replace sampling keys
+    of the interactive bundles' train.json for this run (:func:`train_interactive`)."""
     fresh = fresh and not warm_start
+    check_train_overrides(train_overrides)
+    if train_overrides and "segmentation" in models:
+        raise TrainingDataError("--train sets the click sampling of the interactive bundles; "
+                                "train the segmentation bundle in a separate run")
     records = {}
     for kind in models:
         if kind not in KINDS:
@@ -420,7 +455,8 @@ def pretrain(models: list[str], out: Path, data_dir: Path, *, minutes: float | d
         else:
             records[kind] = train_interactive(kind, bundle_dir, data_dir, minutes=budget, iterations=iterations,
                                               seed=seed, warm_start=warm_start, lr_scale=lr_scale,
-                                              channels_option=",".join(channels) if channels else None)
+                                              channels_option=",".join(channels) if channels else None,
+                                              train_overrides=train_overrides)
             if evaluate:
                 # Imported here: the held-out evaluation runs the real engine on the trained bundle.
                 from claraseg.models.heldout import evaluate_bundle

@@ -5,13 +5,15 @@ the shared data)."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
 import torch
 
-from claraseg.errors import TrainingDataError
+from claraseg.errors import ConfigError, TrainingDataError
 from claraseg.models.bundle import read_bundle
+from claraseg.models.cli import parse_train_options
 from claraseg.models.pretrain import default_data_dir, pretrain, set_input_channels
 from claraseg.models.testing import make_tiny_bundle
 from claraseg.models.training import DEXTR_CLICK_CHANNELS, dextr_takes_clicks
@@ -49,3 +51,49 @@ def test_unknown_channel_lists_are_refused(tmp_path):
     with pytest.raises(TrainingDataError, match="deepgrow3d model takes"):
         set_input_channels(dg, "deepgrow3d", list(DEXTR_CLICK_CHANNELS))
     assert not set_input_channels(dg, "deepgrow3d", ["image", "foreground", "background", "mask"])
+
+
+def test_train_options_run_and_are_recorded_so_a_stage_replays_without_train_json(tmp_path):
+    data = default_data_dir()
+    if not (Path(data) / "ct_abdomen_3mm" / "image.nii.gz").exists():
+        pytest.skip(f"shared sample data not found at {data}")
+    path = make_tiny_bundle("dextr3d", tmp_path / "dextr3d")
+    train_json = path / "configs" / "train.json"
+    before = json.loads(train_json.read_text())
+    records = pretrain(["dextr3d"], tmp_path, data, iterations=2, seed=6, evaluate=False, warm_start=True,
+                       lr_scale=0.01, train_overrides={"max_loop_clicks": 1, "box_scale_range": [0.8, 1.1]})
+    rec = records["dextr3d"]
+    assert rec["max_loop_clicks"] == 1 and rec["box_scale_range"] == [0.8, 1.1]
+    # The bundle's own train.json is not changed by a run's options.
+    assert json.loads(train_json.read_text()) == before
+    # The recipe names every sampling key the stage ran with; parsed back, they are the values used.
+    words = shlex.split(rec["recipe"])
+    options = parse_train_options([words[i + 1] for i, w in enumerate(words) if w == "--train"])
+    assert options["max_loop_clicks"] == 1 and options["box_scale_range"] == [0.8, 1.1]
+    assert options["p_correction"] == before["p_correction"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"learning_rate": 1.0}, "not a sampling key"),
+    ({"max_loop_clicks": 0}, "integer >= 1"),
+    ({"max_loop_clicks": 2.5}, "integer >= 1"),
+    ({"p_model_in_loop": None}, "is null"),
+    ({"p_correction": 1.5}, "probability"),
+    ({"box_scale_range": [1.2, 0.8]}, "low <= high"),
+])
+def test_bad_train_options_are_refused_before_training(tmp_path, overrides, message):
+    path = make_tiny_bundle("dextr3d", tmp_path / "dextr3d")
+    weights = read_bundle(path).weights_path.read_bytes()
+    with pytest.raises(TrainingDataError, match=message):
+        pretrain(["dextr3d"], tmp_path, tmp_path / "no-data", iterations=1, evaluate=False, warm_start=True,
+                 train_overrides=overrides)
+    assert read_bundle(path).weights_path.read_bytes() == weights
+
+
+def test_train_option_text_is_parsed_or_refused_with_the_option_named():
+    assert parse_train_options(["max_loop_clicks=8", "box_scale_range=[0.6,1.2]"]) == {
+        "max_loop_clicks": 8, "box_scale_range": [0.6, 1.2]}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_train_options(["max_loop_clicks"])
+    with pytest.raises(ConfigError, match="not JSON"):
+        parse_train_options(["p_correction=high"])
