@@ -311,7 +311,7 @@ REFIT_MIN_VOXELS = 20
 
 
 def refit_with_dextr(net, settings: dict, vol: Volume, mask, fg: np.ndarray, bg: np.ndarray, device: str,
-                     min_agreement: float):
+                     min_agreement: float, contradiction: str = "refuse"):
     """Shape re-fit of a DeepGrow 3D result: DEXTR3D run on the extreme points of ``mask`` (a
     :class:`~claraseg.engine.masks.BoxMask`). Returns ``(start, crop)`` of the whole new object, or None
     when the re-fit is refused: it contradicts a click (a foreground click outside it, a background click
@@ -329,8 +329,15 @@ def refit_with_dextr(net, settings: dict, vol: Volume, mask, fg: np.ndarray, bg:
         c = np.asarray(p, np.int64) - start
         return bool(np.all(c >= 0) and np.all(c < shape) and crop[c[2], c[1], c[0]])
 
-    if not all(inside(p) for p in np.reshape(fg, (-1, 3))) or any(inside(p) for p in np.reshape(bg, (-1, 3))):
+    wrong = [p for p in np.reshape(fg, (-1, 3)) if not inside(p)] + [p for p in np.reshape(bg, (-1, 3)) if inside(p)]
+    if wrong and contradiction == "refuse":
         return None
+    if wrong and contradiction == "merge":
+        from claraseg.engine.masks import BoxMask
+
+        merged = keep_clicked_changes(BoxMask(mask.size, start, crop), mask, np.asarray(wrong))
+        start, crop = merged.start, merged.crop
+        shape = np.asarray(crop.shape[::-1], np.int64)
     lo, hi = np.minimum(start, mask.start), np.maximum(start + shape, mask.stop)
     old = mask.region(lo, hi).astype(bool)
     new = np.zeros(old.shape, bool)
@@ -339,3 +346,28 @@ def refit_with_dextr(net, settings: dict, vol: Volume, mask, fg: np.ndarray, bg:
     if agreement < min_agreement:
         return None
     return start, crop
+
+
+def keep_clicked_changes(old, new, clicks: np.ndarray):
+    """``new`` (a :class:`~claraseg.engine.masks.BoxMask`) where it differs from ``old`` in a connected
+    region (26-connected) of the difference that holds one of ``clicks`` (N, 3) ``[i, j, k]``, ``old``
+    elsewhere: a click corrects the error it was placed on, and the model's changes elsewhere in the
+    object (which no click asked for) are dropped. Returns a BoxMask."""
+    from scipy import ndimage
+
+    from claraseg.engine.masks import BoxMask
+
+    clicks = np.asarray(clicks, np.int64).reshape(-1, 3)
+    if old.is_empty or new.is_empty or not len(clicks):
+        return new
+    lo = np.minimum(old.start, new.start)
+    hi = np.maximum(old.stop, new.stop)
+    a, b = old.region(lo, hi) > 0, new.region(lo, hi) > 0
+    labels, n = ndimage.label(a != b, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return new
+    c = clicks - lo
+    ok = np.all((c >= 0) & (c < hi - lo), axis=1)
+    keep = set(labels[c[ok, 2], c[ok, 1], c[ok, 0]].tolist()) - {0}
+    out = np.where(np.isin(labels, sorted(keep)), b, a).astype(np.uint8)
+    return BoxMask(old.size, lo, out)

@@ -267,7 +267,8 @@ class LocalSession:
             # Each further pass re-fits the previous one (its box is taken from a better estimate).
             again = refit_with_dextr(net, bundle.settings if n == passes - 1 else early, vol,
                                      mask if found is None else BoxMask(self._size, *found), fg, bg,
-                                     self._backend.device, gate)
+                                     self._backend.device, gate,
+                                     settings.get("refit_contradiction", "refuse"))
             if again is None:
                 break
             converged = found is not None and np.array_equal(again[0], found[0]) and np.array_equal(again[1], found[1])
