@@ -9,11 +9,14 @@ interaction returns a :class:`~claraseg.io.MaskDelta` on the session image's gri
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from numbers import Integral, Real
 from typing import Any, Protocol, runtime_checkable
 
-from claraseg.io import Image, MaskDelta
+from claraseg.errors import InvalidPointsError
+from claraseg.io import Image, MaskDelta, check_points_inside
 
 #: Version of the remote protocol and of this interface; client and server must agree on the major part.
 API_VERSION = "1.0"
@@ -22,6 +25,60 @@ API_VERSION = "1.0"
 MODEL_KINDS = ("deepgrow2d", "deepgrow3d", "dextr3d", "segmentation")
 
 Point = Sequence[int]  # [i, j, k]
+
+#: Fewest extreme points that make a DEXTR3D object (the outermost voxels along i, j and k).
+MIN_EXTREME_POINTS = 6
+
+
+def check_voxel_list(image_size: Sequence[int], value: Any, what: str) -> list[list[int]]:
+    """``value`` as a list of integer voxel indices ``[[i, j, k], ...]`` inside an image of ``image_size``.
+
+    Stricter than :func:`~claraseg.io.check_points_inside`: a flat ``[i, j, k]`` (one level of nesting
+    short), fractions, booleans and strings are refused with :class:`~claraseg.errors.InvalidPointsError`.
+    ``None`` and an empty list give ``[]``."""
+    if value is None:
+        return []
+    try:
+        if isinstance(value, (str, bytes, dict)):
+            raise TypeError
+        items = list(value)
+    except TypeError:
+        raise InvalidPointsError(f"{what} must be a list of [i, j, k] voxel indices, e.g. [[10, 20, 5]]; "
+                                 f"got {type(value).__name__}") from None
+    out = []
+    for n, p in enumerate(items):
+        if isinstance(p, (str, bytes, dict)) or not hasattr(p, "__len__") or len(p) != 3:
+            raise InvalidPointsError(f"{what} number {n + 1} is {_short(p)}: each must be an [i, j, k] list of "
+                                     "3 integers (a list of lists, e.g. [[10, 20, 5]])")
+        q = []
+        for v in p:
+            if isinstance(v, bool) or not isinstance(v, Real) or (not isinstance(v, Integral) and not (
+                    math.isfinite(float(v)) and float(v).is_integer())):
+                raise InvalidPointsError(f"{what} number {n + 1} is {_short(p)}: voxel indices must be integers")
+            if abs(int(v)) > 2**62:
+                raise InvalidPointsError(f"{what} number {n + 1} is {_short(p)}: it lies outside the volume "
+                                         f"(valid indices are 0..{[int(x) - 1 for x in image_size]})")
+            q.append(int(v))
+        out.append(q)
+    return check_points_inside(image_size, out, what).tolist() if out else []
+
+
+def check_object_state(image_size: Sequence[int], points: Any = (), foreground: Any = (),
+                       background: Any = ()) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+    """Validate the interaction state :meth:`Session.set_mask` restores; returns ``(points, foreground,
+    background)`` as lists of ``[i, j, k]``. Extreme points, when given, number at least
+    :data:`MIN_EXTREME_POINTS`."""
+    pts = check_voxel_list(image_size, points, "extreme point")
+    if pts and len(pts) < MIN_EXTREME_POINTS:
+        raise InvalidPointsError(f"{len(pts)} extreme points given; an object made from extreme points has at "
+                                 f"least {MIN_EXTREME_POINTS} (the outermost voxels along i, j and k), or none")
+    return (pts, check_voxel_list(image_size, foreground, "foreground click"),
+            check_voxel_list(image_size, background, "background click"))
+
+
+def _short(value: Any) -> str:
+    s = repr(value)
+    return s if len(s) <= 60 else s[:57] + "..."
 
 
 @dataclass
@@ -94,9 +151,17 @@ class Session(Protocol):
         ``delta.labels`` (values of the model's descriptor)."""
         ...
 
-    def set_mask(self, object_id: str, mask: MaskDelta) -> None:
-        """Replace an object's current mask (e.g. a segment the user painted) before refining it by clicks.
-        Becomes an undo step; clicks already recorded for the object are forgotten."""
+    def set_mask(self, object_id: str, mask: MaskDelta, points: Sequence[Point] = (),
+                 foreground: Sequence[Point] = (), background: Sequence[Point] = ()) -> None:
+        """Replace an object's current mask and its interaction state; becomes an undo step.
+
+        Without ``points``/``foreground``/``background`` the mask is a painted one: the object's extreme
+        points and clicks are forgotten and the next clicks refine the mask. With them (a client re-opening
+        a session that expired) the object gets back the extreme points it was made from (at least
+        :data:`MIN_EXTREME_POINTS`, or none) and all its clicks, so the next click is treated as if the
+        session had never gone away. Invalid input raises
+        :class:`~claraseg.errors.InvalidPointsError` / :class:`~claraseg.errors.MaskDeltaError` and changes
+        nothing (see :func:`check_object_state`)."""
         ...
 
     def undo(self, object_id: str = "1") -> MaskDelta:

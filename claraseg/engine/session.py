@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from claraseg.backend import check_object_state
 from claraseg.engine.masks import BoxMask
 from claraseg.engine.runners import (
     Volume,
@@ -322,18 +323,27 @@ class LocalSession:
             names = self._backend.registry.descriptor(model).labels
             return MaskDelta.from_full(labels, labels={int(v): names.get(int(v), f"label_{v}") for v in names})
 
-    def set_mask(self, object_id: str, mask: MaskDelta) -> None:
+    def set_mask(self, object_id: str, mask: MaskDelta, points: Sequence = (), foreground: Sequence = (),
+                 background: Sequence = ()) -> None:
+        """Replace the object's mask (undo-able). ``points``/``foreground``/``background`` restore the
+        extreme points it was made from and its clicks (e.g. after a client re-opened an expired session),
+        so that clicks take the route they would have taken; without them the mask counts as painted.
+        Everything is checked before the object changes."""
         if not isinstance(mask, MaskDelta):
             raise MaskDeltaError("set_mask needs a MaskDelta (box + mask on the session image's grid)")
         if tuple(mask.image_size) != tuple(self._size):
             raise MaskDeltaError(f"the mask was made for a volume of size {list(mask.image_size)}, "
                                  f"not this session's {list(self._size)}")
+        pts, fg, bg = check_object_state(self._size, points, foreground, background)
+        new = BoxMask.from_delta(mask)
         with self._lock:
             self._touch()
             obj = self.objects.get(object_id) or ObjectState(BoxMask(self._size))
             obj.snapshot()
-            obj.mask = BoxMask.from_delta(mask)
-            obj.fg, obj.bg, obj.local_rel, obj.points = [], [], 0.0, []
+            obj.mask = new
+            # The restored points make DEXTR3D the object's corrector again (``_corrector``). Which bundle
+            # made them is not known here, so a DEXTR3D without click channels loses ``refine_radius_rel``.
+            obj.fg, obj.bg, obj.local_rel, obj.points = fg, bg, 0.0, pts
             self.objects[object_id] = obj
             self._bound_memory()
 

@@ -27,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from claraseg.backend import ModelDescriptor, Point
+from claraseg.backend import ModelDescriptor, Point, check_object_state
 from claraseg.errors import (
     InvalidImageError,
     InvalidPointsError,
@@ -131,11 +131,15 @@ class ClassicalSession:
     def auto_segment(self, model: str) -> MaskDelta:
         raise ModelError(f"the classical baseline {model!r} has no automatic segmentation; it needs clicks")
 
-    def set_mask(self, object_id: str, mask: MaskDelta) -> None:
+    def set_mask(self, object_id: str, mask: MaskDelta, points: Sequence[Point] = (),
+                 foreground: Sequence[Point] = (), background: Sequence[Point] = ()) -> None:
+        """Replace the object's mask; ``points``/``foreground``/``background`` become its prompts again
+        (the next interaction recomputes the object from them plus its own), otherwise it has none."""
+        pts, fg, bg = check_object_state(self.image_size, points, foreground, background)
         with self._lock:
             full = self._current(object_id).copy()
             mask.paste(full)
-            self._push(object_id, full, _Prompts())
+            self._push(object_id, full, _Prompts(pts, fg, bg))
 
     def undo(self, object_id: str = "1") -> MaskDelta:
         with self._lock:
