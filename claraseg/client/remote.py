@@ -27,7 +27,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 import claraseg
-from claraseg.backend import API_VERSION, ModelDescriptor, Point
+from claraseg.backend import API_VERSION, ModelDescriptor, Point, check_object_state
 from claraseg.errors import (
     ApiVersionError,
     CancelledError,
@@ -358,10 +358,11 @@ class RemoteSession:
     # ----- plumbing --------------------------------------------------------------------------------
     def _post(self, op: str, payload: Any, on_cancel=None) -> requests.Response:
         if op == "set_mask":
-            object_id, body = payload
+            object_id, body, state = payload
+            # The mask is the binary body; the points and clicks ride along as JSON query parameters.
+            params = {"object_id": object_id, **{k: json.dumps(v, separators=(",", ":")) for k, v in state.items()}}
             return self._backend._call("POST", f"/session/{self._id}/set_mask", "set_mask",
-                                       params={"object_id": object_id}, data=body,
-                                       headers={"Content-Type": MASKDELTA_MEDIA_TYPE})
+                                       params=params, data=body, headers={"Content-Type": MASKDELTA_MEDIA_TYPE})
         return self._backend._call("POST", f"/session/{self._id}/{op}", op.replace("_", " "),
                                    timeout=self._backend.infer_timeout, json=payload, on_cancel=on_cancel)
 
@@ -423,8 +424,11 @@ class RemoteSession:
     def auto_segment(self, model: str) -> MaskDelta:
         return self._interact("auto_segment", {"model": model})
 
-    def set_mask(self, object_id: str, mask: MaskDelta) -> None:
-        self._interact("set_mask", (str(object_id), mask.encode()))
+    def set_mask(self, object_id: str, mask: MaskDelta, points: Sequence[Point] = (),
+                 foreground: Sequence[Point] = (), background: Sequence[Point] = ()) -> None:
+        pts, fg, bg = check_object_state(self.image_size, points, foreground, background)
+        state = {k: v for k, v in (("points", pts), ("foreground", fg), ("background", bg)) if v}
+        self._interact("set_mask", (str(object_id), mask.encode(), state))
 
     def undo(self, object_id: str = "1") -> MaskDelta:
         return self._interact("undo", {"object_id": str(object_id)})

@@ -12,7 +12,7 @@ import uuid
 
 import numpy as np
 
-from claraseg.backend import ModelDescriptor
+from claraseg.backend import ModelDescriptor, check_object_state
 from claraseg.errors import InvalidPointsError, SessionNotFoundError, UnknownModelError
 from claraseg.io import Image, MaskDelta, check_points_inside
 
@@ -81,11 +81,12 @@ class StandInSession:
         lab = np.where(self._image > 200, 1, np.where(self._image < -500, 2, 0)).astype(np.uint8)
         return MaskDelta.from_full(lab, labels={1: "bright", 2: "dark"})
 
-    def set_mask(self, object_id, mask):
+    def set_mask(self, object_id, mask, points=(), foreground=(), background=()):
+        _, fg, bg = check_object_state(self.image_size, points, foreground, background)
         obj = self._obj(object_id)
         new = obj["history"][-1].copy()
         mask.paste(new)
-        obj["fg"], obj["bg"] = [], []
+        obj["fg"], obj["bg"] = fg, bg  # the stand-in has no use for extreme points once the box is drawn
         obj["history"].append(new)
 
     def undo(self, object_id="1"):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Optional
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from claraseg.backend import check_object_state
 from claraseg.errors import (
     DatastoreNotFoundError,
     InvalidPointsError,
@@ -21,6 +23,7 @@ from ..context import ServerContext, get_ctx, require_token
 from ..datastore import check_id
 from ..schemas import (
     ERROR_RESPONSES,
+    MAX_POINTS,
     AutoSegmentRequest,
     ClickRequest,
     ExtremePointsRequest,
@@ -145,12 +148,40 @@ async def clear(session_id: str, req: ObjectRequest, ctx: ServerContext = Depend
     return await _interact(ctx, entry, entry.session.clear, req.object_id)
 
 
-@router.post("/{session_id}/set_mask", summary="Replace an object's mask (body: a MaskDelta)",
+STATE_QUERY = ("JSON list of [i, j, k] voxel indices, e.g. [[10,20,5],[12,20,5]]; restores the object's {}")
+
+
+def _json_points(value: Optional[str], name: str) -> list:
+    """A query parameter holding a JSON list of points (``None`` when absent)."""
+    if value is None or value == "":
+        return []
+    try:
+        data = json.loads(value)
+    except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
+        why = f"{e.msg} at character {e.pos}" if isinstance(e, json.JSONDecodeError) else type(e).__name__
+        raise InvalidPointsError(f"{name}= is not valid JSON ({why}); send a list of [i, j, k] voxel indices, "
+                                 f"e.g. {name}=[[10,20,5]]") from None
+    if not isinstance(data, list):
+        raise InvalidPointsError(f"{name}= must be a JSON list of [i, j, k] voxel indices, e.g. {name}=[[10,20,5]]; "
+                                 f"got a JSON {type(data).__name__}")
+    if len(data) > MAX_POINTS:
+        raise InvalidPointsError(f"{name}= holds {len(data)} points; at most {MAX_POINTS} are accepted")
+    return data
+
+
+@router.post("/{session_id}/set_mask", summary="Replace an object's mask (body: a MaskDelta) and its points/clicks",
              openapi_extra={"requestBody": {"content": {MEDIA_TYPE: {}}, "required": True}})
 async def set_mask(session_id: str, request: Request, object_id: str = "1",
+                   points: Optional[str] = Query(None, description=STATE_QUERY.format("extreme points (6 or more)")),
+                   foreground: Optional[str] = Query(None, description=STATE_QUERY.format("foreground clicks")),
+                   background: Optional[str] = Query(None, description=STATE_QUERY.format("background clicks")),
                    ctx: ServerContext = Depends(get_ctx)) -> dict:
+    """Without ``points``/``foreground``/``background`` the mask is a painted one (the object forgets its
+    points and clicks); with them the object gets them back, e.g. when a client re-opens an expired session."""
     entry = ctx.sessions.get(session_id)
     check_id(object_id, "object id")
+    pts, fg, bg = check_object_state(entry.image_size, _json_points(points, "points"),
+                                     _json_points(foreground, "foreground"), _json_points(background, "background"))
     if media_type(request) != MEDIA_TYPE:
         raise UnsupportedMediaTypeError(f"set_mask takes a MaskDelta body ({MEDIA_TYPE})")
     delta = MaskDelta.decode(bytes(await read_body(request, ctx.settings.max_body_bytes)))
@@ -159,12 +190,16 @@ async def set_mask(session_id: str, request: Request, object_id: str = "1",
                              f"the session image is {list(entry.image_size)}")
     if delta.mask.size and int(np.max(delta.mask)) > 1:
         raise MaskDeltaError("an object's mask must hold 0/1 values")
+    # Only pass what was given: a hosted backend written before set_mask took points still works for
+    # painted masks.
+    state = {k: v for k, v in (("points", pts), ("foreground", fg), ("background", bg)) if v}
 
     def work():
         with entry.lock:
-            entry.session.set_mask(object_id, delta)
+            entry.session.set_mask(object_id, delta, **state)
             entry.interactions += 1
             entry.last_used = time.time()
 
     await ctx.pool.run(work)
-    return {"session_id": entry.id, "object_id": object_id}
+    return {"session_id": entry.id, "object_id": object_id, "points": len(pts), "foreground": len(fg),
+            "background": len(bg)}
