@@ -28,6 +28,7 @@ from claraseg.errors import (
 from claraseg.io import Image, MaskDelta
 
 from .geometry import check_same_slice, extreme_point_count_message
+from .prompts import PromptRecord
 from .segments import ObjectMask
 from .settings import BackendSettings
 
@@ -195,6 +196,8 @@ class AnnotationController:
         self._image: Image | None = None
         self._image_key: Hashable | None = None
         self.objects: dict[str, ObjectMask] = {}
+        #: Each object's extreme points and clicks as the session holds them (handed back on re-open).
+        self.prompts: dict[str, PromptRecord] = {}
         self.reopened = 0
 
     # ----- backend ---------------------------------------------------------------------------------
@@ -263,7 +266,7 @@ class AnnotationController:
         self.close_session()
         self._session = backend.open_session(image)
         self._image, self._image_key = image, key
-        self.objects = {}
+        self.objects, self.prompts = {}, {}
         return self._session
 
     def close_session(self) -> None:
@@ -275,7 +278,7 @@ class AnnotationController:
             finally:
                 self._session = None
                 self._image = self._image_key = None
-                self.objects = {}
+                self.objects, self.prompts = {}, {}
 
     def _require_backend(self) -> Backend:
         if self.backend is None:
@@ -284,7 +287,8 @@ class AnnotationController:
 
     def _call(self, op: Callable[[Session], Any]) -> Any:
         """Run ``op(session)``; an expired or vanished session is re-opened with the same image, the
-        objects' masks handed back, and ``op`` retried once, without bothering the user."""
+        objects handed back (mask, extreme points and clicks, so the next click takes the same route and
+        sees the earlier clicks), and ``op`` retried once, without bothering the user."""
         if self._session is None or self._image is None:
             raise NotConnectedError("no image is open: select a volume first")
         try:
@@ -294,10 +298,18 @@ class AnnotationController:
         backend = self._require_backend()
         self._session = backend.open_session(self._image)
         self.reopened += 1
-        for oid, obj in self.objects.items():
-            if not obj.delta.is_empty:
-                self._session.set_mask(oid, obj.delta)
+        for oid in sorted(set(self.objects) | set(self.prompts)):
+            mask = self.objects.get(oid)
+            record = self.prompts.setdefault(oid, PromptRecord())
+            hand_back = (mask is not None and not mask.delta.is_empty) or not record.current.empty
+            if hand_back:
+                delta = mask.delta if mask is not None else MaskDelta.empty(self._image.size_ijk)
+                self._session.set_mask(oid, delta, **record.current.set_mask_args())
+            record.reopened(hand_back)
         return op(self._session)
+
+    def _record(self, object_id: str) -> PromptRecord:
+        return self.prompts.setdefault(object_id, PromptRecord())
 
     def _track(self, object_id: str, delta: MaskDelta) -> MaskDelta:
         self.objects.setdefault(object_id, ObjectMask(delta.image_size)).apply(delta)
@@ -321,6 +333,7 @@ class AnnotationController:
         else:
             slice_axis = None
         delta = self._call(lambda s: s.click(model, fg.tolist(), bg.tolist(), object_id, slice_axis))
+        self._record(object_id).click(fg.tolist(), bg.tolist())  # 2D clicks too, as the engine keeps them
         return self._track(object_id, delta)
 
     def extreme_points(self, object_id: str, model: str, points: Sequence[Sequence[int]]) -> MaskDelta:
@@ -332,6 +345,7 @@ class AnnotationController:
         if msg:
             raise InvalidPointsError(msg[0].upper() + msg[1:])
         delta = self._call(lambda s: s.extreme_points(model, pts.tolist(), object_id))
+        self._record(object_id).extreme_points(pts.tolist())
         return self._track(object_id, delta)
 
     def auto_segment(self, model: str) -> MaskDelta:
@@ -349,12 +363,17 @@ class AnnotationController:
         obj = ObjectMask(mask.image_size)
         obj.apply(mask)
         self.objects[object_id] = obj
+        self._record(object_id).painted()
 
     def undo(self, object_id: str) -> MaskDelta:
-        return self._track(object_id, self._call(lambda s: s.undo(object_id)))
+        delta = self._call(lambda s: s.undo(object_id))
+        self._record(object_id).undo()
+        return self._track(object_id, delta)
 
     def clear(self, object_id: str) -> MaskDelta:
-        return self._track(object_id, self._call(lambda s: s.clear(object_id)))
+        delta = self._call(lambda s: s.clear(object_id))
+        self._record(object_id).clear()
+        return self._track(object_id, delta)
 
     def close(self) -> None:
         self.disconnect()
