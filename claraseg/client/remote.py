@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -32,6 +32,7 @@ from claraseg.errors import (
     ApiVersionError,
     CancelledError,
     ClarasegError,
+    InvalidPointsError,
     ServerBusyError,
     ServerUnavailableError,
     SessionExpiredError,
@@ -40,6 +41,10 @@ from claraseg.errors import (
 from claraseg.io import Image, LabelInfo, MaskDelta, read_image, write_image
 
 from .wire import MASKDELTA_MEDIA_TYPE, VOLUME_MEDIA_TYPE, encode_volume_parts
+
+#: Longest query string set_mask sends (its points and clicks): the server's HTTP parser always takes a
+#: request head of 16 KB.
+MAX_STATE_QUERY = 15000
 
 
 def _error_classes() -> dict[str, type[ClarasegError]]:
@@ -428,6 +433,11 @@ class RemoteSession:
                  foreground: Sequence[Point] = (), background: Sequence[Point] = ()) -> None:
         pts, fg, bg = check_object_state(self.image_size, points, foreground, background)
         state = {k: v for k, v in (("points", pts), ("foreground", fg), ("background", bg)) if v}
+        query = len(urlencode({k: json.dumps(v, separators=(",", ":")) for k, v in state.items()}))
+        if query > MAX_STATE_QUERY:
+            raise InvalidPointsError(
+                f"{len(pts) + len(fg) + len(bg)} points and clicks are too many to hand over with set_mask "
+                f"({query} characters of query string; at most {MAX_STATE_QUERY}, some 600 points)")
         self._interact("set_mask", (str(object_id), mask.encode(), state))
 
     def undo(self, object_id: str = "1") -> MaskDelta:
