@@ -302,10 +302,16 @@ class AnnotationController:
             mask = self.objects.get(oid)
             record = self.prompts.setdefault(oid, PromptRecord())
             hand_back = (mask is not None and not mask.delta.is_empty) or not record.current.empty
+            kept = True
             if hand_back:
                 delta = mask.delta if mask is not None else MaskDelta.empty(self._image.size_ijk)
-                self._session.set_mask(oid, delta, **record.current.set_mask_args())
-            record.reopened(hand_back)
+                try:
+                    self._session.set_mask(oid, delta, **record.current.set_mask_args())
+                except InvalidPointsError as e:  # e.g. too many clicks for one request: the mask alone
+                    log.warning("object %s handed back without its points and clicks: %s", oid, e)
+                    self._session.set_mask(oid, delta)
+                    kept = False
+            record.reopened(hand_back, kept)
         return op(self._session)
 
     def _record(self, object_id: str) -> PromptRecord:

@@ -76,10 +76,10 @@ class PromptRecord:
         if self.history:
             self.current = self.history.pop()
 
-    def reopened(self, handed_back: bool) -> None:
-        """A new session: it holds the object with these prompts (one undo step back, to an empty object)
-        when the object was handed back to it, else nothing."""
+    def reopened(self, handed_back: bool, kept: bool = True) -> None:
+        """A new session: it holds the object (one undo step back, to an empty object) when the object was
+        handed back to it, with these prompts unless they could not be ``kept``; else nothing."""
         self.history = [Prompts()] if handed_back else []
         self.in_session = handed_back
-        if not handed_back:
+        if not (handed_back and kept):
             self.current = Prompts()
