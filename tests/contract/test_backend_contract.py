@@ -64,6 +64,13 @@ def script(backend: Backend, case) -> list[MaskDelta]:
             out.append(s.auto_segment(kinds["segmentation"]))
         s.set_mask("painted", MaskDelta.from_full((label.array == organ).astype(np.uint8)))
         out.append(s.undo("painted"))
+        if "deepgrow3d" in kinds:
+            # An object handed back with its points and clicks (as after a re-open), then refined.
+            c = _centre(label, organ)
+            s.set_mask("restored", MaskDelta.from_full((label.array == organ).astype(np.uint8)),
+                       points=_extremes(label.array == organ), foreground=[c], background=[[2, 2, 2]])
+            out.append(s.click(kinds["deepgrow3d"], background=[[c[0] - 6, c[1], c[2]]], object_id="restored"))
+            out.append(s.undo("restored"))
     finally:
         s.close()
     return out
@@ -147,6 +154,68 @@ def test_bad_input_raises_the_same_typed_errors(backend, case):
         s.close()
     with pytest.raises(SessionNotFoundError):
         s.click(g.name, foreground=[[1, 1, 1]])
+
+
+def _full(deltas: list[MaskDelta], size) -> np.ndarray:
+    out = np.zeros(tuple(size)[::-1], np.uint8)
+    for d in deltas:
+        d.paste(out)
+    return out
+
+
+def test_set_mask_restores_points_and_clicks(backend, case):
+    """An object handed to a new session with its mask, extreme points and clicks refines exactly as it
+    would have in the session it came from; without them (a painted mask) it does not."""
+    image, label = case
+    g, x = _model(backend, "deepgrow3d").name, _model(backend, "dextr3d").name
+    organ = label.array == _organ(label)
+    pts, c = _extremes(organ), _centre(label, _organ(label))
+    nxt = {"background": [[c[0] - 6, c[1], c[2]]], "object_id": "o"}
+    s1 = backend.open_session(image)
+    try:
+        made = [s1.extreme_points(x, pts, object_id="o"), s1.click(g, foreground=[c], object_id="o")]
+        mask = MaskDelta.from_full(_full(made, image.size_ijk))
+        want = _full([*made, s1.click(g, **nxt)], image.size_ijk)
+    finally:
+        s1.close()
+    results = {}
+    for how, state in (("restored", {"points": pts, "foreground": [c]}), ("painted", {})):
+        s = backend.open_session(image)
+        try:
+            s.set_mask("o", mask, **state)
+            results[how] = _full([mask, s.click(g, **nxt)], image.size_ijk)
+            undone = results[how].copy()
+            s.undo("o").paste(undone)
+            s.undo("o").paste(undone)  # back past the set_mask: the empty object
+            assert not undone.any()
+        finally:
+            s.close()
+    np.testing.assert_array_equal(results["restored"], want)
+    assert not np.array_equal(results["painted"], want), "the restored points and clicks made no difference"
+
+
+def test_set_mask_refuses_bad_points_and_changes_nothing(backend, case):
+    image, label = case
+    g = _model(backend, "deepgrow3d").name
+    c = _centre(label, _organ(label))
+    size = image.size_ijk
+    s = backend.open_session(image)
+    try:
+        first = s.click(g, foreground=[c], object_id="o")
+        mask = MaskDelta.from_full(first.to_full())
+        for state in ({"points": [c] * 5}, {"points": [c] * 5 + [[size[0], 0, 0]]}, {"foreground": [[-1, 0, 0]]},
+                      {"background": [[0.5, 1, 1]]}, {"foreground": c}, {"background": [[1, 2]]},
+                      {"points": "[[1,2,3]]"}):
+            with pytest.raises(InvalidPointsError):
+                s.set_mask("o", mask, **state)
+        # Unchanged: undo still goes back from the first click to the empty object.
+        back = s.undo("o")
+        full = first.to_full()
+        back.paste(full)
+        assert not full.any()
+        assert s.click(g, foreground=[c], object_id="o").image_size == size  # still usable
+    finally:
+        s.close()
 
 
 def test_identical_masks_local_and_remote(local_backend, remote_backend, case):

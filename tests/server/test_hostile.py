@@ -92,6 +92,7 @@ def cases(w) -> list[tuple[str, str, str, dict]]:
     d_wrong = MaskDelta.from_full(np.ones((4, 4, 4), np.uint8))
     d_vals = MaskDelta((0, 0, 0), (2, 2, 2), np.full((2, 2, 2), 3, np.uint8), size)
     click = "/session/{sid}/click"
+    sm = "/session/{sid}/set_mask"
     c: list[tuple[str, str, str, dict]] = [
         # ----- session upload: raw volumes
         ("vol-empty", "PUT", "/session/", {"data": b"", "headers": VOL}),
@@ -201,6 +202,22 @@ def cases(w) -> list[tuple[str, str, str, dict]]:
         ("setmask-wrong-size", "POST", "/session/{sid}/set_mask", {"data": d_wrong.encode(), "headers": DELTA}),
         ("setmask-values-not-binary", "POST", "/session/{sid}/set_mask", {"data": d_vals.encode(), "headers": DELTA}),
         ("setmask-bad-object", "POST", "/session/{sid}/set_mask?object_id=..", {"data": d_ok.encode(), "headers": DELTA}),
+        # set_mask's points/clicks: JSON query parameters
+        ("setmask-points-bad-json", "POST", sm, {"params": {"points": "[[1,2,3]"}, "data": d_ok.encode(), "headers": DELTA}),
+        ("setmask-points-not-json", "POST", sm, {"params": {"points": "1,2,3"}, "data": d_ok.encode(), "headers": DELTA}),
+        ("setmask-points-object", "POST", sm, {"params": {"points": '{"i": 1}'}, "data": d_ok.encode(), "headers": DELTA}),
+        ("setmask-points-too-few", "POST", sm, {"params": {"points": json.dumps([[1, 1, 1]] * 5)}, "data": d_ok.encode(), "headers": DELTA}),
+        ("setmask-points-outside", "POST", sm, {"params": {"points": json.dumps([[1, 1, 1]] * 5 + [[size[0], 1, 1]])}, "data": d_ok.encode(), "headers": DELTA}),
+        ("setmask-fg-flat", "POST", sm, {"params": {"foreground": "[1,2,3]"}, "data": d_ok.encode(), "headers": DELTA}),
+        ("setmask-fg-too-deep", "POST", sm, {"params": {"foreground": "[[[1,2,3]]]"}, "data": d_ok.encode(), "headers": DELTA}),
+        ("setmask-fg-fraction", "POST", sm, {"params": {"foreground": "[[1.5,2,3]]"}, "data": d_ok.encode(), "headers": DELTA}),
+        ("setmask-fg-string", "POST", sm, {"params": {"foreground": '[["1",2,3]]'}, "data": d_ok.encode(), "headers": DELTA}),
+        ("setmask-fg-nan", "POST", sm, {"params": {"foreground": "[[NaN,2,3]]"}, "data": d_ok.encode(), "headers": DELTA}),
+        ("setmask-bg-bool", "POST", sm, {"params": {"background": "[[true,2,3]]"}, "data": d_ok.encode(), "headers": DELTA}),
+        ("setmask-bg-negative", "POST", sm, {"params": {"background": "[[-1,2,3]]"}, "data": d_ok.encode(), "headers": DELTA}),
+        ("setmask-bg-bignum", "POST", sm, {"params": {"background": "[[" + "9" * 5000 + ",2,3]]"}, "data": d_ok.encode(), "headers": DELTA}),
+        ("setmask-bg-deep-nesting", "POST", sm, {"params": {"background": "[" * 3000 + "]" * 3000}, "data": d_ok.encode(), "headers": DELTA}),
+        ("setmask-bg-too-many", "POST", sm, {"params": {"background": "[" + ",".join(["0"] * 10001) + "]"}, "data": d_ok.encode(), "headers": DELTA}),
         # ----- one-shot inference
         ("infer-unknown-model", "POST", "/infer/nope?image=victim", {"data": {"params": "{}"}}),
         ("infer-no-source", "POST", f"/infer/{grow}", {"data": {"params": json.dumps({"foreground": [[1, 1, 1]]})}}),
@@ -297,6 +314,7 @@ def test_hostile_requests_get_clear_4xx_and_damage_nothing(served, world):
     assert codes["get-unknown-session"] == 404 and codes["ds-image-exists"] == 409
     assert codes["gzip-bomb"] == 413 and codes["click-body-too-large"] == 413 and codes["ds-image-too-large"] == 413
     assert codes["upload-text-plain"] == 415 and codes["click-point-outside"] == 400
+    assert {v for k, v in codes.items() if k.startswith("setmask-") and k[8:].split("-")[0] in ("points", "fg", "bg")} == {400}
     # Still serving, the session still works, labels untouched.
     assert served.alive()
     assert requests.get(served.url + "/info/", headers=h, timeout=10).status_code == 200

@@ -13,7 +13,13 @@ import pytest
 import requests
 
 from claraseg.backend import API_VERSION
-from claraseg.errors import ApiVersionError, AuthenticationError, CancelledError, SessionExpiredError
+from claraseg.errors import (
+    ApiVersionError,
+    AuthenticationError,
+    CancelledError,
+    InvalidPointsError,
+    SessionExpiredError,
+)
 from claraseg.io import Image, MaskDelta
 
 
@@ -87,6 +93,71 @@ def test_expired_session_is_distinct_and_reopened_transparently(served, remote, 
         remote._call("GET", f"/session/{old_id}", "probe")
     unknown = requests.get(f"{served.url}/session/{'0' * 32}", headers=_h(served), timeout=10)
     assert unknown.status_code == 404
+
+
+def _paste(deltas, size) -> np.ndarray:
+    out = np.zeros(tuple(size)[::-1], np.uint8)
+    for d in deltas:
+        d.paste(out)
+    return out
+
+
+def test_set_mask_restores_points_and_clicks_over_http(served, remote, phantom):
+    """The documented wire format (JSON query parameters beside the MaskDelta body) restores an object's
+    extreme points and clicks: its next click gives what it gave in the session it came from, also after
+    the client re-opened an expired session. Bad parameters: 400 with a message, nothing changes."""
+    image, label = phantom
+    kinds = {d.kind: d for d in remote.models()}
+    if {"deepgrow3d", "dextr3d"} - set(kinds) or any("stand-in" in d.description for d in kinds.values()):
+        pytest.skip("needs the engine's deepgrow3d and dextr3d models (not the stand-in backend)")
+    g, x = kinds["deepgrow3d"].name, kinds["dextr3d"].name
+    size = image.size_ijk
+    idx = np.argwhere(label.array == 1)  # [k, j, i]
+    pts = [[int(v) for v in idx[idx[:, a].argmin() if e == 0 else idx[:, a].argmax()][::-1]]
+           for a in range(3) for e in range(2)]
+    c = [int(v) for v in idx[len(idx) // 2][::-1]]
+    nxt = {"background": [[2, 2, 2]], "object_id": "o"}
+    ref = remote.open_session(image)
+    made = [ref.extreme_points(x, pts, object_id="o"), ref.click(g, foreground=[c], object_id="o")]
+    mask = MaskDelta.from_full(_paste(made, size))
+    want = _paste([*made, ref.click(g, **nxt)], size)
+    ref.close()
+
+    s = remote.open_session(image)
+    url, body = f"{served.url}/session/{s.id}/set_mask", mask.encode()
+    h = _h(served, **{"Content-Type": "application/x-claraseg-maskdelta"})
+    for params, message in [({"points": "[[1,2,3]"}, "not valid JSON"), ({"points": '{"i": 1}'}, "JSON list"),
+                            ({"points": json.dumps(pts[:5])}, "at least 6"),
+                            ({"foreground": "[1,2,3]"}, "list of 3 integers"),
+                            ({"foreground": "[[1.5,2,3]]"}, "integers"),
+                            ({"background": json.dumps([[size[0], 0, 0]])}, "outside the volume")]:
+        r = requests.post(url, params={"object_id": "o", **params}, data=body, headers=h, timeout=30)
+        assert r.status_code == 400 and r.json()["code"] == "invalid_points", r.text
+        assert message in r.json()["detail"], r.json()["detail"]
+    assert s.info()["interactions"] == 0  # nothing reached the session
+    r = requests.post(url, params={"object_id": "o", "points": json.dumps(pts), "foreground": json.dumps([c])},
+                      data=body, headers=h, timeout=30)
+    assert r.status_code == 200 and r.json() == {"session_id": s.id, "object_id": "o", "points": 6,
+                                                 "foreground": 1, "background": 0}
+    np.testing.assert_array_equal(_paste([mask, s.click(g, **nxt)], size), want)
+    s.set_mask("p", mask)  # painted: the click takes the DeepGrow route and sees only itself
+    assert not np.array_equal(_paste([mask, s.click(g, **{**nxt, "object_id": "p"})], size), want)
+    with pytest.raises(InvalidPointsError, match="too many"):
+        s.set_mask("o", mask, foreground=[c] * 2000)  # more than one request head carries
+    s.close()
+
+    # Through the client, then the session expires: the re-open replays set_mask with its state.
+    remote.session_expiry = 1
+    try:
+        s = remote.open_session(image)
+    finally:
+        remote.session_expiry = 0
+    s.set_mask("o", mask, points=pts, foreground=[c])
+    time.sleep(1.6)
+    got = _paste([mask, s.click(g, **nxt)], size)
+    assert s.reopened == 1
+    np.testing.assert_array_equal(got, want)
+    s.close()
 
 
 def test_datastore_versions_labels_atomically(served, remote, phantom):
