@@ -5,6 +5,7 @@ exists. Also the model grouping, API-version check and the user-facing error mes
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +180,183 @@ def test_local_backend_publishes_into_the_users_models_folder(tmp_path):
         assert "mydextr" in {m.name for m in backend.models()}
     finally:
         backend.close()
+
+
+# ----- the objects' extreme points and clicks, handed back when a session is lost ----------------------
+@pytest.fixture(scope="module")
+def engine_models(tmp_path_factory):
+    pytest.importorskip("claraseg.engine", reason="claraseg.engine (the local engine) is not installed")
+    from claraseg.backend import MODEL_KINDS
+    from claraseg.models.testing import make_tiny_bundle
+
+    root = tmp_path_factory.mktemp("annotator-models")
+    for kind in MODEL_KINDS:
+        make_tiny_bundle(kind, root / kind)
+    return root
+
+
+def _local_controller(models) -> a.AnnotationController:
+    from claraseg.engine import LocalBackend
+
+    c = a.AnnotationController(lambda s: LocalBackend(models, device="cpu", idle_timeout=None))
+    c.connect(BackendSettings(mode="local"))
+    return c
+
+
+def _organ_prompts(label):
+    idx = np.argwhere(label.array == 1)  # [k, j, i]
+    pts = [[int(v) for v in idx[idx[:, ax].argmin() if end == 0 else idx[:, ax].argmax()][::-1]]
+           for ax in range(3) for end in range(2)]
+    return pts, [int(v) for v in idx[len(idx) // 2][::-1]]
+
+
+def _engine_state(c: a.AnnotationController, oid: str) -> tuple[list, list, list]:
+    o = c._session.objects.get(oid)
+    return (list(o.points), list(o.fg), list(o.bg)) if o is not None else ([], [], [])
+
+
+def _recorded(c: a.AnnotationController, oid: str) -> tuple[list, list, list]:
+    p = c.prompts[oid].current if oid in c.prompts else None
+    return ([list(v) for v in p.points], [list(v) for v in p.foreground], [list(v) for v in p.background]) \
+        if p is not None else ([], [], [])
+
+
+def test_prompt_records_follow_the_engine(engine_models, phantom):
+    """After every interaction the controller's record of an object's points and clicks is what the engine's
+    session holds: extreme points reset the clicks, 3D and 2D clicks append, painted masks and clear empty
+    them, undo goes back (also past a set_mask and a clear), calls on unknown objects change nothing."""
+    from ClaraAnnotateLib import prompts
+
+    from claraseg.engine import session as engine_session
+
+    assert prompts.MAX_UNDO == engine_session.MAX_UNDO
+    image, label = phantom
+    pts, c_ = _organ_prompts(label)
+    c = _local_controller(engine_models)
+    c.open(image, key="v")
+    painted = MaskDelta((2, 2, 2), (6, 6, 4), np.ones((2, 4, 4), np.uint8), image.size_ijk)
+    steps = [
+        ("o", lambda: c.click("o", "deepgrow3d", foreground=[c_])),
+        ("o", lambda: c.click("o", "deepgrow3d", background=[[2, 2, 2]])),
+        ("o", lambda: c.extreme_points("o", "dextr3d", pts)),
+        ("o", lambda: c.click("o", "deepgrow3d", foreground=[[c_[0] + 1, c_[1], c_[2]]])),
+        ("o", lambda: c.click("o", "deepgrow2d", foreground=[c_], background=[[3, 3, c_[2]]], slice_axis=2)),
+        ("o", lambda: c.undo("o")),
+        ("o", lambda: c.set_mask("o", painted)),
+        ("o", lambda: c.undo("o")),
+        ("o", lambda: c.clear("o")),
+        ("o", lambda: c.undo("o")),
+        ("o", lambda: c.undo("o")),
+        ("o", lambda: c.undo("o")),
+        ("o", lambda: c.undo("o")),
+        ("o", lambda: c.undo("o")),
+        ("o", lambda: c.undo("o")),  # past the first step: nothing left to undo
+        ("new", lambda: c.clear("new")),  # unknown to the session: no step
+        ("new", lambda: c.undo("new")),
+        ("new", lambda: c.click("new", "deepgrow3d", foreground=[c_])),
+        ("new", lambda: c.undo("new")),
+    ]
+    seen = set()
+    for n, (oid, step) in enumerate(steps):
+        step()
+        assert _recorded(c, oid) == _engine_state(c, oid), f"step {n}"
+        seen.add(tuple(len(v) for v in _recorded(c, oid)))
+    assert (6, 2, 1) in seen and (6, 1, 0) in seen and (0, 1, 1) in seen  # the steps exercised something
+    with pytest.raises(InvalidPointsError):  # a refused call changes no record
+        c.click("o", "deepgrow3d", foreground=[[999, 0, 0]])
+    assert _recorded(c, "o") == _engine_state(c, "o")
+    c.close()
+
+
+def test_prompt_record_history_is_bounded_like_the_engines():
+    from ClaraAnnotateLib.prompts import MAX_UNDO, PromptRecord
+
+    r = PromptRecord()
+    r.extreme_points([[1, 1, 1]] * 6)
+    for n in range(MAX_UNDO + 5):
+        r.click([[n, 0, 0]])
+    assert len(r.history) == MAX_UNDO and len(r.current.foreground) == MAX_UNDO + 5
+    for _ in range(MAX_UNDO + 3):
+        r.undo()
+    assert len(r.current.foreground) == 5 and r.current.points  # the oldest steps were dropped
+    r.clear()
+    assert r.current.empty and r.current.set_mask_args() == {}
+    r.undo()
+    assert r.current.set_mask_args() == {"points": [[1, 1, 1]] * 6, "foreground": [[n, 0, 0] for n in range(5)]}
+
+
+def _script_until_loss(c: a.AnnotationController, image, label) -> None:
+    pts, centre = _organ_prompts(label)
+    c.open(image, key="v")
+    c.extreme_points("o", "dextr3d", pts)
+    c.click("o", "deepgrow3d", foreground=[centre])
+    c.click("o", "deepgrow2d", background=[[3, 3, centre[2]]], slice_axis=2)
+    c.click("b", "deepgrow3d", foreground=[centre], background=[[2, 2, 2]])  # a click-only object
+
+
+def test_a_session_that_expires_mid_annotation_gets_points_and_clicks_back(engine_models, phantom):
+    image, label = phantom
+    _, centre = _organ_prompts(label)
+    ref, c = _local_controller(engine_models), _local_controller(engine_models)
+    for ctl in (ref, c):
+        _script_until_loss(ctl, image, label)
+    held = {oid: _engine_state(c, oid) for oid in ("o", "b")}
+    assert held["o"][0] and held["o"][1] == [centre] and held["o"][2] == [[3, 3, centre[2]]]
+    c._session.expire_if_idle(0.0, now=time.monotonic() + 1.0)  # idle timeout
+    nxt = {"background": [[centre[0] - 5, centre[1], centre[2]]]}
+    want = {oid: ref.click(oid, "deepgrow3d", **nxt) for oid in ("o", "b")}
+    got = {oid: c.click(oid, "deepgrow3d", **nxt) for oid in ("o", "b")}
+    assert c.reopened == 1
+    for oid in ("o", "b"):
+        # The re-opened session held the object's points and clicks before this click, so the click took
+        # the same route, saw the same clicks and made the same mask as in the session that never went away.
+        np.testing.assert_array_equal(c.objects[oid].delta.to_full(), ref.objects[oid].delta.to_full())
+        assert (got[oid].start, got[oid].stop) == (want[oid].start, want[oid].stop)
+        assert _engine_state(c, oid) == _engine_state(ref, oid) == _recorded(c, oid)
+    # Undo goes back to the state handed over, then to the empty object (the new session's first step).
+    c.undo("o")
+    assert _engine_state(c, "o") == held["o"] == _recorded(c, "o")
+    c.undo("o")
+    assert _engine_state(c, "o") == ([], [], []) == _recorded(c, "o") and c.objects["o"].delta.is_empty
+    # A painted segment handed over afterwards carries no points or clicks.
+    c.set_mask("b", MaskDelta((2, 2, 2), (6, 6, 4), np.ones((2, 4, 4), np.uint8), image.size_ijk))
+    assert _engine_state(c, "b") == ([], [], []) == _recorded(c, "b")
+    ref.close()
+    c.close()
+
+
+def test_a_vanished_server_session_gets_points_and_clicks_back_over_http(engine_models, phantom, tmp_path):
+    """Over a real server: the session disappears (closed by someone else, server restarted: 404), the
+    controller opens a new one and hands the objects back through POST /session/{id}/set_mask with their
+    points and clicks; the next click gives what it gives without the loss."""
+    import requests
+
+    from claraseg.server.testing import ServerProcess
+
+    image, label = phantom
+    _, centre = _organ_prompts(label)
+    token = "tok-restore-0123456789"
+    with ServerProcess(["--models", str(engine_models)], tmp_path / "datastore", tmp_path / "server.log",
+                       token=token) as srv:
+        settings = BackendSettings(mode="remote", url=srv.url, token=token)
+        ref, c = a.AnnotationController(), a.AnnotationController()
+        for ctl in (ref, c):
+            ctl.connect(settings)
+            _script_until_loss(ctl, image, label)
+        gone = c._session.id
+        r = requests.delete(f"{srv.url}/session/{gone}", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert r.status_code == 200
+        nxt = {"background": [[centre[0] - 5, centre[1], centre[2]]]}
+        for oid in ("o", "b"):
+            ref.click(oid, "deepgrow3d", **nxt)
+            c.click(oid, "deepgrow3d", **nxt)
+            np.testing.assert_array_equal(c.objects[oid].delta.to_full(), ref.objects[oid].delta.to_full())
+        assert c.reopened == 1 and c._session.id != gone
+        # Too many clicks for one request head: the object goes back as a painted mask, the user is not stopped.
+        c.prompts["b"].click([centre] * 2000)
+        requests.delete(f"{srv.url}/session/{c._session.id}", headers={"Authorization": f"Bearer {token}"},
+                        timeout=10)
+        c.click("b", "deepgrow3d", **nxt)
+        assert c.reopened == 2 and c.prompts["b"].current.points == () and len(c.prompts["b"].current.background) == 1
+        ref.close()
+        c.close()
