@@ -314,8 +314,11 @@ def refit_with_dextr(net, settings: dict, vol: Volume, mask, fg: np.ndarray, bg:
                      min_agreement: float, contradiction: str = "refuse"):
     """Shape re-fit of a DeepGrow 3D result: DEXTR3D run on the extreme points of ``mask`` (a
     :class:`~claraseg.engine.masks.BoxMask`). Returns ``(start, crop)`` of the whole new object, or None
-    when the re-fit is refused: it contradicts a click (a foreground click outside it, a background click
-    inside) or agrees with ``mask`` by less than ``min_agreement`` Dice."""
+    when the re-fit is refused: it agrees with ``mask`` by less than ``min_agreement`` Dice, or it
+    contradicts a click (a foreground click outside it, a background click inside) and ``contradiction``
+    is ``"refuse"``. With ``"honour"`` such a re-fit is kept (the caller honours the clicks on it); with
+    ``"merge"`` the regions where it differs from ``mask`` that hold a contradicted click take ``mask``'s
+    answer (:func:`keep_clicked_changes`), the rest stays the re-fit's."""
     if mask.is_empty or int(mask.crop.sum()) < REFIT_MIN_VOXELS:
         return None
     points = box_points(extreme_points(mask.crop.astype(bool)) + mask.start, fg).astype(np.float64)

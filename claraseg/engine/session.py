@@ -246,7 +246,10 @@ class LocalSession:
         (see :func:`~claraseg.engine.runners.refit_with_dextr`). ``refit_passes`` (default 1) re-fits
         the re-fit again, from its own extreme points and with it as the current mask, until a pass is
         refused or changes nothing; ``refit_tta_flips`` sets the test-time flips of the passes before the
-        last (the last runs with the DEXTR3D bundle's own). Clicks are honoured on the last accepted pass."""
+        last (the last runs with the DEXTR3D bundle's own); ``refit_threshold`` cuts every pass's result
+        (default: the DEXTR3D bundle's threshold); ``refit_contradiction`` says what a pass that contradicts
+        a click becomes (refused, honoured or merged: :func:`~claraseg.engine.runners.refit_with_dextr`).
+        Clicks are honoured on the last accepted pass."""
         name = settings.get("refit_model")
         if not name:
             return None
@@ -259,14 +262,16 @@ class LocalSession:
             return None
         net = self._backend.registry.network(name, self._backend.device)
         passes = int(settings.get("refit_passes", 1))
-        # Passes before the last may run with fewer test-time flips (they only set the next box and mask).
-        early = {**bundle.settings, "tta_flips": settings["refit_tta_flips"]} if "refit_tta_flips" in settings \
+        # The re-fit's result may be cut at its own threshold (``refit_threshold``), and the passes before
+        # the last may run with fewer test-time flips (they only set the next box and mask).
+        last = {**bundle.settings, "threshold": settings["refit_threshold"]} if "refit_threshold" in settings \
             else bundle.settings
+        early = {**last, "tta_flips": settings["refit_tta_flips"]} if "refit_tta_flips" in settings else last
         vol, gate = self._volume(bundle), float(settings.get("refit_min_agreement", 0.5))
         found = None
         for n in range(passes):
             # Each further pass re-fits the previous one (its box is taken from a better estimate).
-            again = refit_with_dextr(net, bundle.settings if n == passes - 1 else early, vol,
+            again = refit_with_dextr(net, last if n == passes - 1 else early, vol,
                                      mask if found is None else BoxMask(self._size, *found), fg, bg,
                                      self._backend.device, gate,
                                      settings.get("refit_contradiction", "refuse"))

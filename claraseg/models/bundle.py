@@ -162,6 +162,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "refit_min_agreement": ("a number between 0 and 1", lambda v: _number(v) and 0 <= v <= 1),
     "refit_passes": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
     "refit_tta_flips": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
+    "refit_threshold": ("a number between 0 and 1 (exclusive)", lambda v: _number(v) and 0 < v < 1),
     "refit_contradiction": ('"refuse", "honour" or "merge"', lambda v: v in ("refuse", "honour", "merge")),
     "keep_mask_detail": ("true or false", lambda v: isinstance(v, bool)),
     "grow_passes": ("an integer >= 0", lambda v: _number(v, integer=True) and v >= 0),

@@ -143,7 +143,7 @@ def test_dextr_refit_improves_a_rough_mask_and_respects_clicks(default_backend):
     s.close()
 
 
-def test_refit_passes_refit_the_refit(default_backend):
+def test_refit_passes_refit_the_refit(default_backend, monkeypatch):
     """``refit_passes`` 2 runs the re-fit again on the first re-fit (its extreme points, itself as the
     current mask): exactly two chained :func:`refit_with_dextr` calls, and on a rough phantom liver the
     second pass keeps the gain of the first."""
@@ -176,6 +176,24 @@ def test_refit_passes_refit_the_refit(default_backend):
     mixed = s._refit({**settings, "refit_passes": 2, "refit_tta_flips": 1}, mask, fg, none, (fg, none))
     assert np.array_equal(full(mixed), full(last))
     assert np.array_equal(full(s._refit({**settings, "refit_tta_flips": 1}, mask, fg, none, (fg, none))), full(one))
+    # refit_threshold cuts the re-fit's probabilities instead of DEXTR3D's own threshold.
+    low = refit_with_dextr(net, {**bundle.settings, "threshold": 0.3}, vol, mask, fg, none, "cpu", 0.5)
+    assert low is not None
+    assert np.array_equal(full(s._refit({**settings, "refit_threshold": 0.3}, mask, fg, none, (fg, none))), full(low))
+    assert np.count_nonzero(full(low)) > np.count_nonzero(full(first))
+    # refit_contradiction reaches every pass (what each mode does: test_refit_contradiction.py).
+    from claraseg.engine import session as session_module
+
+    seen = []
+
+    def spy(*args):
+        seen.append(args[-1])
+        return refit_with_dextr(*args)
+
+    monkeypatch.setattr(session_module, "refit_with_dextr", spy)
+    s._refit({**settings, "refit_passes": 2, "refit_contradiction": "merge"}, mask, fg, none, (fg, none))
+    s._refit(settings, mask, fg, none, (fg, none))
+    assert seen == ["merge", "merge", "refuse"]
     s.close()
 
 
