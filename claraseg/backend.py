@@ -9,7 +9,9 @@ interaction returns a :class:`~claraseg.io.MaskDelta` on the session image's gri
 
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from numbers import Integral, Real
@@ -182,3 +184,24 @@ class Backend(Protocol):
     def open_session(self, image: Image) -> Session: ...
 
     def close(self) -> None: ...
+
+
+#: glibc's ``mallopt`` parameter for the number of malloc arenas.
+_M_ARENA_MAX = -8
+
+
+def share_malloc_arena() -> bool:
+    """Make glibc's worker threads allocate from the main malloc arena (``mallopt(M_ARENA_MAX, 1)``);
+    called by :class:`~claraseg.engine.LocalBackend` and the server's work pool, whose clicks run on
+    worker threads (the server's pool, the Slicer module's background task).
+
+    A thread's own arena hands out the engine's large, short-lived arrays through fresh memory maps,
+    page-faulted in on every click: measured in one process, the same DeepGrow 3D click took 626 ms
+    median on a worker thread against 574 ms on the main thread, and 576 / 581 ms with one arena
+    (``MALLOC_ARENA_MAX=1``). Returns whether it was applied (glibc only; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 1))
+    except (OSError, AttributeError):
+        return False
