@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from claraseg.engine.masks import BoxMask
 from claraseg.guidance import (
     Roi,
     box_roi,
@@ -336,8 +337,6 @@ def refit_with_dextr(net, settings: dict, vol: Volume, mask, fg: np.ndarray, bg:
     if wrong and contradiction == "refuse":
         return None
     if wrong and contradiction == "merge":
-        from claraseg.engine.masks import BoxMask
-
         merged = keep_clicked_changes(BoxMask(mask.size, start, crop), mask, np.asarray(wrong))
         start, crop = merged.start, merged.crop
         shape = np.asarray(crop.shape[::-1], np.int64)
@@ -357,8 +356,6 @@ def keep_clicked_changes(old, new, clicks: np.ndarray):
     elsewhere: a click corrects the error it was placed on, and the model's changes elsewhere in the
     object (which no click asked for) are dropped. Returns a BoxMask."""
     from scipy import ndimage
-
-    from claraseg.engine.masks import BoxMask
 
     clicks = np.asarray(clicks, np.int64).reshape(-1, 3)
     if old.is_empty or new.is_empty or not len(clicks):

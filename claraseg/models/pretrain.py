@@ -28,15 +28,13 @@ from claraseg.errors import TrainingDataError
 from claraseg.io import make_phantom, read_image, read_labels_json
 from claraseg.models.bundle import METADATA, TRAIN, read_bundle, save_weights, write_json_atomic
 from claraseg.models.defaults import create_bundle
+from claraseg.models.train_config import TRAIN_SAMPLING_KEYS, check_train_config, train_sampling
 from claraseg.models.training import (
-    TRAIN_SAMPLING_KEYS,
     TrainingVolume,
-    check_train_config,
     make_loss,
     make_sample,
     network_input,
     predictor,
-    train_sampling,
     volume_from_images,
 )
 
@@ -201,7 +199,7 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
     With ``warm_start`` the bundle's current weights are trained further (a further stage of the recipe,
     typically with ``lr_scale`` < 1); the earlier stages stay in the record under ``previous_stages``.
     ``train_overrides`` replace sampling keys of the bundle's train.json for this run
-    (:data:`~claraseg.models.training.TRAIN_SAMPLING_KEYS`); the recipe records every sampling key it ran
+    (:data:`~claraseg.models.train_config.TRAIN_SAMPLING_KEYS`); the recipe records every sampling key it ran
     with as ``--train KEY=VALUE``.
     """
     torch.manual_seed(seed)

@@ -33,6 +33,7 @@ from claraseg.guidance.roi import slice_axes
 from claraseg.io import Image
 from claraseg.models.bundle import DEXTR_CHANNELS
 from claraseg.models.preprocess import guess_modality, normalise_intensity
+from claraseg.models.train_config import train_sampling
 
 #: A callable that maps a network input ``[C, ...]`` to foreground probabilities of the same spatial shape.
 Predictor = Callable[[torch.Tensor], np.ndarray]
@@ -232,57 +233,6 @@ def _random_inside(mask: np.ndarray, rng: np.random.Generator):
 
 
 # ----- one sample per kind -----------------------------------------------------------------------------------
-#: train.json's optional [low, high] factors, with what each scales.
-_TRAIN_RANGES = {
-    "roi_scale_range": "the factor on an object's extent when its training ROI is sized from it",
-    "box_scale_range": "DEXTR3D with clicks: the factor on the extreme points' box of a sample whose points "
-                       "come from an estimate",
-}
-
-
-def check_train_config(train: dict | None) -> None:
-    """The optional sampling keys of a training config: ``roi_scale_range`` and ``box_scale_range`` must
-    be [low, high] with 0 < low <= high; ``p_correction`` and ``p_model_in_loop`` probabilities."""
-    train = train or {}
-    for key, what in _TRAIN_RANGES.items():
-        scale = train.get(key)
-        if scale is None:
-            continue
-        ok = isinstance(scale, (list, tuple)) and len(scale) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
-        ok = ok and 0 < float(scale[0]) <= float(scale[1]) and np.isfinite(float(scale[1]))
-        if not ok:
-            raise TrainingDataError(f"train.json {key} {scale!r}: give [low, high] with 0 < low <= high ({what})")
-    for key in ("p_correction", "p_model_in_loop"):
-        v = train.get(key)
-        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1):
-            raise TrainingDataError(f"train.json {key} {v!r}: give a probability between 0 and 1")
-    v = train.get("max_loop_clicks")
-    if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-        raise TrainingDataError(f"train.json max_loop_clicks {v!r}: give an integer >= 1")
-    for key in ("p_correction", "p_model_in_loop", "max_loop_clicks", "box_scale_range"):
-        if key in train and train[key] is None:
-            raise TrainingDataError(f"train.json {key} is null: give a value or leave the key out (the default "
-                                    f"is {TRAIN_DEFAULTS['dextr3d'].get(key, TRAIN_DEFAULTS['deepgrow'].get(key))})")
-
-
-#: The click-sampling keys of train.json and their defaults, per model family (DeepGrow 2D/3D, DEXTR3D).
-#: ``roi_scale_range`` None: the object's extent times a uniform 0.85..1.4.
-TRAIN_DEFAULTS: dict[str, dict] = {
-    "deepgrow": {"p_model_in_loop": 0.4, "max_loop_clicks": 3, "roi_scale_range": None},
-    "dextr3d": {"p_correction": 0.6, "p_model_in_loop": 0.5, "max_loop_clicks": 3, "box_scale_range": [0.65, 1.15]},
-}
-#: The sampling keys a pretrain stage may set on the command line (``--train KEY=VALUE``); every stage's
-#: recipe records the values it ran with, so replaying it does not depend on the bundle's train.json.
-TRAIN_SAMPLING_KEYS = ("p_correction", "p_model_in_loop", "max_loop_clicks", "box_scale_range", "roi_scale_range")
-
-
-def train_sampling(kind: str, train: dict | None) -> dict:
-    """The click-sampling values a training run of ``kind`` uses: train.json's, else the defaults."""
-    defaults = TRAIN_DEFAULTS["dextr3d" if kind == "dextr3d" else "deepgrow"]
-    return {k: (train or {}).get(k, v) for k, v in defaults.items()}
-
-
 def _choose_spacing(settings: dict, extent_mm: float, roi_voxels: int, rng: np.random.Generator,
                     train: dict | None = None) -> float:
     """ROI spacing of a training sample: the first click's field of view (35 %), else the spacing at
@@ -314,8 +264,9 @@ def _simulate_clicks(img: torch.Tensor, gt: np.ndarray, roi_label: np.ndarray, s
     if rng.random() < 0.4:  # from scratch: a first click, then possibly the network's own predictions
         prev = np.zeros_like(gt)
         add(random_click(prev, gt, rng, p_deepest=0.6))
-        if predict is not None and rng.random() < train.get("p_model_in_loop", TRAIN_DEFAULTS["deepgrow"]["p_model_in_loop"]):
-            for _ in range(int(rng.integers(1, train.get("max_loop_clicks", TRAIN_DEFAULTS["deepgrow"]["max_loop_clicks"]) + 1))):
+        sampling = train_sampling("deepgrow", train)
+        if predict is not None and rng.random() < sampling["p_model_in_loop"]:
+            for _ in range(int(rng.integers(1, sampling["max_loop_clicks"] + 1))):
                 pred = predict(interactive_input(img, fg, bg, prev, sigma)) > settings["threshold"]
                 click = random_click(pred, gt, rng, p_deepest=0.6)
                 if click is None:
@@ -439,11 +390,12 @@ def dextr_sample(volume: TrainingVolume, structure: Structure, settings: dict, r
     yp = (pts_idx * sp) @ axes
     takes = dextr_takes_clicks(settings)
     train = train or {}
-    correct = takes and rng.random() < float(train.get("p_correction", TRAIN_DEFAULTS["dextr3d"]["p_correction"]))
+    sampling = train_sampling("dextr3d", train)
+    correct = takes and rng.random() < float(sampling["p_correction"])
     if correct and rng.random() < 0.5:
         # Points of an estimate, not of the truth (a click model's result re-fitted): the box shrunk or
         # grown about its centre along each ROI axis, so the object may overflow it.
-        a, b = (float(v) for v in train.get("box_scale_range", TRAIN_DEFAULTS["dextr3d"]["box_scale_range"]))
+        a, b = (float(v) for v in sampling["box_scale_range"])
         c = (yp.min(axis=0) + yp.max(axis=0)) / 2.0
         yp = c + (yp - c) * rng.uniform(a, b, size=3)
     margin = dextr_margin(settings, yp.max(axis=0) - yp.min(axis=0))
@@ -459,11 +411,11 @@ def dextr_sample(volume: TrainingVolume, structure: Structure, settings: dict, r
     pts_roi = (yp - lo) / spacing
     if not correct:
         return dextr_input(img, pts_roi, sigma, takes), torch.from_numpy(gt[None].astype(np.float32))
-    if predict is not None and rng.random() < float(train.get("p_model_in_loop", TRAIN_DEFAULTS["dextr3d"]["p_model_in_loop"])):
+    if predict is not None and rng.random() < float(sampling["p_model_in_loop"]):
         # Clicks on the network's own errors: from the points alone, then with the clicks so far.
         fg, bg = [], []
         prev = np.zeros_like(gt)
-        steps = int(rng.integers(1, int(train.get("max_loop_clicks", TRAIN_DEFAULTS["dextr3d"]["max_loop_clicks"])) + 1))
+        steps = int(rng.integers(1, int(sampling["max_loop_clicks"]) + 1))
         for _ in range(steps):
             prev = (predict(dextr_input(img, pts_roi, sigma, True, fg, bg, prev)) > settings["threshold"])
             click = random_click(prev, gt, rng, p_deepest=0.6)

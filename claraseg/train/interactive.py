@@ -117,7 +117,7 @@ class InteractiveSampled(Randomizable, MapTransform):
         self.kind = kind
         self.settings = dict(settings)
         self.train = dict(train or {})
-        from claraseg.models.training import check_train_config
+        from claraseg.models.train_config import check_train_config
 
         check_train_config(self.train)  # a bad range fails when the job's config is built
         self.num_samples = int(num_samples)

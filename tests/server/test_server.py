@@ -64,6 +64,15 @@ def test_session_roundtrip_sends_only_small_deltas(served, remote, phantom):
     assert r.status_code == 404 and r.json()["code"] == "session_not_found"
 
 
+def _expiring_session(remote, image):
+    """A session the server expires after one idle second (the client re-opens it on its next call)."""
+    remote.session_expiry = 1
+    try:
+        return remote.open_session(image)
+    finally:
+        remote.session_expiry = 0
+
+
 def test_expired_session_is_distinct_and_reopened_transparently(served, remote, phantom):
     image, _ = phantom
     d = _first(remote, ("deepgrow3d",))
@@ -74,11 +83,7 @@ def test_expired_session_is_distinct_and_reopened_transparently(served, remote, 
     a2 = ref.click(d.name, foreground=[[28, 24, 16]], background=[[10, 10, 10]])
     ref.close()
 
-    remote.session_expiry = 1
-    try:
-        s = remote.open_session(image)
-    finally:
-        remote.session_expiry = 0
+    s = _expiring_session(remote, image)
     b1 = s.click(d.name, foreground=[[20, 24, 16]])
     old_id = s.id
     time.sleep(1.6)
@@ -147,11 +152,7 @@ def test_set_mask_restores_points_and_clicks_over_http(served, remote, phantom):
     s.close()
 
     # Through the client, then the session expires: the re-open replays set_mask with its state.
-    remote.session_expiry = 1
-    try:
-        s = remote.open_session(image)
-    finally:
-        remote.session_expiry = 0
+    s = _expiring_session(remote, image)
     s.set_mask("o", mask, points=pts, foreground=[c])
     time.sleep(1.6)
     got = _paste([mask, s.click(g, **nxt)], size)

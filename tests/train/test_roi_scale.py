@@ -9,7 +9,8 @@ import pytest
 from claraseg.errors import TrainingDataError
 from claraseg.guidance import object_spacing
 from claraseg.models.defaults import SETTINGS as DEFAULTS
-from claraseg.models.training import _choose_spacing, check_train_config
+from claraseg.models.train_config import check_train_config
+from claraseg.models.training import _choose_spacing
 from claraseg.train.interactive import InteractiveSampled
 
 #: An object far larger than the first click's field of view, so the two kinds of draw differ.

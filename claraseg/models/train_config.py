@@ -1,0 +1,60 @@
+"""The click-sampling part of a training config (a bundle's ``train.json``, a fine-tune job's ``train``):
+its keys, their defaults per model family and their checks. Used by pre-training
+(:mod:`claraseg.models.pretrain`, which records the values a stage ran with), fine-tune jobs and the
+samplers in :mod:`claraseg.models.training`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from claraseg.errors import TrainingDataError
+
+#: train.json's optional [low, high] factors, with what each scales.
+_TRAIN_RANGES = {
+    "roi_scale_range": "the factor on an object's extent when its training ROI is sized from it",
+    "box_scale_range": "DEXTR3D with clicks: the factor on the extreme points' box of a sample whose points "
+                       "come from an estimate",
+}
+
+
+def check_train_config(train: dict | None) -> None:
+    """The optional sampling keys of a training config: ``roi_scale_range`` and ``box_scale_range`` must
+    be [low, high] with 0 < low <= high; ``p_correction`` and ``p_model_in_loop`` probabilities."""
+    train = train or {}
+    for key, what in _TRAIN_RANGES.items():
+        scale = train.get(key)
+        if scale is None:
+            continue
+        ok = isinstance(scale, (list, tuple)) and len(scale) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+        ok = ok and 0 < float(scale[0]) <= float(scale[1]) and np.isfinite(float(scale[1]))
+        if not ok:
+            raise TrainingDataError(f"train.json {key} {scale!r}: give [low, high] with 0 < low <= high ({what})")
+    for key in ("p_correction", "p_model_in_loop"):
+        v = train.get(key)
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1):
+            raise TrainingDataError(f"train.json {key} {v!r}: give a probability between 0 and 1")
+    v = train.get("max_loop_clicks")
+    if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        raise TrainingDataError(f"train.json max_loop_clicks {v!r}: give an integer >= 1")
+    for key in ("p_correction", "p_model_in_loop", "max_loop_clicks", "box_scale_range"):
+        if key in train and train[key] is None:
+            raise TrainingDataError(f"train.json {key} is null: give a value or leave the key out (the default "
+                                    f"is {TRAIN_DEFAULTS['dextr3d'].get(key, TRAIN_DEFAULTS['deepgrow'].get(key))})")
+
+
+#: The click-sampling keys of train.json and their defaults, per model family (DeepGrow 2D/3D, DEXTR3D).
+#: ``roi_scale_range`` None: the object's extent times a uniform 0.85..1.4.
+TRAIN_DEFAULTS: dict[str, dict] = {
+    "deepgrow": {"p_model_in_loop": 0.4, "max_loop_clicks": 3, "roi_scale_range": None},
+    "dextr3d": {"p_correction": 0.6, "p_model_in_loop": 0.5, "max_loop_clicks": 3, "box_scale_range": [0.65, 1.15]},
+}
+#: The sampling keys a pretrain stage may set on the command line (``--train KEY=VALUE``); every stage's
+#: recipe records the values it ran with, so replaying it does not depend on the bundle's train.json.
+TRAIN_SAMPLING_KEYS = ("p_correction", "p_model_in_loop", "max_loop_clicks", "box_scale_range", "roi_scale_range")
+
+
+def train_sampling(kind: str, train: dict | None) -> dict:
+    """The click-sampling values a training run of ``kind`` uses: train.json's, else the defaults."""
+    defaults = TRAIN_DEFAULTS["dextr3d" if kind == "dextr3d" else "deepgrow"]
+    return {k: (train or {}).get(k, v) for k, v in defaults.items()}
