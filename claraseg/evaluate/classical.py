@@ -154,11 +154,11 @@ class ClassicalSession:
             return MaskDelta.from_full(self._current(object_id), old)
 
     def clear(self, object_id: str = "1") -> MaskDelta:
+        """Empty the object and forget its prompts; undo-able, as in the engine."""
         with self._lock:
             old = self._current(object_id)
-            self._masks.pop(object_id, None)
-            self._prompts.pop(object_id, None)
-            self._history.pop(object_id, None)
+            if object_id in self._masks:
+                self._push(object_id, np.zeros_like(old), _Prompts())
             return MaskDelta.from_full(np.zeros_like(old), old)
 
     def close(self) -> None:

@@ -55,6 +55,7 @@ def script(backend: Backend, case) -> list[MaskDelta]:
             out.append(s.click(g, background=[[c[0] - 6, c[1], c[2]]]))
             out.append(s.click(g, foreground=[c], object_id="second"))
             out.append(s.clear("second"))
+            out.append(s.undo("second"))
         if "deepgrow2d" in kinds:
             c = _centre(label, organ)
             out.append(s.click(kinds["deepgrow2d"], foreground=[c], object_id="flat", slice_axis=2))
@@ -104,6 +105,22 @@ def test_click_returns_delta_on_the_image_grid(backend, case):
         full = d.to_full()
         back.paste(full)
         assert not full.any()  # undo restores the empty mask
+    finally:
+        s.close()
+
+
+def test_clear_is_undoable(backend, case):
+    image, label = case
+    g = _model(backend, "deepgrow3d")
+    s = backend.open_session(image)
+    try:
+        clicked = s.click(g.name, foreground=[_centre(label, _organ(label))]).to_full()
+        assert clicked.any()
+        cleared = clicked.copy()
+        s.clear().paste(cleared)
+        assert not cleared.any()
+        s.undo().paste(cleared)
+        np.testing.assert_array_equal(cleared, clicked)
     finally:
         s.close()
 

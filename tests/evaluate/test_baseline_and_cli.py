@@ -75,6 +75,19 @@ def test_baseline_bad_input_is_typed_and_the_session_stays_usable(phantom):
     assert not undo.to_full().any()
 
 
+def test_baseline_clear_is_undoable(phantom):
+    image, label = phantom
+    session = ClassicalBackend().open_session(image)
+    k, j, i = np.argwhere(_liver(label)).mean(0).round().astype(int)
+    clicked = session.click("random_walker", [[int(i), int(j), int(k)]]).to_full()
+    assert clicked.any()
+    mask = clicked.copy()
+    session.clear().paste(mask)
+    assert not mask.any()
+    session.undo().paste(mask)
+    np.testing.assert_array_equal(mask, clicked)
+
+
 def test_grid_mismatch_is_a_clear_error(phantom, tmp_path, capsys):
     image, label = phantom
     moved = Image(label.array, label.origin + 5.0, label.spacing, label.direction, label.labels)
