@@ -135,6 +135,7 @@ class ClassicalSession:
                  foreground: Sequence[Point] = (), background: Sequence[Point] = ()) -> None:
         """Replace the object's mask; ``points``/``foreground``/``background`` become its prompts again
         (the next interaction recomputes the object from them plus its own), otherwise it has none."""
+        self._check_open()
         pts, fg, bg = check_object_state(self.image_size, points, foreground, background)
         with self._lock:
             full = self._current(object_id).copy()
@@ -142,6 +143,7 @@ class ClassicalSession:
             self._push(object_id, full, _Prompts(pts, fg, bg))
 
     def undo(self, object_id: str = "1") -> MaskDelta:
+        self._check_open()
         with self._lock:
             old = self._current(object_id)
             history = self._history.get(object_id, [])
@@ -155,6 +157,7 @@ class ClassicalSession:
 
     def clear(self, object_id: str = "1") -> MaskDelta:
         """Empty the object and forget its prompts; undo-able, as in the engine."""
+        self._check_open()
         with self._lock:
             old = self._current(object_id)
             if object_id in self._masks:
@@ -170,9 +173,12 @@ class ClassicalSession:
             self._data = np.zeros((1, 1, 1), np.float32)
 
     # ----- internals -------------------------------------------------------------------------------
-    def _check(self, model: str) -> None:
+    def _check_open(self) -> None:
         if self._closed:
             raise SessionNotFoundError("the session is closed; open a new one")
+
+    def _check(self, model: str) -> None:
+        self._check_open()
         if model != self._backend.method:
             raise UnknownModelError(f"this baseline backend runs {self._backend.method!r}, not {model!r}")
 

@@ -109,10 +109,20 @@ def test_click_returns_delta_on_the_image_grid(backend, case):
         s.close()
 
 
-def test_clear_is_undoable(backend, case):
+@pytest.fixture(params=["local", "remote", "baseline"])
+def any_backend(request):
+    """The engine (local and remote) and the classical baseline, whose one model is of kind deepgrow3d."""
+    if request.param == "baseline":
+        from claraseg.evaluate import ClassicalBackend
+
+        return ClassicalBackend()
+    return request.getfixturevalue(f"{request.param}_backend")
+
+
+def test_clear_is_undoable(any_backend, case):
     image, label = case
-    g = _model(backend, "deepgrow3d")
-    s = backend.open_session(image)
+    g = _model(any_backend, "deepgrow3d")
+    s = any_backend.open_session(image)
     try:
         clicked = s.click(g.name, foreground=[_centre(label, _organ(label))]).to_full()
         assert clicked.any()

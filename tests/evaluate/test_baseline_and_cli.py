@@ -9,7 +9,7 @@ import pytest
 
 from claraseg.backend import Backend, Session
 from claraseg.cli import main
-from claraseg.errors import GeometryMismatchError, InvalidPointsError, UnknownModelError
+from claraseg.errors import GeometryMismatchError, InvalidPointsError, SessionNotFoundError, UnknownModelError
 from claraseg.evaluate import ClassicalBackend, run_structure
 from claraseg.evaluate.runner import structures_of
 from claraseg.io import Image, make_phantom, write_image
@@ -73,19 +73,10 @@ def test_baseline_bad_input_is_typed_and_the_session_stays_usable(phantom):
     assert delta.image_size == image.size_ijk
     undo = session.undo()
     assert not undo.to_full().any()
-
-
-def test_baseline_clear_is_undoable(phantom):
-    image, label = phantom
-    session = ClassicalBackend().open_session(image)
-    k, j, i = np.argwhere(_liver(label)).mean(0).round().astype(int)
-    clicked = session.click("random_walker", [[int(i), int(j), int(k)]]).to_full()
-    assert clicked.any()
-    mask = clicked.copy()
-    session.clear().paste(mask)
-    assert not mask.any()
-    session.undo().paste(mask)
-    np.testing.assert_array_equal(mask, clicked)
+    session.close()
+    for call in (session.undo, session.clear, lambda: session.set_mask("1", undo)):
+        with pytest.raises(SessionNotFoundError, match="closed"):
+            call()
 
 
 def test_grid_mismatch_is_a_clear_error(phantom, tmp_path, capsys):
