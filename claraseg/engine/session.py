@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from claraseg.backend import check_object_state
+from claraseg.engine.boundary import refine_boundary, working_spacing
 from claraseg.engine.masks import BoxMask
 from claraseg.engine.runners import (
     Volume,
@@ -197,6 +198,8 @@ class LocalSession:
                 new.write(start, crop)
             if kind == "deepgrow3d" and not obj.local_rel:
                 new = self._refit(bundle.settings, new, all_fg, all_bg, (fg, bg)) or new
+            if kind == "deepgrow3d":
+                new = self._refine_boundary(bundle.settings, new, all_fg, all_bg)
             return self._commit(object_id, obj, new, fg, bg)
 
     def _commit(self, object_id: str, obj: ObjectState, new: BoxMask, fg: np.ndarray, bg: np.ndarray) -> MaskDelta:
@@ -288,6 +291,23 @@ class LocalSession:
         honour_all_clicks(crop, start, fg, bg, new_clicks, float(settings.get("click_radius_mm", 0.0)),
                           self.geometry.spacing)
         return BoxMask(self._size, start, crop)
+
+    def _refine_boundary(self, settings: dict, mask: BoxMask, fg: np.ndarray, bg: np.ndarray) -> BoxMask:
+        """``mask`` with its boundary re-decided at the image's resolution when the bundle's
+        ``boundary_refine`` setting asks for it (:func:`~claraseg.engine.boundary.refine_boundary`; keys
+        ``band``, ``tau``, ``ring``, ``bins``). The mask is taken to have been made on the grid of a
+        DEXTR3D re-fit of it (the ``refit_model``'s ``margin_mm`` and ``roi_size``), else on the bundle's
+        own ``roi_size`` over the mask's box. Every click keeps its answer."""
+        spec = settings.get("boundary_refine")
+        if not spec or mask.is_empty:
+            return mask
+        refit = settings.get("refit_model")
+        grid = self._backend.registry.get(refit).settings if refit and refit in self._backend.registry.names() \
+            else settings
+        spacing = self.geometry.spacing
+        roi = working_spacing(mask, spacing, float(grid.get("margin_mm", 0.0)), grid["roi_size"])
+        return refine_boundary(self._numpy, spacing, mask, roi, fg, bg,
+                               **{k: spec[k] for k in ("band", "tau", "ring", "bins") if k in spec})
 
     def extreme_points(self, model: str, points: Sequence, object_id: str = "1") -> MaskDelta:
         pts = check_points_inside(self._size, points if len(points) else np.zeros((0, 3)), "extreme point")

@@ -147,6 +147,15 @@ def _number(value: Any, *, integer: bool = False) -> bool:
     return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
 
 
+def _boundary_spec_ok(spec: Any) -> bool:
+    """A ``boundary_refine`` object (:func:`~claraseg.engine.boundary.refine_boundary`'s keywords)."""
+    if not isinstance(spec, dict) or not set(spec) <= {"band", "tau", "ring", "bins"}:
+        return False
+    if any(not (_number(spec[k]) and spec[k] > 0) for k in ("band", "tau", "ring") if k in spec):
+        return False
+    return "bins" not in spec or (_number(spec["bins"], integer=True) and spec["bins"] >= 2)
+
+
 #: The ``claraseg`` constants the engine reads: key -> (description, test). Absent optional keys are fine.
 _CHECKS: dict[str, tuple[str, Any]] = {
     "tta_flips": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
@@ -165,6 +174,8 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "refit_threshold": ("a number between 0 and 1 (exclusive)", lambda v: _number(v) and 0 < v < 1),
     "refit_contradiction": ('"refuse", "honour" or "merge"', lambda v: v in ("refuse", "honour", "merge")),
     "keep_mask_detail": ("true or false", lambda v: isinstance(v, bool)),
+    "boundary_refine": ('null or an object of "band", "tau", "ring" (numbers > 0) and "bins" (an integer >= 2), '
+                        'each optional', lambda v: v is None or _boundary_spec_ok(v)),
     "grow_passes": ("an integer >= 0", lambda v: _number(v, integer=True) and v >= 0),
     "min_points": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
     "spacing_range_mm": ("[low, high] with 0 < low <= high",

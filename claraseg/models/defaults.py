@@ -75,6 +75,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
         # The re-fit's result is cut at 0.55 (DEXTR3D alone keeps its 0.5, which suits it better: NoC@85
         # 2.97 against 3.12 at 0.55): with the merge, DeepGrow 3D NoC@85 4.62 -> 4.44 (0.5 / 0.6: 4.62 / 4.5).
         "refit_threshold": 0.55,
+        # Every click's result has its boundary re-decided at the image's resolution where the re-fit's
+        # grid was coarser (elongated objects: up to 2x along their long axis): voxels within 1.5 ROI
+        # voxels of the boundary follow the intensities of the object's core and of a ring outside it
+        # unless the distance prior outweighs them (claraseg/engine/boundary.py). Held-out NoC@85 4.19 ->
+        # 3.31, real structures 6.32 -> 4.84, phantoms unchanged (results/experiments/session8_inference.json).
+        "boundary_refine": {"band": 1.0, "tau": 0.7, "ring": 4.0, "bins": 48},
     },
     "deepgrow2d": {
         **_DEEPGROW_COMMON,

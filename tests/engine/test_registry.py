@@ -104,7 +104,9 @@ def test_unknown_models_and_bad_bundles(tiny_models, tmp_path):
                                         ("refit_passes", 0), ("refit_passes", "2"), ("refit_tta_flips", 0),
                                         ("spacing_range_mm", [4, 1]), ("spacing_range_mm", [1]),
                                         ("roi_size", [128, 128]), ("roi_size", [128, 0, 1]),
-                                        ("threshold", float("nan")), ("min_points", True)])
+                                        ("threshold", float("nan")), ("min_points", True),
+                                        ("boundary_refine", {"band": 0}), ("boundary_refine", {"bins": 1.5}),
+                                        ("boundary_refine", {"sigma": 1}), ("boundary_refine", True)])
 def test_bad_inference_settings_are_refused_at_load(tiny_models, tmp_path, key, value):
     """A bundle whose test-time flips or click radius is not a valid number is reported when it is read,
     naming the setting, instead of failing inside a click."""

@@ -1,0 +1,153 @@
+"""Boundary refinement at the image's resolution (:mod:`claraseg.engine.boundary`): it moves a boundary
+that a coarse grid put one voxel off onto the image's edge, leaves a mask made on a grid as fine as the
+image alone, keeps every click's answer, and is wired into DeepGrow 3D clicks by ``boundary_refine``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from claraseg.engine.boundary import refine_boundary, working_spacing
+from claraseg.engine.masks import BoxMask
+
+SIZE = (48, 48, 40)  # i, j, k
+CENTRE = np.array([24.0, 24.0, 20.0])
+
+
+def _ball(radius: float, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
+    k, j, i = np.indices(SIZE[::-1], dtype=np.float64)
+    sp = np.asarray(spacing)
+    d2 = ((i - CENTRE[0]) * sp[0]) ** 2 + ((j - CENTRE[1]) * sp[1]) ** 2 + ((k - CENTRE[2]) * sp[2]) ** 2
+    return d2 <= radius * radius
+
+
+def _image(truth: np.ndarray, contrast: float = 200.0, noise: float = 20.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (100.0 + contrast * truth + rng.normal(0.0, noise, truth.shape)).astype(np.float32)
+
+
+def _dice(a, b) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return 2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def _box(a: np.ndarray) -> BoxMask:
+    return BoxMask(SIZE, np.zeros(3, np.int64), a.astype(np.uint8))
+
+
+def _full(m: BoxMask) -> np.ndarray:
+    return m.region(np.zeros(3, np.int64), np.asarray(SIZE)) > 0
+
+
+@pytest.mark.parametrize("radius", [9.0, 11.0])
+def test_a_boundary_one_voxel_off_moves_to_the_edge(radius):
+    """A ball one voxel too small (or too large), as a grid twice as coarse as the image leaves it, is
+    brought to the bright ball's edge: Dice to the truth rises and the change stays within the band."""
+    truth = _ball(10.0)
+    mask = _ball(radius)
+    out = _full(refine_boundary(_image(truth), (1, 1, 1), _box(mask), (2.0, 2.0, 2.0)))
+    assert _dice(mask, truth) < 0.92
+    assert _dice(out, truth) > 0.97
+    changed = np.argwhere(out != mask)
+    dist = np.linalg.norm(changed[:, ::-1] - CENTRE, axis=1)
+    assert np.all(np.abs(dist - radius) <= 2.0)
+
+
+def test_a_grid_far_coarser_than_the_image_measures_distances_on_blocks():
+    """ROI voxels 4x the image's: distances are measured on 2x2x2 blocks (twice as fine as the ROI),
+    every voxel is still decided from its own intensity, and voxels deeper than the band keep theirs."""
+    truth = _ball(12.0)
+    mask = _ball(9.5)
+    out = _full(refine_boundary(_image(truth), (1, 1, 1), _box(mask), (4.0, 4.0, 4.0)))
+    assert _dice(mask, truth) < 0.85
+    assert _dice(out, truth) > 0.95
+    k, j, i = np.indices(truth.shape)
+    dist = np.sqrt((i - CENTRE[0]) ** 2 + (j - CENTRE[1]) ** 2 + (k - CENTRE[2]) ** 2)
+    deep = dist < 9.5 - 8.0  # more than 2 ROI voxels inside: never in the band
+    assert np.array_equal(out[deep], mask[deep])
+
+
+def test_nothing_changes_where_the_grid_was_finer_than_the_image():
+    """On a grid 1.5x finer than the image no voxel centre is within 1.5 ROI voxels of the boundary but
+    the boundary's own; at the image's resolution only the voxels next to the boundary may change."""
+    truth, mask = _ball(10.0), _box(_ball(8.0))
+    assert refine_boundary(_image(truth), (1, 1, 1), mask, (0.6, 0.6, 0.6)) is mask
+    out = _full(refine_boundary(_image(truth), (1, 1, 1), mask, (1.0, 1.0, 1.0)))
+    changed = np.argwhere(out != _full(mask))
+    dist = np.linalg.norm(changed[:, ::-1] - CENTRE, axis=1)
+    assert len(changed) and np.all(np.abs(dist - 8.0) <= 1.5)
+
+
+def test_anisotropic_grid_refines_only_along_its_coarse_axis():
+    """The grid is coarse along k only: along i and j the band holds no voxel."""
+    truth = _ball(10.0)
+    mask = _ball(10.0) & (np.abs(np.indices(truth.shape)[0] - CENTRE[2]) <= 8)  # cut 2 voxels short along k
+    out = _full(refine_boundary(_image(truth), (1, 1, 1), _box(mask), (0.8, 0.8, 2.5)))
+    assert _dice(out, truth) > _dice(mask, truth) + 0.01
+    grown = np.argwhere(out & ~mask)
+    assert len(grown) and np.all(np.abs(grown[:, 0] - CENTRE[2]) > 8)
+
+
+def test_no_contrast_leaves_the_mask_almost_as_it_was():
+    """On an image without an edge (noise only) the distance prior wins: the mask barely moves."""
+    mask = _ball(10.0)
+    flat = _image(np.zeros(mask.shape, bool))
+    out = _full(refine_boundary(flat, (1, 1, 1), _box(mask), (2.0, 2.0, 2.0)))
+    assert _dice(out, mask) > 0.97
+
+
+def test_clicks_keep_their_answers():
+    truth = _ball(10.0)
+    mask = _ball(10.0)
+    fg = np.array([[24, 24, 33]])   # outside the bright ball: the user says it belongs
+    bg = np.array([[24, 24, 20]])   # its centre: the user says it does not
+    mask[33, 24, 24] = True
+    out = _full(refine_boundary(_image(truth), (1, 1, 1), _box(mask), (2.0, 2.0, 2.0), fg, bg))
+    assert out[33, 24, 24] and not out[20, 24, 24]
+
+
+def test_small_or_empty_masks_come_back_unchanged():
+    truth = _ball(10.0)
+    empty = BoxMask(SIZE)
+    assert refine_boundary(_image(truth), (1, 1, 1), empty, (2.0, 2.0, 2.0)) is empty
+    tiny = np.zeros(truth.shape, bool)
+    tiny[20, 24, 24] = True
+    m = _box(tiny)
+    assert refine_boundary(_image(truth), (1, 1, 1), m, (2.0, 2.0, 2.0)) is m
+
+
+def test_working_spacing_is_the_refit_grid():
+    mask = np.zeros(SIZE[::-1], bool)
+    mask[10:20, 5:45, 2:12] = True   # extents (voxels) i 9, j 39, k 9
+    sp = working_spacing(_box(mask), (1.0, 2.0, 3.0), 8.0, [48, 48, 48])
+    np.testing.assert_allclose(sp, (np.array([9.0, 78.0, 27.0]) + 16.0) / 47.0)
+
+
+def test_deepgrow3d_clicks_refine_their_boundary_when_the_bundle_asks(tiny_backend, small_phantom, monkeypatch):
+    """``boundary_refine`` in a DeepGrow 3D bundle runs the refinement on every click's result, with the
+    re-fit model's grid and all of the object's clicks; without it the click's result is unchanged."""
+    from claraseg.engine import session as session_module
+
+    bundle = tiny_backend.registry.get("deepgrow3d")
+    calls = []
+    real = session_module.refine_boundary
+
+    def spy(voxels, spacing, mask, roi, fg, bg, **kw):
+        calls.append((roi, np.asarray(fg).tolist(), np.asarray(bg).tolist(), kw))
+        return real(voxels, spacing, mask, roi, fg, bg, **kw)
+
+    monkeypatch.setattr(session_module, "refine_boundary", spy)
+    s = tiny_backend.open_session(small_phantom[0])
+    try:
+        monkeypatch.setitem(bundle.settings, "boundary_refine", None)
+        s.click("deepgrow3d", foreground=[[24, 24, 12]])
+        assert calls == []
+        monkeypatch.setitem(bundle.settings, "boundary_refine", {"band": 1.0, "tau": 0.5})
+        s.click("deepgrow3d", foreground=[[20, 24, 12]], background=[[2, 2, 2]])
+        assert len(calls) == 1
+        roi, fg, bg, kw = calls[0]
+        assert fg == [[24, 24, 12], [20, 24, 12]] and bg == [[2, 2, 2]]
+        assert kw == {"band": 1.0, "tau": 0.5} and len(roi) == 3 and np.all(np.asarray(roi) > 0)
+        assert s.mask()[12, 24, 20] == 1 and s.mask()[2, 2, 2] == 0
+    finally:
+        s.close()
