@@ -23,15 +23,6 @@ MIN_SAMPLES = 20
 MAX_SAMPLES = 200_000
 
 
-def working_spacing(mask: BoxMask, spacing, margin_mm, roi_size) -> np.ndarray:
-    """Per-axis spacing (mm, ``[i, j, k]``) of a box ROI of ``roi_size`` voxels over the extent of
-    ``mask``'s voxels plus ``margin_mm`` (one number or one per axis) on every side: the grid a DEXTR3D
-    re-fit of this mask works on (:func:`~claraseg.guidance.roi.box_roi`)."""
-    extent_vox = np.maximum(np.asarray(mask.stop) - np.asarray(mask.start) - 1, 0)  # a BoxMask's box is tight
-    extent = extent_vox * np.asarray(spacing, np.float64) + 2.0 * np.asarray(margin_mm, np.float64)
-    return np.maximum(extent, 1e-3) / np.maximum(np.asarray(roi_size, np.float64) - 1.0, 1.0)
-
-
 def refine_boundary(voxels: np.ndarray, spacing, mask: BoxMask, roi_spacing, fg=(), bg=(), *,
                     band: float = 1.0, tau: float = 0.7, ring: float = 4.0, bins: int = 48) -> BoxMask:
     """``mask`` with the voxels near its boundary re-decided from the intensities of ``voxels``.

@@ -267,6 +267,14 @@ def _mask_box(mask, axis: int, index: int):
     return lo.astype(np.float64), hi.astype(np.float64)
 
 
+def dextr_roi(settings: dict, points: np.ndarray, spacing) -> Roi:
+    """The ROI DEXTR3D works on for ``points`` (N, 3) ``[i, j, k]``: their box plus the bundle's margin,
+    stretched onto ``roi_size``."""
+    points = np.asarray(points, np.float64).reshape(-1, 3)
+    margin = dextr_margin(settings, (points.max(axis=0) - points.min(axis=0)) * np.asarray(spacing))
+    return box_roi(points.min(axis=0), points.max(axis=0), spacing, margin, tuple(int(v) for v in settings["roi_size"]))
+
+
 def run_dextr(net, settings: dict, vol: Volume, points: np.ndarray, device: str,
               fg: np.ndarray | None = None, bg: np.ndarray | None = None, mask=None):
     """DEXTR3D: the points' box plus ``margin_mm`` stretched onto the ROI, points as a heat-map channel.
@@ -275,9 +283,7 @@ def run_dextr(net, settings: dict, vol: Volume, points: np.ndarray, device: str,
     object's clicks ``fg``/``bg`` (N, 3) and its current ``mask`` (a
     :class:`~claraseg.engine.masks.BoxMask`); without them those channels are empty, as for a first
     segmentation from the points. A bundle that does not take clicks ignores them."""
-    size = tuple(int(v) for v in settings["roi_size"])
-    margin = dextr_margin(settings, (points.max(axis=0) - points.min(axis=0)) * np.asarray(vol.spacing))
-    roi = box_roi(points.min(axis=0), points.max(axis=0), vol.spacing, margin, size)
+    roi = dextr_roi(settings, points, vol.spacing)
     img = sample_roi(vol.array, vol.spacing, roi, transform=vol.normalise)
     sigma = settings["guidance"]["sigma_vox"]
     pts = roi.index_to_roi(points.astype(np.float64), vol.spacing)

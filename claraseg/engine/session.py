@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from claraseg.backend import check_object_state
-from claraseg.engine.boundary import refine_boundary, working_spacing
+from claraseg.engine.boundary import refine_boundary
 from claraseg.engine.masks import BoxMask
 from claraseg.engine.runners import (
     Volume,
     box_points,
+    dextr_roi,
     honour_all_clicks,
     refit_with_dextr,
     run_deepgrow,
@@ -33,6 +34,7 @@ from claraseg.errors import (
     SessionExpiredError,
     SessionNotFoundError,
 )
+from claraseg.guidance.roi import object_spacing
 from claraseg.io import Image, MaskDelta, check_finite, check_points_inside
 from claraseg.models.preprocess import apply_intensity, guess_modality, intensity_params
 from claraseg.models.training import dextr_takes_clicks
@@ -231,7 +233,7 @@ class LocalSession:
                  new_clicks: tuple[np.ndarray, np.ndarray], radius_mm: float) -> BoxMask:
         """The object corrected by the DEXTR3D model ``name`` from the extreme points it was made from
         (widened to take in foreground clicks beyond them), all its clicks and its current mask; clicks are
-        honoured on the result."""
+        honoured on the result, and its boundary refined when that bundle asks for it."""
         bundle = self._backend.registry.get(name)
         pts = box_points(np.asarray(obj.points, np.int64).reshape(-1, 3), fg).astype(np.float64)
         net = self._backend.registry.network(name, self._backend.device)
@@ -240,7 +242,8 @@ class LocalSession:
             return obj.mask.copy()
         crop = crop.copy()
         honour_all_clicks(crop, start, fg, bg, new_clicks, radius_mm, self.geometry.spacing)
-        return BoxMask(self._size, start, crop)
+        return self._refine_boundary(bundle.settings, BoxMask(self._size, start, crop), fg, bg,
+                                     dextr_roi(bundle.settings, pts, self.geometry.spacing).spacing)
 
     def _refit(self, settings: dict, mask: BoxMask, fg: np.ndarray, bg: np.ndarray,
                new_clicks: tuple[np.ndarray, np.ndarray]) -> BoxMask | None:
@@ -292,21 +295,29 @@ class LocalSession:
                           self.geometry.spacing)
         return BoxMask(self._size, start, crop)
 
-    def _refine_boundary(self, settings: dict, mask: BoxMask, fg: np.ndarray, bg: np.ndarray) -> BoxMask:
+    def _refine_boundary(self, settings: dict, mask: BoxMask, fg: np.ndarray, bg: np.ndarray,
+                         roi_spacing=None) -> BoxMask:
         """``mask`` with its boundary re-decided at the image's resolution when the bundle's
         ``boundary_refine`` setting asks for it (:func:`~claraseg.engine.boundary.refine_boundary`; keys
-        ``band``, ``tau``, ``ring``, ``bins``). The mask is taken to have been made on the grid of a
-        DEXTR3D re-fit of it (the ``refit_model``'s ``margin_mm`` and ``roi_size``), else on the bundle's
-        own ``roi_size`` over the mask's box. Every click keeps its answer."""
+        ``band``, ``tau``, ``ring``, ``bins``); every click keeps its answer. ``roi_spacing`` is the grid
+        the mask was made on; by default (a DeepGrow 3D result) that of the DEXTR3D re-fit of the mask's
+        box (``refit_model``), or without one the grid DeepGrow 3D refines an object of that size on."""
         spec = settings.get("boundary_refine")
         if not spec or mask.is_empty:
             return mask
-        refit = settings.get("refit_model")
-        grid = self._backend.registry.get(refit).settings if refit and refit in self._backend.registry.names() \
-            else settings
         spacing = self.geometry.spacing
-        roi = working_spacing(mask, spacing, float(grid.get("margin_mm", 0.0)), grid["roi_size"])
-        return refine_boundary(self._numpy, spacing, mask, roi, fg, bg,
+        if roi_spacing is None:
+            refit = settings.get("refit_model")
+            box = np.stack([mask.start, mask.stop - 1]).astype(np.float64)
+            if refit and refit in self._backend.registry.names() and \
+                    self._backend.registry.get(refit).kind == "dextr3d":
+                roi_spacing = dextr_roi(self._backend.registry.get(refit).settings, box, spacing).spacing
+            else:
+                extent = float(((box[1] - box[0] + 1) * spacing).max())
+                roi_spacing = [object_spacing(extent, int(settings["roi_size"][0]),
+                                              float(settings.get("refine_fill", settings["fill"])),
+                                              settings["spacing_range_mm"])] * 3
+        return refine_boundary(self._numpy, spacing, mask, roi_spacing, fg, bg,
                                **{k: spec[k] for k in ("band", "tau", "ring", "bins") if k in spec})
 
     def extreme_points(self, model: str, points: Sequence, object_id: str = "1") -> MaskDelta:
@@ -326,6 +337,8 @@ class LocalSession:
             obj = self.objects.get(object_id) or ObjectState(BoxMask(self._size))
             obj.snapshot()
             new = BoxMask(self._size, start, crop) if crop.size else BoxMask(self._size)
+            new = self._refine_boundary(bundle.settings, new, np.zeros((0, 3)), np.zeros((0, 3)),
+                                        dextr_roi(bundle.settings, pts, self.geometry.spacing).spacing)
             delta = obj.mask.delta_to(new)
             obj.mask, obj.fg, obj.bg, obj.points = new, [], [], pts.tolist()
             obj.local_rel = float(bundle.settings.get("refine_radius_rel", 0.0))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from claraseg.engine.boundary import refine_boundary, working_spacing
+from claraseg.engine.boundary import refine_boundary
 from claraseg.engine.masks import BoxMask
 
 SIZE = (48, 48, 40)  # i, j, k
@@ -116,13 +116,6 @@ def test_small_or_empty_masks_come_back_unchanged():
     assert refine_boundary(_image(truth), (1, 1, 1), m, (2.0, 2.0, 2.0)) is m
 
 
-def test_working_spacing_is_the_refit_grid():
-    mask = np.zeros(SIZE[::-1], bool)
-    mask[10:20, 5:45, 2:12] = True   # extents (voxels) i 9, j 39, k 9
-    sp = working_spacing(_box(mask), (1.0, 2.0, 3.0), 8.0, [48, 48, 48])
-    np.testing.assert_allclose(sp, (np.array([9.0, 78.0, 27.0]) + 16.0) / 47.0)
-
-
 def test_deepgrow3d_clicks_refine_their_boundary_when_the_bundle_asks(tiny_backend, small_phantom, monkeypatch):
     """``boundary_refine`` in a DeepGrow 3D bundle runs the refinement on every click's result, with the
     re-fit model's grid and all of the object's clicks; without it the click's result is unchanged."""
@@ -133,7 +126,7 @@ def test_deepgrow3d_clicks_refine_their_boundary_when_the_bundle_asks(tiny_backe
     real = session_module.refine_boundary
 
     def spy(voxels, spacing, mask, roi, fg, bg, **kw):
-        calls.append((roi, np.asarray(fg).tolist(), np.asarray(bg).tolist(), kw))
+        calls.append((roi, np.asarray(fg).tolist(), np.asarray(bg).tolist(), kw, mask.stop - mask.start - 1))
         return real(voxels, spacing, mask, roi, fg, bg, **kw)
 
     monkeypatch.setattr(session_module, "refine_boundary", spy)
@@ -145,9 +138,48 @@ def test_deepgrow3d_clicks_refine_their_boundary_when_the_bundle_asks(tiny_backe
         monkeypatch.setitem(bundle.settings, "boundary_refine", {"band": 1.0, "tau": 0.5})
         s.click("deepgrow3d", foreground=[[20, 24, 12]], background=[[2, 2, 2]])
         assert len(calls) == 1
-        roi, fg, bg, kw = calls[0]
+        roi, fg, bg, kw, extent_vox = calls[0]
         assert fg == [[24, 24, 12], [20, 24, 12]] and bg == [[2, 2, 2]]
-        assert kw == {"band": 1.0, "tau": 0.5} and len(roi) == 3 and np.all(np.asarray(roi) > 0)
+        assert kw == {"band": 1.0, "tau": 0.5}
+        # The grid is the DEXTR3D re-fit's over the mask's box: (extent + 2 margins) / (ROI size - 1).
+        refit = tiny_backend.registry.get(bundle.settings["refit_model"]).settings
+        extent = extent_vox * np.asarray(small_phantom[0].spacing)
+        np.testing.assert_allclose(roi, (extent + 2 * refit["margin_mm"]) / (np.asarray(refit["roi_size"]) - 1))
         assert s.mask()[12, 24, 20] == 1 and s.mask()[2, 2, 2] == 0
+    finally:
+        s.close()
+
+
+def test_dextr3d_refines_its_points_result_and_its_corrections_when_its_bundle_asks(tiny_backend, small_phantom,
+                                                                                   monkeypatch):
+    """A DEXTR3D bundle with ``boundary_refine`` refines the result of its extreme points and of every
+    correcting click, on the grid of the points' box (the ROI it ran on)."""
+    from claraseg.engine import session as session_module
+    from claraseg.engine.runners import dextr_roi
+
+    bundle = tiny_backend.registry.get("dextr3d")
+    calls = []
+    real = session_module.refine_boundary
+
+    def spy(voxels, spacing, mask, roi, fg, bg, **kw):
+        calls.append((np.asarray(roi), np.asarray(fg).tolist(), np.asarray(bg).tolist()))
+        return real(voxels, spacing, mask, roi, fg, bg, **kw)
+
+    monkeypatch.setattr(session_module, "refine_boundary", spy)
+    monkeypatch.setitem(bundle.settings, "boundary_refine", {"band": 1.0})
+    image = small_phantom[0]
+    points = [[10, 24, 12], [38, 24, 12], [24, 10, 12], [24, 38, 12], [24, 24, 4], [24, 24, 20]]
+    s = tiny_backend.open_session(image)
+    try:
+        s.extreme_points("dextr3d", points)
+        if not s.mask().any():
+            pytest.skip("the tiny random DEXTR3D network drew nothing: there was no boundary to refine")
+        grid = dextr_roi(bundle.settings, np.asarray(points), image.spacing).spacing
+        assert len(calls) == 1
+        np.testing.assert_allclose(calls[0][0], grid)
+        assert bundle.settings["channels"][-1] == "mask"  # a click-reading DEXTR3D: it corrects itself
+        s.click("dextr3d", background=[[24, 24, 12]])
+        assert len(calls) == 2 and calls[1][2] == [[24, 24, 12]]
+        assert s.mask()[12, 24, 24] == 0
     finally:
         s.close()
