@@ -334,11 +334,11 @@ class LocalSession:
             self._check_size(model)
             net = self._backend.registry.network(model, self._backend.device)
             start, crop = run_dextr(net, bundle.settings, self._volume(bundle), pts, self._backend.device)
-            obj = self.objects.get(object_id) or ObjectState(BoxMask(self._size))
-            obj.snapshot()
             new = BoxMask(self._size, start, crop) if crop.size else BoxMask(self._size)
             new = self._refine_boundary(bundle.settings, new, np.zeros((0, 3)), np.zeros((0, 3)),
                                         dextr_roi(bundle.settings, pts, self.geometry.spacing).spacing)
+            obj = self.objects.get(object_id) or ObjectState(BoxMask(self._size))
+            obj.snapshot()
             delta = obj.mask.delta_to(new)
             obj.mask, obj.fg, obj.bg, obj.points = new, [], [], pts.tolist()
             obj.local_rel = float(bundle.settings.get("refine_radius_rel", 0.0))
