@@ -48,7 +48,7 @@ def refine_boundary(voxels: np.ndarray, spacing, mask: BoxMask, roi_spacing, fg=
     size = np.asarray(mask.size, np.int64)
     fg = np.asarray(fg, np.int64).reshape(-1, 3)
     bg = np.asarray(bg, np.int64).reshape(-1, 3)
-    factor = np.maximum(1, np.floor(0.5 / scale)).astype(np.int64)  # [i, j, k]
+    factor = np.maximum(1, np.rint(0.5 / scale)).astype(np.int64)  # [i, j, k]; blocks of 0.33-0.67 ROI voxels
     pad = np.ceil((band + ring + 1.0) / scale).astype(np.int64)
     lo = np.maximum(np.asarray(mask.start) - pad, 0)
     hi = np.minimum(np.asarray(mask.stop) + pad, size)
@@ -83,18 +83,31 @@ def _unblock(a: np.ndarray, f: tuple[int, int, int], shape) -> np.ndarray:
     return a[: shape[0], : shape[1], : shape[2]]
 
 
+def _edt_pair(inside: np.ndarray, sampling) -> np.ndarray:
+    """Signed Euclidean distance (> 0 inside) of each voxel to the nearest voxel of the other side. The
+    inside distances are computed on the object's box plus one voxel only (its border is all outside,
+    so that is exact and spares the padding around the object)."""
+    signed = -ndimage.distance_transform_edt(~inside, sampling=sampling)
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(max(int(hit[0]) - 1, 0), int(hit[-1]) + 2))
+    box = tuple(box)
+    part = inside[box]
+    signed[box] = np.where(part, ndimage.distance_transform_edt(part, sampling=sampling), signed[box])
+    return signed
+
+
 def _signed_distance(inside: np.ndarray, scale, f: tuple[int, int, int]) -> np.ndarray:
     """Signed distance (ROI voxels; > 0 inside) of every voxel to the other side of ``inside``'s boundary,
     ``scale`` ROI voxels per voxel ``[k, j, i]``. With blocks ``f`` larger than one voxel it is computed on
     the blocks (majority inside) and spread back, each voxel at least one voxel from the other side."""
     if f == (1, 1, 1):
-        din = ndimage.distance_transform_edt(inside, sampling=tuple(scale))
-        dout = ndimage.distance_transform_edt(~inside, sampling=tuple(scale))
-        return np.where(inside, din, -dout)
+        return _edt_pair(inside, tuple(scale))
     coarse = _blocks(inside.astype(np.float32), f) >= 0.5
-    sampling = tuple(np.asarray(scale) * np.asarray(f))
-    signed = _unblock(np.where(coarse, ndimage.distance_transform_edt(coarse, sampling=sampling),
-                               -ndimage.distance_transform_edt(~coarse, sampling=sampling)), f, inside.shape)
+    if not coarse.any():
+        coarse = _blocks(inside.astype(np.float32), f) > 0
+    signed = _unblock(_edt_pair(coarse, tuple(np.asarray(scale) * np.asarray(f))), f, inside.shape)
     step = float(np.min(scale))
     return np.where(inside, np.maximum(signed, step), np.minimum(signed, -step))
 
