@@ -35,10 +35,10 @@ def refine_boundary(voxels: np.ndarray, spacing, mask: BoxMask, roi_spacing, fg=
     the clicks ``fg``/``bg`` ((N, 3) ``[i, j, k]``) keep their answers. Returns ``mask`` itself when
     nothing can be decided (an empty or tiny mask, too few samples, a grid 1.5x finer than the image's).
 
-    Where the ROI grid is more than twice as coarse as the image (a large organ in a fine CT) the
-    distances are measured on blocks of ``floor(roi / (2 x image))`` voxels per axis (still at least
-    twice as fine as the ROI); every voxel is still decided from its own intensity. That keeps a click
-    on a liver in a 512 x 512 CT within its latency budget."""
+    Where the ROI grid is 3x as coarse as the image or more (a large organ in a fine CT) the distances
+    are measured on blocks of ``round(roi / (2 x image))`` voxels per axis (0.33-0.67 ROI voxels);
+    every voxel is still decided from its own intensity. That keeps a click on a liver in a 512 x 512
+    CT within its latency budget."""
     if mask.is_empty:
         return mask
     src = np.asarray(spacing, np.float64)
