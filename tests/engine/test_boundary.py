@@ -193,3 +193,17 @@ def test_dextr3d_refines_its_points_result_and_its_corrections_when_its_bundle_a
         assert s.mask()[12, 24, 24] == 0
     finally:
         s.close()
+
+
+def test_a_flat_image_or_an_object_at_the_border_is_handled():
+    """A constant image has no intensities to model (the mask comes back as it was); an object cut by the
+    image border is refined like any other (its inside distances end at the border)."""
+    mask = _box(_ball(10.0))
+    flat = np.full(SIZE[::-1], 7, np.int16)
+    assert refine_boundary(flat, (1, 1, 1), mask, (2.0, 2.0, 2.0)) is mask
+    k, j, i = np.indices(SIZE[::-1])
+    truth = (k < 12) & (np.abs(i - 24) < 12) & (np.abs(j - 24) < 12)   # a slab on the k = 0 face
+    short = (k < 12) & (np.abs(i - 24) < 11) & (np.abs(j - 24) < 11)   # one voxel short in i and j
+    out = _full(refine_boundary(_image(truth), (1, 1, 1), _box(short), (2.0, 2.0, 2.0)))
+    assert _dice(out, truth) > _dice(short, truth) + 0.03
+    assert out[0].any() and not out[20:].any()
