@@ -177,3 +177,25 @@ def test_results_honour_the_clicks_just_placed():
     before = crop.copy()
     honour_clicks(crop, start, np.zeros((0, 3)), np.array([[100, 100, 100]]), 5.0, spacing)
     assert np.array_equal(crop, before)
+
+
+def test_axis_aligned_paste_back_matches_grid_sample():
+    """An axis-aligned ROI is pasted back axis by axis; it gives grid_sample's trilinear values (border
+    padding, align_corners=False) to float precision, on a box ROI and on a square one."""
+    import torch.nn.functional as F
+
+    from claraseg.guidance.roi import _affine_grid
+
+    rng = np.random.default_rng(5)
+    sp = np.array([0.7, 0.9, 2.5])
+    for roi in (box_roi(np.array([10.0, 12.0, 3.0]), np.array([60.0, 40.0, 20.0]), sp, 6.0, (48, 40, 32)),
+                square_roi(np.array([30.0, 30.0, 12.0]), sp, 1.7, (32, 32, 32))):
+        start, stop = roi.covered_box(sp, (80, 70, 30))
+        values = torch.from_numpy(rng.random(roi.size[::-1]).astype(np.float32))
+        a, b = roi.affine(sp)
+        inv = np.linalg.inv(a)
+        grid = _affine_grid(inv, inv @ (start - b), stop - start, values.shape)
+        want = F.grid_sample(values[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
+        got = sample_from_roi(values, roi, sp, start, stop)
+        assert got.shape == want.shape
+        assert float((got - want).abs().max()) < 1e-4
