@@ -324,7 +324,7 @@ def refit_with_dextr(net, settings: dict, vol: Volume, mask, fg: np.ndarray, bg:
     when the re-fit is refused: it agrees with ``mask`` by less than ``min_agreement`` Dice, or it
     contradicts a click (a foreground click outside it, a background click inside) and ``contradiction``
     is ``"refuse"``. With ``"honour"`` such a re-fit is kept (the caller honours the clicks on it); with
-    ``"merge"`` the regions where it differs from ``mask`` that hold a contradicted click take ``mask``'s
+    ``"merge"`` the regions of its additions to or removals from ``mask`` that hold a contradicted click take ``mask``'s
     answer (:func:`keep_clicked_changes`), the rest stays the re-fit's."""
     if mask.is_empty or int(mask.crop.sum()) < REFIT_MIN_VOXELS:
         return None
@@ -357,10 +357,11 @@ def refit_with_dextr(net, settings: dict, vol: Volume, mask, fg: np.ndarray, bg:
 
 
 def keep_clicked_changes(old, new, clicks: np.ndarray):
-    """``new`` (a :class:`~claraseg.engine.masks.BoxMask`) where it differs from ``old`` in a connected
-    region (26-connected) of the difference that holds one of ``clicks`` (N, 3) ``[i, j, k]``, ``old``
-    elsewhere: a click corrects the error it was placed on, and the model's changes elsewhere in the
-    object (which no click asked for) are dropped. Returns a BoxMask."""
+    """``old`` (a :class:`~claraseg.engine.masks.BoxMask`) except where ``new`` changes it in a way one of
+    ``clicks`` (N, 3) ``[i, j, k]`` asks for: the connected region (26-connected) of ``new``'s additions,
+    or of its removals, that holds a click takes ``new``'s answer. Additions and removals are separate
+    regions, so a click that takes back what ``old`` added near it does not also undo what ``old``
+    removed elsewhere along the same boundary. Returns a BoxMask."""
     from scipy import ndimage
 
     clicks = np.asarray(clicks, np.int64).reshape(-1, 3)
@@ -369,11 +370,13 @@ def keep_clicked_changes(old, new, clicks: np.ndarray):
     lo = np.minimum(old.start, new.start)
     hi = np.maximum(old.stop, new.stop)
     a, b = old.region(lo, hi) > 0, new.region(lo, hi) > 0
-    labels, n = ndimage.label(a != b, structure=np.ones((3, 3, 3), bool))
-    if n == 0:
-        return new
     c = clicks - lo
-    ok = np.all((c >= 0) & (c < hi - lo), axis=1)
-    keep = set(labels[c[ok, 2], c[ok, 1], c[ok, 0]].tolist()) - {0}
-    out = np.where(np.isin(labels, sorted(keep)), b, a).astype(np.uint8)
-    return BoxMask(old.size, lo, out)
+    c = c[np.all((c >= 0) & (c < hi - lo), axis=1)]
+    out = a.copy()
+    for change in (b & ~a, a & ~b):
+        labels, n = ndimage.label(change, structure=np.ones((3, 3, 3), bool))
+        hit = set(labels[c[:, 2], c[:, 1], c[:, 0]].tolist()) - {0} if n else set()
+        if hit:
+            taken = np.isin(labels, sorted(hit))
+            out[taken] = b[taken]
+    return BoxMask(old.size, lo, out.astype(np.uint8))

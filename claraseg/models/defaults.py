@@ -67,8 +67,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "refit_tta_flips": 2,
         "threshold": 0.6,
         # A re-fit that contradicts a click (a background click inside it, a foreground click outside) is
-        # merged, not refused: the click's own result in the changed region that holds the contradicted
-        # click, the re-fit elsewhere. Refusing it left the object to DeepGrow 3D alone, which drifted
+        # merged, not refused: the click's own result in the region of the re-fit's additions (or of its
+        # removals) that holds the contradicted click, the re-fit elsewhere (session 8: additions and
+        # removals apart, Dice after 10 / 20 clicks 0.925 / 0.929 -> 0.927 / 0.932, NoC@85 unchanged). Refusing it left the object to DeepGrow 3D alone, which drifted
         # (held-out right lateral ventricle 0.81 after 4 clicks, 0.59 after 10): Dice after 10 / 20 clicks
         # 0.910 / 0.910 -> 0.918 / 0.922 (results/experiments/session6_inference.json).
         "refit_contradiction": "merge",

@@ -85,3 +85,21 @@ def test_bundle_refuses_an_unknown_refit_contradiction(tmp_path, value):
 
     with pytest.raises(ConfigError, match="refit_contradiction"):
         read_bundle(make_tiny_bundle("deepgrow3d", tmp_path / "b", settings={"refit_contradiction": value}))
+
+
+def test_a_click_takes_back_only_the_same_sign_change_that_holds_it():
+    """The re-fit (``old``) added a lobe and, touching it, removed a strip of the click's result
+    (``new``); a background click in the lobe takes the lobe back, and the removed strip, though it
+    touches the lobe, stays the re-fit's (the whole touching difference was taken back before)."""
+    new_mask = np.zeros(SIZE[::-1], np.uint8)
+    new_mask[8:32, 8:32, 8:32] = 1
+    refit = new_mask.copy()
+    refit[8:32, 8:32, 32:38] = 1     # an added lobe beyond i = 31
+    refit[8:32, 8:32, 28:32] = 0     # a removed strip right next to it
+    old, new = BoxMask(SIZE, np.zeros(3, np.int64), refit), BoxMask(SIZE, np.zeros(3, np.int64), new_mask)
+    out = keep_clicked_changes(old, new, np.array([[35, 20, 20]])).region(np.zeros(3), SIZE)
+    assert not out[8:32, 8:32, 32:38].any()      # the lobe holding the click: the click's answer
+    assert not out[8:32, 8:32, 28:32].any()      # the strip: still the re-fit's
+    # A foreground click in the strip takes the strip back (the click's answer), and only it.
+    out = keep_clicked_changes(old, new, np.array([[30, 20, 20]])).region(np.zeros(3), SIZE)
+    assert out[8:32, 8:32, 28:32].all() and out[8:32, 8:32, 32:38].all()
