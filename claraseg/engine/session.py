@@ -303,7 +303,7 @@ class LocalSession:
         the mask was made on; by default (a DeepGrow 3D result) that of the DEXTR3D re-fit of the mask's
         box (``refit_model``), or without one the grid DeepGrow 3D refines an object of that size on."""
         spec = settings.get("boundary_refine")
-        if not spec or mask.is_empty:
+        if spec is None or mask.is_empty:  # {} asks for the defaults
             return mask
         spacing = self.geometry.spacing
         if roi_spacing is None:

@@ -158,9 +158,9 @@ def _resample_axis_aligned(values: torch.Tensor, scale_ijk: np.ndarray, offset_i
         hi = np.minimum(lo + 1, n - 1)
         shape = [1, 1, 1]
         shape[dim] = len(u)
-        w = torch.from_numpy((u - lo).astype(np.float32)).view(shape)
-        first = out.index_select(dim, torch.from_numpy(lo))
-        out = first + (out.index_select(dim, torch.from_numpy(hi)) - first) * w
+        w = torch.from_numpy((u - lo).astype(np.float32)).view(shape).to(values.device)
+        first = out.index_select(dim, torch.from_numpy(lo).to(values.device))
+        out = first + (out.index_select(dim, torch.from_numpy(hi).to(values.device)) - first) * w
     return out
 
 

@@ -155,6 +155,10 @@ def test_deepgrow3d_clicks_refine_their_boundary_when_the_bundle_asks(tiny_backe
         want = object_spacing(size, bundle.settings["roi_size"][0], bundle.settings["refine_fill"],
                               bundle.settings["spacing_range_mm"])
         np.testing.assert_allclose(roi, [want] * 3)
+        # An empty object asks for the defaults; it does not turn the refinement off.
+        monkeypatch.setitem(bundle.settings, "boundary_refine", {})
+        s.click("deepgrow3d", foreground=[[23, 24, 12]])
+        assert len(calls) == 3 and calls[2][3] == {}
         assert s.mask()[12, 24, 20] == 1 and s.mask()[2, 2, 2] == 0
     finally:
         s.close()
@@ -182,8 +186,7 @@ def test_dextr3d_refines_its_points_result_and_its_corrections_when_its_bundle_a
     s = tiny_backend.open_session(image)
     try:
         s.extreme_points("dextr3d", points)
-        if not s.mask().any():
-            pytest.skip("the tiny random DEXTR3D network drew nothing: there was no boundary to refine")
+        assert s.mask().any()  # the seeded tiny network draws something, so there is a boundary to refine
         grid = dextr_roi(bundle.settings, np.asarray(points), image.spacing).spacing
         assert len(calls) == 1
         np.testing.assert_allclose(calls[0][0], grid)
