@@ -174,13 +174,14 @@ class ClarasegExecutor(Executor):
         from claraseg.models.registry import ModelRegistry
         from claraseg.train.config import read_metadata
         from claraseg.train.publish import base_name, stage_bundle
+        from claraseg.train.spec import check_model_name
 
         marker = self.site_dir / "published.json"
         if marker.is_file():
             return json.loads(marker.read_text())
         bundle = Path(self.bundle).resolve()
         meta = read_metadata(bundle)
-        name = self.model_name or base_name(bundle, meta)
+        name = check_model_name(self.model_name or base_name(bundle, meta))
         registry_root = Path(self.registry) if self.registry else bundle.parent
         first = self.site_dir / "round_0" / "events.jsonl"
         baseline = None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from claraseg.errors import ConfigError
+from claraseg.train.spec import check_model_name
 
 #: NVFlare site names: letters, digits, ``-`` and ``_`` (they become folder and app names).
 SITE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
@@ -152,8 +153,8 @@ class FederatedSpec:
             _int(self.threads, "threads", 1, 256)
         if self.device != "auto" and self.device != "cpu" and not re.match(r"^cuda(:\d{1,2})?$", str(self.device)):
             raise ConfigError(f"device {self.device!r}: use auto, cpu, cuda or cuda:N")
-        if self.name is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", self.name):
-            raise ConfigError(f"model name {self.name!r}: letters, digits, '.', '-' and '_' only")
+        if self.name is not None:
+            check_model_name(self.name)
 
     @property
     def publisher(self) -> str:

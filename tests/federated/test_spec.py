@@ -45,7 +45,7 @@ def test_config_syntax_and_reserved_overrides_are_refused(overrides, needle):
     ({"publish_site": "site-z"}, "publish_site"),
     ({"min_sites": 3}, "min_sites"),
     ({"device": "tpu"}, "device"),
-    ({"name": "../x"}, "model name"),
+    ({"name": "../x"}, "invalid model name"),
     ({"he": "yes"}, "he"),
     ({"unexpected": 1}, "unknown field"),
     ({"bundle": "$import os"}, "expression"),
