@@ -177,6 +177,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "boundary_refine": ('null or an object of "band", "tau", "ring" (numbers > 0) and "bins" (an integer >= 2), '
                         'each optional', lambda v: v is None or _boundary_spec_ok(v)),
     "first_click_grow_passes": ("an integer >= 0", lambda v: _number(v, integer=True) and v >= 0),
+    "first_click_grow": ('"wider" or "from_result"', lambda v: v in ("wider", "from_result")),
     "min_points": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
     "spacing_range_mm": ("[low, high] with 0 < low <= high",
                          lambda v: isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v)
