@@ -12,6 +12,7 @@ import slicer
 from ClaraAnnotateLib.annotator import status_style, user_message
 from ClaraAnnotateLib.settings import BackendSettings
 from ClaraTrainModuleLib import automl, jobs
+from ClaraTrainModuleLib.federated import FederatedPanel
 from ClaraTrainModuleLib.trainer import TrainLogic
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -79,9 +80,12 @@ class ClaraTrainModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refreshModels()
         self.onWhereChanged(0)
         self.onJobChanged(None)
+        self.federated = FederatedPanel(self.layout, self.selectedPairs)  # export as a federated site, follow a job
 
     def cleanup(self) -> None:
         self.removeObservers()
+        if getattr(self, "federated", None):
+            self.federated.stop()
         if self.logic:
             self.logic.listener = None
 
