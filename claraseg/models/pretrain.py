@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from claraseg.errors import TrainingDataError
+from claraseg.evaluate.protocol import dice
 from claraseg.io import make_phantom, read_image, read_labels_json
 from claraseg.models.bundle import METADATA, TRAIN, read_bundle, save_weights, write_json_atomic
 from claraseg.models.defaults import create_bundle
@@ -36,6 +36,13 @@ from claraseg.models.training import (
     network_input,
     predictor,
     volume_from_images,
+)
+from claraseg.train.loop import (
+    CheckpointHandler,
+    ProgressHandler,
+    StreamSource,
+    TrainingLoop,
+    cosine_schedule,
 )
 
 log = logging.getLogger("claraseg.pretrain")
@@ -59,6 +66,8 @@ SOURCE_WEIGHTS = {"ct_abdomen_3mm": 0.24, "mr_abdomen_3mm": 0.12, "mr_brain_1mm"
 #: Smallest structure trained on (voxels on its own grid).
 MIN_VOXELS = 60
 DEFAULT_SEED = 20260
+#: Pre-training validates (interactive kinds) and saves the weights this often (seconds).
+SAVE_EVERY_S = 300.0
 KINDS = ("deepgrow3d", "deepgrow2d", "dextr3d", "segmentation")
 
 
@@ -112,10 +121,15 @@ def draw_structure(sources: dict[str, list[TrainingVolume]], rng: np.random.Gene
     return vol, vol.structures[int(rng.integers(len(vol.structures)))]
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else float(2.0 * (a & b).sum() / s)
+def run_stream(net: torch.nn.Module, opt: torch.optim.Optimizer, step_loss, draw, lr0: float, minutes: float,
+               iterations: int | None, handlers) -> TrainingLoop:
+    """Pre-training on the shared loop: batches drawn by ``draw()`` from the recipe's seeded generators,
+    a cosine learning rate from ``lr0`` to 5 % over ``iterations`` steps or, without them, ``minutes``."""
+    loop = TrainingLoop(net, opt, step_loss, StreamSource(draw), max_iterations=iterations or math.inf,
+                        max_time_s=None if iterations else 60.0 * minutes, lr_schedule=cosine_schedule(lr0),
+                        handlers=handlers)
+    loop.run()
+    return loop
 
 
 def _validation_set(kind: str, settings: dict, data_dir: Path, seed: int, n: int = 16):
@@ -133,7 +147,7 @@ def _validation_set(kind: str, settings: dict, data_dir: Path, seed: int, n: int
 
 def _validate(net, kind: str, samples) -> float:
     run = predictor(net, kind)
-    return float(np.mean([_dice(run(x) > 0.5, y[0].numpy()) for x, y in samples]))
+    return float(np.mean([dice(run(x) > 0.5, y[0].numpy()) for x, y in samples]))
 
 
 def _update_metadata(bundle_dir: Path, training: dict[str, Any], data_source: str) -> None:
@@ -227,14 +241,8 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
     loss_fn = make_loss(kind)
     run = predictor(net, kind)
     lr0, batch = float(train_cfg["learning_rate"]) * lr_scale, int(train_cfg["batch_size"])
-    t0 = last_save = last_log = time.time()
-    it, losses, history = 0, [], []
-    while True:
-        frac = it / iterations if iterations else (time.time() - t0) / (60.0 * minutes)
-        if frac >= 1.0:
-            break
-        for g in opt.param_groups:
-            g["lr"] = lr0 * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+    def draw():
         xs, ys = [], []
         while len(xs) < batch:
             vol, st = draw_structure(sources, rng)
@@ -242,23 +250,21 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
             if r is not None:
                 xs.append(network_input(r[0], kind)[0])
                 ys.append(network_input(r[1], kind)[0])
-        loss = loss_fn(net(torch.stack(xs)), torch.stack(ys))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        it += 1
-        now = time.time()
-        if now - last_log > 60:
-            progress(f"{kind}: it {it} loss {np.mean(losses[-50:]):.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                     f"{(now - t0) / 60:.1f} min")
-            last_log = now
-        if now - last_save > 300:
-            vd = _validate(net, kind, val)
-            history.append({"iteration": it, "minutes": round((now - t0) / 60, 1), "val_dice": round(vd, 4)})
-            progress(f"{kind}: it {it} validation Dice {vd:.3f}; saving weights")
-            save_weights(net, bundle.weights_path)
-            last_save = now
+        return torch.stack(xs), torch.stack(ys)
+
+    history: list[dict[str, Any]] = []
+
+    def validate_and_save(loop: TrainingLoop) -> None:
+        vd = _validate(net, kind, val)
+        history.append({"iteration": loop.state.iteration, "minutes": round(loop.state.elapsed_s / 60, 1),
+                        "val_dice": round(vd, 4)})
+        progress(f"{kind}: it {loop.state.iteration} validation Dice {vd:.3f}; saving weights")
+        save_weights(net, bundle.weights_path)
+
+    logger = ProgressHandler(progress, kind)
+    loop = run_stream(net, opt, lambda m, b: loss_fn(m(b[0]), b[1]), draw, lr0, minutes, iterations,
+                      [logger, CheckpointHandler(validate_and_save, every_s=SAVE_EVERY_S)])
+    it, losses = loop.state.iteration, logger.losses
     save_weights(net, bundle.weights_path)
     vd = _validate(net, kind, val)
     progress(f"{kind}: done, {it} iterations, final validation Dice {vd:.3f}")
@@ -273,7 +279,8 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
     record = {
         "recipe": recipe,
         "previous_stages": previous,
-        "seed": seed, "iterations": it, "minutes": round((time.time() - t0) / 60, 1), "threads": torch.get_num_threads(),
+        "seed": seed, "iterations": it, "minutes": round(loop.state.elapsed_s / 60, 1),
+        "threads": torch.get_num_threads(),
         "batch_size": batch, "learning_rate": lr0, "schedule": "cosine to 5%", "loss": train_cfg["loss"],
         # The click sampling the stage used (train.json's values or the defaults), as in its recipe.
         "p_model_in_loop": sampling["p_model_in_loop"], "max_loop_clicks": sampling["max_loop_clicks"],
@@ -375,48 +382,36 @@ def train_segmentation(bundle_dir: Path, data_dir: Path, *, minutes: float, iter
     opt = torch.optim.Adam(net.parameters(), lr=lr0)
     loss_fn = make_loss("segmentation")
     data = {"image": img_t.as_tensor(), "label": lab_t.as_tensor()}
-    t0 = last_log = last_save = time.time()
-    it, losses = 0, []
-    while True:
-        frac = it / iterations if iterations else (time.time() - t0) / (60.0 * minutes)
-        if frac >= 1.0:
-            break
-        for g in opt.param_groups:
-            g["lr"] = lr0 * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+    def draw():
         items = [aug(dict(data))[0] for _ in range(batch)]
         x = torch.stack([torch.as_tensor(i["image"]) for i in items]).float()
         y = torch.stack([torch.as_tensor(i["label"]) for i in items]).float()
-        loss = loss_fn(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        it += 1
-        now = time.time()
-        if now - last_log > 60:
-            progress(f"segmentation: it {it} loss {np.mean(losses[-50:]):.4f} {(now - t0) / 60:.1f} min")
-            last_log = now
-        if now - last_save > 300:
-            save_weights(net, bundle.weights_path)
-            last_save = now
+        return x, y
+
+    logger = ProgressHandler(progress, "segmentation")
+    loop = run_stream(net, opt, lambda m, b: loss_fn(m(b[0]), b[1]), draw, lr0, minutes, iterations,
+                      [logger, CheckpointHandler(lambda loop: save_weights(net, bundle.weights_path),
+                                                 every_s=SAVE_EVERY_S)])
+    it, losses = loop.state.iteration, logger.losses
     save_weights(net, bundle.weights_path)
     net.eval()
     pred = pipe.run(net, image)
-    dice = {name: round(_dice(pred == v, lab == v), 4) for v, name in labels.items()}
-    progress(f"segmentation: done, {it} iterations, Dice on its own training CT {dice}")
+    scores = {name: round(dice(pred == v, lab == v), 4) for v, name in labels.items()}
+    progress(f"segmentation: done, {it} iterations, Dice on its own training CT {scores}")
     record = {
         "recipe": f"claraseg pretrain --models segmentation --seed {seed} --iterations {it}",
-        "seed": seed, "iterations": it, "minutes": round((time.time() - t0) / 60, 1),
+        "seed": seed, "iterations": it, "minutes": round(loop.state.elapsed_s / 60, 1),
         "threads": torch.get_num_threads(), "batch_size": batch, "learning_rate": lr0, "loss": train_cfg["loss"],
         "final_loss": round(float(np.mean(losses[-100:])), 4) if losses else None, "crop": roi,
         "data": "ct_abdomen_3mm (one CT, TotalSegmentator labels) - demo grade",
-        "dice_on_training_ct": dice,
+        "dice_on_training_ct": scores,
         "augmentation": "pos/neg crops, rotation 0.2 rad, scale 15%, intensity scale/shift, noise",
     }
     _update_metadata(Path(bundle_dir), record, "../shared/data/ct_abdomen_3mm: one abdominal CT with "
                      "TotalSegmentator labels. Demo-grade until fine-tuned on your own data.")
     meta = json.loads((Path(bundle_dir) / METADATA).read_text())
-    meta["eval_metrics"] = {"mean_dice_training_ct": round(float(np.mean(list(dice.values()))), 4)}
+    meta["eval_metrics"] = {"mean_dice_training_ct": round(float(np.mean(list(scores.values()))), 4)}
     meta["intended_use"] = ("Demo only: trained on a single CT, it shows auto-segmentation working; fine-tune it on "
                             "your own labelled scans before relying on it. Not for diagnostic use.")
     write_json_atomic(Path(bundle_dir) / METADATA, meta)
