@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -142,21 +143,26 @@ class Runner:
             self.spec.device == "auto" and torch.cuda.is_available()) else "cpu"
         self.dist = Dist(device_type)
         self.events = EventWriter(self.workdir / "events.jsonl", enabled=self.dist.rank == 0)
-        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.error: BaseException | None = None
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             self.events.state("preparing", pid=os.getpid(), world_size=self.dist.world_size)
             result = self._run()
             self.events.state("completed", **result)
             return 0
-        except CancelledError:
+        except CancelledError as e:
+            self.error = e
             loop = getattr(self, "loop", None)
             self.events.state("cancelled", iteration=loop.state.iteration if loop else getattr(self, "iteration", 0))
             return 3
         except ClarasegError as e:
+            self.error = e
             self.events.emit("error", type=type(e).__name__, code=e.code, message=str(e))
             self.events.state("failed")
             return 2
         except Exception as e:
+            self.error = e
             self.events.emit("error", type=type(e).__name__, code="internal_error", message=str(e),
                              traceback=traceback.format_exc())
             self.events.state("failed")
@@ -223,6 +229,7 @@ class Runner:
         if baseline is None and self.dist.rank == 0:
             baseline = self._validate(network, val_items, data, baseline=True)
         self._check_cancel()
+        self.network = network
 
         epoch = resume.get("epoch", 0)
         self.dataset = make_dataset(settings["dataset"], self.task.items(data.train), comps["train#preprocessing"],
