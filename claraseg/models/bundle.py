@@ -23,6 +23,7 @@ from typing import Any
 
 from claraseg.backend import MODEL_KINDS, ModelDescriptor
 from claraseg.errors import ConfigError, ModelError
+from claraseg.models.schema import DEXTR_CHANNELS, check_settings  # noqa: F401 (DEXTR_CHANNELS re-exported)
 
 METADATA = Path("configs") / "metadata.json"
 INFERENCE = Path("configs") / "inference.json"
@@ -137,93 +138,6 @@ class Bundle:
         except RuntimeError as e:
             raise ModelError(f"{self.weights_path}: the weights do not fit network_def ({str(e).splitlines()[0]})") from None
         return net.float().to(device).eval()
-
-
-def _number(value: Any, *, integer: bool = False) -> bool:
-    if isinstance(value, bool):
-        return False
-    if integer:
-        return isinstance(value, int)
-    return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
-
-
-def _boundary_spec_ok(spec: Any) -> bool:
-    """A ``boundary_refine`` object (:func:`~claraseg.engine.boundary.refine_boundary`'s keywords)."""
-    if not isinstance(spec, dict) or not set(spec) <= {"band", "tau", "ring", "bins"}:
-        return False
-    if any(not (_number(spec[k]) and spec[k] > 0) for k in ("band", "tau", "ring") if k in spec):
-        return False
-    return "bins" not in spec or (_number(spec["bins"], integer=True) and spec["bins"] >= 2)
-
-
-#: The ``claraseg`` constants the engine reads: key -> (description, test). Absent optional keys are fine.
-_CHECKS: dict[str, tuple[str, Any]] = {
-    "tta_flips": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
-    "click_radius_mm": ("a number >= 0", lambda v: _number(v) and v >= 0),
-    "threshold": ("a number between 0 and 1 (exclusive)", lambda v: _number(v) and 0 < v < 1),
-    "fill": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
-    "refine_fill": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
-    "first_click_spacing_mm": ("a number > 0", lambda v: _number(v) and v > 0),
-    "margin_mm": ("a number >= 0", lambda v: _number(v) and v >= 0),
-    "margin_rel": ("a number >= 0", lambda v: _number(v) and v >= 0),
-    "refine_radius_rel": ("a number >= 0 (0: off)", lambda v: _number(v) and v >= 0),
-    "refit_model": ("a model name (a string)", lambda v: isinstance(v, str)),
-    "refit_min_agreement": ("a number between 0 and 1", lambda v: _number(v) and 0 <= v <= 1),
-    "refit_passes": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
-    "refit_tta_flips": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
-    "refit_threshold": ("a number between 0 and 1 (exclusive)", lambda v: _number(v) and 0 < v < 1),
-    "refit_contradiction": ('"refuse", "honour" or "merge"', lambda v: v in ("refuse", "honour", "merge")),
-    "keep_mask_detail": ("true or false", lambda v: isinstance(v, bool)),
-    "boundary_refine": ('null or an object of "band", "tau", "ring" (numbers > 0) and "bins" (an integer >= 2), '
-                        'each optional', lambda v: v is None or _boundary_spec_ok(v)),
-    "grow_passes": ("an integer >= 0", lambda v: _number(v, integer=True) and v >= 0),
-    "min_points": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
-    "spacing_range_mm": ("[low, high] with 0 < low <= high",
-                         lambda v: isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v)
-                         and 0 < v[0] <= v[1]),
-    "roi_size": ("three positive integers [i, j, k]",
-                 lambda v: isinstance(v, list) and len(v) == 3 and all(_number(x, integer=True) and x >= 1 for x in v)),
-}
-#: Guidance constants: key -> (description, test).
-_GUIDANCE_CHECKS: dict[str, tuple[str, Any]] = {
-    "sigma_mm": ("a number > 0", lambda v: _number(v) and v > 0),
-    "sigma_vox": ("a number > 0", lambda v: _number(v) and v > 0),
-    "min_sigma_vox": ("a number >= 0", lambda v: _number(v) and v >= 0),
-}
-#: The input channels a DEXTR3D network may have: the points alone, or also clicks and the current mask.
-DEXTR_CHANNELS = (["image", "extreme_points"], ["image", "extreme_points", "foreground", "background", "mask"])
-#: Keys each interactive kind cannot run without.
-_REQUIRED: dict[str, tuple[str, ...]] = {
-    "deepgrow3d": ("roi_size", "fill", "spacing_range_mm", "first_click_spacing_mm", "threshold", "guidance", "intensity"),
-    "deepgrow2d": ("roi_size", "fill", "spacing_range_mm", "first_click_spacing_mm", "threshold", "guidance", "intensity"),
-    "dextr3d": ("roi_size", "margin_mm", "threshold", "guidance", "intensity"),
-}
-
-
-def check_settings(settings: dict[str, Any], kind: str, where: Path) -> None:
-    """Refuse a ``claraseg`` section whose constants the engine could not use (a missing key, a string
-    where a number belongs, a threshold of 2 ...), naming the key, when the bundle is read rather than
-    inside a click."""
-    missing = [k for k in _REQUIRED.get(kind, ()) if k not in settings]
-    if missing:
-        raise ConfigError(f"{where}: claraseg section of a {kind} model lacks {', '.join(missing)}")
-    for key, (want, ok) in _CHECKS.items():
-        if key in settings and not ok(settings[key]):
-            raise ConfigError(f"{where}: claraseg.{key} must be {want}, got {settings[key]!r}")
-    channels = settings.get("channels")
-    if kind == "dextr3d" and channels is not None and channels not in DEXTR_CHANNELS:
-        raise ConfigError(f"{where}: claraseg.channels of a dextr3d model must be one of "
-                          f"{' or '.join(map(str, DEXTR_CHANNELS))}, got {channels!r}")
-    guidance = settings.get("guidance")
-    if guidance is not None:
-        if not isinstance(guidance, dict):
-            raise ConfigError(f"{where}: claraseg.guidance must be an object, got {guidance!r}")
-        for key, (want, ok) in _GUIDANCE_CHECKS.items():
-            if key in guidance and not ok(guidance[key]):
-                raise ConfigError(f"{where}: claraseg.guidance.{key} must be {want}, got {guidance[key]!r}")
-        need = "sigma_vox" if kind == "dextr3d" else "sigma_mm" if kind in ("deepgrow3d", "deepgrow2d") else None
-        if need and need not in guidance:
-            raise ConfigError(f"{where}: claraseg.guidance of a {kind} model lacks {need}")
 
 
 def read_bundle(path: str | os.PathLike, name: str | None = None) -> Bundle:
