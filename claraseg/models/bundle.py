@@ -140,12 +140,38 @@ class Bundle:
         return net.float().to(device).eval()
 
 
+#: Earlier names of ``claraseg`` settings -> the names that say which stage they set (first click,
+#: correction clicks, shape re-fit). A bundle written with an earlier name is read under the new one.
+RENAMED_SETTINGS = {
+    "grow_passes": "first_click_grow_passes",
+    "refine_fill": "correction_fill",
+    "refine_model": "correction_model",
+    "refine_radius_rel": "correction_radius_rel",
+    **{f"refit_{k}": f"shape_refit_{k}" for k in ("model", "min_agreement", "passes", "tta_flips", "threshold",
+                                                  "contradiction")},
+}
+
+
+def rename_settings(settings: dict[str, Any], where: Path) -> dict[str, Any]:
+    """``settings`` with every earlier name (:data:`RENAMED_SETTINGS`) replaced by its current one; a
+    :class:`ConfigError` when a bundle gives both."""
+    out = dict(settings)
+    for old, new in RENAMED_SETTINGS.items():
+        if old in out:
+            if new in out:
+                raise ConfigError(f"{where}: claraseg gives both {old} and its current name {new}; keep {new}")
+            out[new] = out.pop(old)
+    return out
+
+
 def read_bundle(path: str | os.PathLike, name: str | None = None) -> Bundle:
     """Read a bundle directory; ``name`` defaults to the folder name (``<name>@vN`` folders keep theirs)."""
     path = Path(path)
     meta = _read_json(path / METADATA)
     inference = _read_json(path / INFERENCE)
-    settings = meta.get("claraseg") or {}
+    settings = rename_settings(meta.get("claraseg") or {}, path / METADATA)
+    if meta.get("claraseg"):
+        meta["claraseg"] = settings
     kind = settings.get("kind", "segmentation")
     if kind not in MODEL_KINDS:
         raise ConfigError(f"{path / METADATA}: claraseg.kind {kind!r} is not one of {MODEL_KINDS}")

@@ -25,9 +25,18 @@ import torch
 
 from claraseg.errors import TrainingDataError
 from claraseg.evaluate.protocol import dice
-from claraseg.io import make_phantom, read_image, read_labels_json
+from claraseg.io import read_image, read_labels_json
 from claraseg.models.bundle import METADATA, TRAIN, read_bundle, save_weights, write_json_atomic
 from claraseg.models.defaults import create_bundle
+from claraseg.models.sources import (
+    EVAL_PHANTOM_SEEDS,
+    MIN_VOXELS,
+    P_BY_SIZE,
+    TRAIN_PHANTOM_SEEDS,
+    draw_structure,
+    load_split_sources,
+    source_weights,
+)
 from claraseg.models.train_config import TRAIN_SAMPLING_KEYS, check_train_config, train_sampling
 from claraseg.models.training import (
     TrainingVolume,
@@ -35,7 +44,6 @@ from claraseg.models.training import (
     make_sample,
     network_input,
     predictor,
-    volume_from_images,
 )
 from claraseg.train.loop import (
     CheckpointHandler,
@@ -50,21 +58,14 @@ log = logging.getLogger("claraseg.pretrain")
 #: Where the packaged default bundles live.
 PACKAGED_BUNDLES = Path(__file__).resolve().parent / "bundles"
 
-#: Structures and cases never used for training the interactive models (evaluation only).
+#: Structures and cases held out of the training of the default weights before the scan-level split
+#: (claraseg/evaluate/scan_split.json); read by the held-out check of those weights.
 HELDOUT: dict[str, Any] = {
     "ct_abdomen_3mm": ["spleen", "kidney_left", "gallbladder", "urinary_bladder", "vertebrae_L3", "iliopsoas_left"],
     "mr_abdomen_3mm": ["spleen", "kidney_left", "liver"],
     "mr_brain_1mm": ["left_hippocampus", "right_thalamus", "left_putamen", "right_lateral_ventricle"],
     "mr_hippocampus_last_cases": 30,
 }
-#: Phantom seeds used for training, and fresh ones kept for evaluation.
-TRAIN_PHANTOM_SEEDS = list(range(1000, 1016))
-EVAL_PHANTOM_SEEDS = [5000, 5001, 5002]
-#: How often a training sample comes from each source.
-SOURCE_WEIGHTS = {"ct_abdomen_3mm": 0.24, "mr_abdomen_3mm": 0.12, "mr_brain_1mm": 0.2, "mr_hippocampus": 0.19,
-                  "phantoms": 0.25}
-#: Smallest structure trained on (voxels on its own grid).
-MIN_VOXELS = 60
 DEFAULT_SEED = 20260
 #: Pre-training validates (interactive kinds) and saves the weights this often (seconds).
 SAVE_EVERY_S = 300.0
@@ -78,47 +79,22 @@ def hippocampus_cases(data_dir: Path) -> tuple[list[str], list[str]]:
     return names[:-n], names[-n:]
 
 
+def split_record(data_dir: Path) -> dict[str, Any]:
+    """What a stage trained on the ``train`` split kept out: the scans of ``validation`` and ``test``."""
+    from claraseg.evaluate.split import split_scans
+
+    out: dict[str, Any] = {"split": "claraseg/evaluate/scan_split.json", "phantom_seeds": EVAL_PHANTOM_SEEDS}
+    for split in ("validation", "test"):
+        out[split] = [s.name if s.source == s.name else f"{s.source}/{s.name}" for s in split_scans(data_dir, split)]
+    return out
+
+
 def load_sources(data_dir: Path, intensity: dict, *, heldout: bool = False,
                  hippocampus_limit: int | None = None) -> dict[str, list[TrainingVolume]]:
-    """Training volumes per source (``heldout=False``), or the held-out structures and cases only."""
-    data_dir = Path(data_dir)
-    out: dict[str, list[TrainingVolume]] = {}
-    for folder, modality in (("ct_abdomen_3mm", "CT"), ("mr_abdomen_3mm", "MR"), ("mr_brain_1mm", "MR")):
-        d = data_dir / folder
-        if not (d / "image.nii.gz").exists():
-            raise TrainingDataError(f"{d}: missing image.nii.gz (point --data at the shared data folder)")
-        image = read_image(d / "image.nii.gz")
-        label = read_image(d / "label.nii.gz", label=True)
-        names = {v: info.name for v, info in read_labels_json(d / "labels.json").items()}
-        held = set(HELDOUT[folder])
-        exclude = held if not heldout else set(names.values()) - held
-        out[folder] = [volume_from_images(folder, image, label, intensity, min_voxels=MIN_VOXELS, exclude=exclude,
-                                          names=names, modality=modality)]
-    train_cases, held_cases = hippocampus_cases(data_dir)
-    cases = held_cases if heldout else train_cases
-    if hippocampus_limit:
-        cases = cases[:hippocampus_limit]
-    hip = []
-    for name in cases:
-        image = read_image(data_dir / "mr_hippocampus" / "images" / name)
-        label = read_image(data_dir / "mr_hippocampus" / "labels" / name, label=True)
-        hip.append(volume_from_images(name, image, label, intensity, min_voxels=MIN_VOXELS, modality="MR",
-                                      names={1: "hippocampus_anterior", 2: "hippocampus_posterior"},
-                                      unions={"hippocampus": (1, 2)}))
-    out["mr_hippocampus"] = hip
-    seeds = EVAL_PHANTOM_SEEDS if heldout else TRAIN_PHANTOM_SEEDS
-    out["phantoms"] = [volume_from_images(f"phantom_{s}", *make_phantom(seed=s, size_ijk=(96, 96, 48)), intensity,
-                                          min_voxels=MIN_VOXELS, modality="CT") for s in seeds]
-    return {k: [v for v in vols if v.structures] for k, vols in out.items() if any(v.structures for v in vols)}
-
-
-def draw_structure(sources: dict[str, list[TrainingVolume]], rng: np.random.Generator):
-    """A (volume, structure) pair: source by :data:`SOURCE_WEIGHTS`, then volume and structure uniformly."""
-    names = [k for k in SOURCE_WEIGHTS if k in sources]
-    w = np.array([SOURCE_WEIGHTS[k] for k in names])
-    vols = sources[names[int(rng.choice(len(names), p=w / w.sum()))]]
-    vol = vols[int(rng.integers(len(vols)))]
-    return vol, vol.structures[int(rng.integers(len(vol.structures)))]
+    """Training volumes per source: the ``train`` split of the sample data (``heldout=False``) or the
+    ``validation`` split (:mod:`claraseg.models.sources`)."""
+    return load_split_sources(Path(data_dir), intensity, "validation" if heldout else "train",
+                              hippocampus_limit=hippocampus_limit)
 
 
 def run_stream(net: torch.nn.Module, opt: torch.optim.Optimizer, step_loss, draw, lr0: float, minutes: float,
@@ -268,7 +244,6 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
     save_weights(net, bundle.weights_path)
     vd = _validate(net, kind, val)
     progress(f"{kind}: done, {it} iterations, final validation Dice {vd:.3f}")
-    _, held_cases = hippocampus_cases(Path(data_dir))
     recipe = f"claraseg pretrain --models {kind} --seed {seed} --iterations {it}"
     if warm_start:
         recipe += f" --continue --lr-scale {lr_scale:g}"
@@ -292,13 +267,16 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
                                                                "margin_mm", "margin_rel", "threshold")},
         "final_loss": round(float(np.mean(losses[-100:])), 4) if losses else None,
         "validation_dice_roi": round(vd, 4), "validation_history": history,
-        "data": {"sources": SOURCE_WEIGHTS, "structures_per_source": counts, "min_voxels": MIN_VOXELS,
+        "data": {"split": "claraseg/evaluate/scan_split.json (train)", "sources": source_weights(sources),
+                 "structures_per_source": counts, "min_voxels": MIN_VOXELS, "p_by_size": P_BY_SIZE,
                  "train_phantom_seeds": TRAIN_PHANTOM_SEEDS},
-        "heldout": {**{k: v for k, v in HELDOUT.items() if k != "mr_hippocampus_last_cases"},
-                    "mr_hippocampus": held_cases, "phantom_seeds": EVAL_PHANTOM_SEEDS},
+        "heldout": split_record(Path(data_dir)),
         "augmentation": "random rotation (25 deg) and flips, ROI spacing (object scale), intensity scale/shift/gamma/"
                         "inversion/blur/thick-slice/noise, simulated clicks (ANCHORS protocol and random variants, "
-                        "network in the loop), corrupted current masks",
+                        "network in the loop), corrupted current masks"
+                        + ("; domain randomisation (synthetic contrasts per label, bias field, slice thickness "
+                           "0.5-8 mm, partial volume, fields of view cutting the object, first clicks weighted "
+                           "toward objects cut by the ROI or the scan)" if sampling.get("domain_randomization") else ""),
         "torch": torch.__version__,
     }
     _update_metadata(Path(bundle_dir), record,

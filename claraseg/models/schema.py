@@ -58,23 +58,24 @@ class Settings(BaseModel):
     click_radius_mm: _num("a number >= 0", ge=0)
     threshold: _num("a number between 0 and 1 (exclusive)", gt=0, lt=1)
     fill: _num("a number in (0, 1]", gt=0, le=1)
-    refine_fill: _num("a number in (0, 1]", gt=0, le=1)
+    correction_fill: _num("a number in (0, 1]", gt=0, le=1)
     first_click_spacing_mm: _num("a number > 0", gt=0)
     margin_mm: _num("a number >= 0", ge=0)
     margin_rel: _num("a number >= 0", ge=0)
-    refine_radius_rel: _num("a number >= 0 (0: off)", ge=0)
-    refit_model: Annotated[str, Strict(), Field(default=None, description="a model name (a string)")]
-    refit_min_agreement: _num("a number between 0 and 1", ge=0, le=1)
-    refit_passes: _int("an integer >= 1", ge=1)
-    refit_tta_flips: _int("an integer >= 1", ge=1)
-    refit_threshold: _num("a number between 0 and 1 (exclusive)", gt=0, lt=1)
-    refit_contradiction: Annotated[Literal["refuse", "honour", "merge"],
+    correction_model: Annotated[str, Strict(), Field(default=None, description="a model name (a string)")]
+    correction_radius_rel: _num("a number >= 0 (0: off)", ge=0)
+    shape_refit_model: Annotated[str, Strict(), Field(default=None, description="a model name (a string)")]
+    shape_refit_min_agreement: _num("a number between 0 and 1", ge=0, le=1)
+    shape_refit_passes: _int("an integer >= 1", ge=1)
+    shape_refit_tta_flips: _int("an integer >= 1", ge=1)
+    shape_refit_threshold: _num("a number between 0 and 1 (exclusive)", gt=0, lt=1)
+    shape_refit_contradiction: Annotated[Literal["refuse", "honour", "merge"],
                                    Field(default=None, description='"refuse", "honour" or "merge"')]
     keep_mask_detail: Annotated[bool, Strict(), Field(default=None, description="true or false")]
     boundary_refine: Annotated[Optional[BoundaryRefine], Field(
         default=None, description='null or an object of "band", "tau", "ring" (numbers > 0) and "bins" '
                                   '(an integer >= 2), each optional')]
-    grow_passes: _int("an integer >= 0", ge=0)
+    first_click_grow_passes: _int("an integer >= 0", ge=0)
     min_points: _int("an integer >= 1", ge=1)
     spacing_range_mm: Annotated[list[Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]],
                                 Field(default=None, min_length=2, max_length=2,
