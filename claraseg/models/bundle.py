@@ -29,6 +29,9 @@ METADATA = Path("configs") / "metadata.json"
 INFERENCE = Path("configs") / "inference.json"
 TRAIN = Path("configs") / "train.json"
 WEIGHTS = Path("models") / "model.pt"
+#: The training history (``claraseg pretrain``'s record of every stage), beside the metadata: clients
+#: download metadata.json with every model list, the history only when they ask for it.
+HISTORY = Path("configs") / "training_history.json"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -90,7 +93,10 @@ class Bundle:
         else:
             labels = {1: "object"}
         extra = {k: self.metadata[k] for k in ("data_source", "intended_use", "eval_metrics") if k in self.metadata}
-        extra.update({k: s[k] for k in ("training", "metrics", "heldout", "demo_grade") if k in s})
+        extra.update({k: s[k] for k in ("metrics", "heldout", "demo_grade") if k in s})
+        legacy = s.get("training")  # a bundle written before the history moved to its own file
+        if "heldout" not in extra and isinstance(legacy, dict) and legacy.get("heldout"):
+            extra["heldout"] = legacy["heldout"]
         if isinstance(s.get("fine_tune"), dict):
             # Before/after validation Dice of the fine-tune that made this version, for every client (remote too).
             extra["fine_tune"] = {k: s["fine_tune"][k] for k in (
@@ -162,6 +168,29 @@ def rename_settings(settings: dict[str, Any], where: Path) -> dict[str, Any]:
                 raise ConfigError(f"{where}: claraseg gives both {old} and its current name {new}; keep {new}")
             out[new] = out.pop(old)
     return out
+
+
+def read_training_history(path: str | os.PathLike) -> dict[str, Any]:
+    """The training record of a bundle folder (``configs/training_history.json``; a bundle written
+    before the history moved there keeps it under ``claraseg.training`` of its metadata); {} if none."""
+    path = Path(path)
+    if (path / HISTORY).is_file():
+        return _read_json(path / HISTORY).get("training") or {}
+    meta = _read_json(path / METADATA)
+    return (meta.get("claraseg") or {}).get("training") or {}
+
+
+def write_training_history(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Write a bundle's training record to ``configs/training_history.json`` and keep in the metadata
+    only what clients use: the held-out structures (``claraseg.heldout``, for evaluation)."""
+    path = Path(path)
+    write_json_atomic(path / HISTORY, {"training": record})
+    meta = _read_json(path / METADATA)
+    section = meta.setdefault("claraseg", {})
+    section.pop("training", None)
+    if record.get("heldout"):
+        section["heldout"] = record["heldout"]
+    write_json_atomic(path / METADATA, meta)
 
 
 def read_bundle(path: str | os.PathLike, name: str | None = None) -> Bundle:
