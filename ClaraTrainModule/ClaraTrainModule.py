@@ -13,6 +13,7 @@ from ClaraAnnotateLib.annotator import status_style, user_message
 from ClaraAnnotateLib.settings import BackendSettings
 from ClaraTrainModuleLib import automl, jobs
 from ClaraTrainModuleLib.desktop import DesktopTrainLogic
+from ClaraTrainModuleLib.federated import FederatedPanel
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
@@ -78,9 +79,12 @@ class ClaraTrainModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refreshModels()
         self.onWhereChanged(0)
         self.onJobChanged(None)
+        self.federated = FederatedPanel(self.layout, self.selectedPairs)  # export as a federated site, follow a job
 
     def cleanup(self) -> None:
         self.removeObservers()
+        if getattr(self, "federated", None):
+            self.federated.stop()
         if self.logic:
             self.logic.listener = None
 
