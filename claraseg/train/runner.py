@@ -77,8 +77,8 @@ class Dist:
 
 
 def job_device(name: str, dist: Dist) -> torch.device:
-    """The job's device (:func:`claraseg.engine.backend.pick_device`); a DDP rank on CUDA takes its local GPU."""
-    from claraseg.engine.backend import pick_device
+    """The job's device (:func:`claraseg.backend.pick_device`); a DDP rank on CUDA takes its local GPU."""
+    from claraseg.backend import pick_device
 
     name = pick_device(name)
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -139,8 +139,9 @@ class Runner:
         """Run the job; returns the process exit code (0 completed, 1 internal error, 2 bad input, 3 cancelled)."""
         if self.spec.threads:
             torch.set_num_threads(self.spec.threads)
-        device_type = "cuda" if self.spec.device.startswith("cuda") or (
-            self.spec.device == "auto" and torch.cuda.is_available()) else "cpu"
+        from claraseg.backend import pick_device
+
+        device_type = "cuda" if pick_device(self.spec.device).startswith("cuda") else "cpu"
         self.dist = Dist(device_type)
         self.events = EventWriter(self.workdir / "events.jsonl", enabled=self.dist.rank == 0)
         self.error: BaseException | None = None
