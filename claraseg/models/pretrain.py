@@ -4,7 +4,7 @@ Data: ../shared/data (CT abdomen, MR abdomen, MR brain structures, MSD hippocamp
 phantoms. Whole structures and cases listed in :data:`HELDOUT` never reach training, so the evaluation
 on them is honest; fresh phantom seeds (:data:`EVAL_PHANTOM_SEEDS`) are never trained on either.
 Everything that made the weights (data, held-out lists, settings, seed, iterations, wall time, final
-loss and validation Dice) is written into the bundle's ``configs/metadata.json`` (``claraseg.training``).
+loss and validation Dice) is written into the bundle's ``configs/training_history.json``.
 
 The training length is a wall-time budget (``--minutes``) or, to reproduce a run exactly on CPU, the
 number of iterations the run recorded (``--iterations``).
