@@ -1,6 +1,6 @@
 """Held-out evaluation of the default interactive models (``claraseg eval --heldout``).
 
-Each default bundle records in its metadata (``claraseg.training.heldout``) the structures and cases of
+Each default bundle records in its metadata (``claraseg.heldout``) the structures and cases of
 the sample data kept out of its training, and the fresh phantom seeds it never saw. This module turns
 that record into the structures to evaluate (at least ``min_voxels`` voxels), runs the click protocol
 on them with the model and with the classical baseline, and writes one JSON and one PNG per model.
@@ -43,7 +43,7 @@ def heldout_record(descriptor: ModelDescriptor) -> dict[str, Any]:
     record = training.get("heldout") or descriptor.extra.get("heldout")
     if not record:
         raise ClarasegError(
-            f"model {descriptor.name!r} records no held-out structures (claraseg.training.heldout in its "
+            f"model {descriptor.name!r} records no held-out structures (claraseg.heldout in its "
             "configs/metadata.json); train it with `claraseg pretrain` or evaluate explicit files with "
             "`claraseg eval --image ... --label ...`"
         )
