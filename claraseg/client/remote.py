@@ -408,7 +408,7 @@ class RemoteSession:
                     self._pending = (fut, op, payload)
             try:
                 r = self._post(op, payload, on_cancel)
-            except SessionExpiredError:
+            except (SessionExpiredError, SessionNotFoundError):  # expired, or the server restarted
                 self._reopen()
                 r = self._post(op, payload, on_cancel)
             self._log.append((op, payload))

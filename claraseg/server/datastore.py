@@ -133,10 +133,14 @@ class Datastore:
             if (d / "info.json").is_file():
                 raise DatastoreConflictError(f"image {image_id!r} already exists in the datastore; choose another id")
             d.mkdir(parents=True, exist_ok=True)
-            write_image(image.with_array(image.array, labels={}), d / "image.nii.gz")
-            record = {"id": image_id, "name": name or image_id, "author": author, "time": _now(),
-                      **_geometry(image), "info": dict(info or {})}
-            write_text_atomic(d / "info.json", json.dumps(record, indent=1))
+            try:
+                write_image(image.with_array(image.array, labels={}), d / "image.nii.gz")
+                record = {"id": image_id, "name": name or image_id, "author": author, "time": _now(),
+                          **_geometry(image), "info": dict(info or {})}
+                write_text_atomic(d / "info.json", json.dumps(record, indent=1))
+            except BaseException:
+                shutil.rmtree(d, ignore_errors=True)  # nothing of a failed upload stays
+                raise
         return record
 
     def image_info(self, image_id: str) -> dict[str, Any]:
@@ -204,7 +208,12 @@ class Datastore:
                 "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                 "info": dict(info or {}),
             }
-            write_text_atomic(tag_dir / f"v{n:04d}.json", json.dumps(record, indent=1))
+            try:
+                write_text_atomic(tag_dir / f"v{n:04d}.json", json.dumps(record, indent=1))
+            except BaseException:  # no voxels without their record (the number stays taken by nothing)
+                for p in tag_dir.glob(f"v{n:04d}.*"):
+                    p.unlink(missing_ok=True)
+                raise
         return record
 
     def label_record(self, image_id: str, tag: str = DEFAULT_TAG, version: int | None = None) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Decompression bombs, lying Content-Length headers and session memory against a real server whose address
-space is limited with ``prlimit --as``: every one is refused with 4xx/503 and the server keeps serving."""
+space is limited with ``prlimit --as``: every one is refused with 4xx/503 and the server keeps serving.
+The same server may write files of 3 MB at most (``--fsize``), so a larger save meets a "full disk"."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ TOKEN = "bomb-test-token-0123"
 #: Address space of the server: its idle size (Python, numpy, SimpleITK, torch ~1.1 GB) plus ~1 GB.
 AS_LIMIT = 2300 * 2**20
 UPLOAD_MB = 200
+#: Largest file the server may write (RLIMIT_FSIZE): a stand-in for a full disk.
+FSIZE_LIMIT = 3 * 2**20
 
 
 def _h() -> dict:
@@ -42,7 +45,8 @@ def limited(tmp_path_factory):
     srv = ServerProcess(["--backend", "standin:make", "--max-upload-mb", str(UPLOAD_MB), "--max-body-mb", "1",
                          "--max-session-mb", "300", "--workers", "2"],
                         tmp / "datastore", tmp / "server.log", env=env, token=TOKEN,
-                        wrapper=["prlimit", f"--as={AS_LIMIT}", "--"])
+                        wrapper=["prlimit", f"--as={AS_LIMIT}", f"--fsize={FSIZE_LIMIT}", "--"])
+    srv.datastore = tmp / "datastore"
     yield srv
     srv.stop()
 
@@ -180,6 +184,46 @@ def test_no_body_is_read_before_the_token(limited):
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(b"POST /train/x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 900000\r\n\r\n[[[[")
-        answer = s.recv(4096)
+        answer = b""
+        while chunk := s.recv(4096):  # the server closes the connection after its answer
+            answer += chunk
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["code"] == "unauthorized"
+
+
+def test_full_disk_answers_507_and_keeps_nothing(limited):
+    rng = np.random.default_rng(0)
+    img = Image(rng.integers(-1000, 1000, (80, 160, 160), dtype=np.int16))  # ~4 MB compressed
+    head, vox = encode_volume_parts(img)
+    r = requests.put(limited.url + "/datastore/image", params={"image": "too-big"}, data=head + bytes(vox),
+                     headers={**_h(), "Content-Type": VOLUME_MEDIA_TYPE}, timeout=60)
+    assert r.status_code == 507, r.text
+    assert r.json()["code"] == "insufficient_storage"
+    root = Path(limited.datastore)
+    assert not (root / "images" / "too-big").exists()
+    assert not list(root.rglob(".tmp-*"))
+    small = Image(np.zeros((8, 16, 16), np.int16))
+    head, vox = encode_volume_parts(small)
+    r = requests.put(limited.url + "/datastore/image", params={"image": "small"}, data=head + bytes(vox),
+                     headers={**_h(), "Content-Type": VOLUME_MEDIA_TYPE}, timeout=60)
+    assert r.status_code == 200, r.text
+    _alive(limited)
+
+
+def test_client_survives_a_server_restart(limited, tmp_path):
+    """The last test of the module: the server restarts on its port; the next click re-opens the session."""
+    from claraseg.client import RemoteBackend
+    from claraseg.server.testing import ServerProcess
+
+    image = Image(np.arange(24 * 20 * 16, dtype=np.int16).reshape(16, 20, 24) % 200)
+    with RemoteBackend(limited.url, TOKEN) as backend:
+        session = backend.open_session(image)
+        first = session.click("grow3d", foreground=[[10, 10, 8]])
+        port = int(limited.url.rsplit(":", 1)[1])
+        limited.stop()
+        env = {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+        with ServerProcess(["--backend", "standin:make"], tmp_path / "datastore", tmp_path / "server.log", env=env,
+                           token=TOKEN, port=port):
+            again = session.click("grow3d", foreground=[[10, 10, 8]], object_id="2")
+            assert session.reopened == 1
+            assert np.array_equal(again.to_full(), first.to_full())
