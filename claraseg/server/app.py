@@ -157,6 +157,10 @@ def _add_error_handlers(app: FastAPI) -> None:
             detail = f"method {request.method} is not allowed on {request.url.path}; see /docs"
         return _answer(request, exc.status_code, "http_error", detail, getattr(exc, "headers", None))
 
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        return _answer(request, 400, "invalid_request", "the request nests its data too deeply")
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
