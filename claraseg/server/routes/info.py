@@ -71,5 +71,7 @@ def info_dict(ctx: ServerContext, datastore_status: dict[str, Any]) -> dict[str,
 @router.get("/", summary="Server and API version, models, devices, datastore summary")
 async def app_info(ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     # A thread of its own (not the inference pool), so /info answers while every worker is busy.
-    status = await asyncio.to_thread(ctx.datastore.status) if ctx.datastore else {}
-    return info_dict(ctx, status)
+    def build() -> dict[str, Any]:
+        return info_dict(ctx, ctx.datastore.status() if ctx.datastore else {})
+
+    return await asyncio.to_thread(build)
