@@ -1,6 +1,6 @@
 """Held-out evaluation of the default interactive models (``claraseg eval --heldout``).
 
-Each default bundle records in its metadata (``claraseg.training.heldout``) the structures and cases of
+Each default bundle records in its metadata (``claraseg.heldout``) the structures and cases of
 the sample data kept out of its training, and the fresh phantom seeds it never saw. This module turns
 that record into the structures to evaluate (at least ``min_voxels`` voxels), runs the click protocol
 on them with the model and with the classical baseline, and writes one JSON and one PNG per model.
@@ -43,7 +43,7 @@ def heldout_record(descriptor: ModelDescriptor) -> dict[str, Any]:
     record = training.get("heldout") or descriptor.extra.get("heldout")
     if not record:
         raise ClarasegError(
-            f"model {descriptor.name!r} records no held-out structures (claraseg.training.heldout in its "
+            f"model {descriptor.name!r} records no held-out structures (claraseg.heldout in its "
             "configs/metadata.json); train it with `claraseg pretrain` or evaluate explicit files with "
             "`claraseg eval --image ... --label ...`"
         )
@@ -102,12 +102,12 @@ def _baseline_key(method: str, kind: str, structures: Sequence[Structure], inter
 
 
 def heldout_baseline(method: str, kind: str, structures: Sequence[Structure], interactions: int, out_dir: Path,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True, prefix: str = "") -> dict[str, Any]:
     """The baseline's results on the held-out structures, reused from ``baseline_<kind>_<method>.json`` in
-    ``out_dir`` when it was computed for exactly these structures by this code (it needs no weights, so
+    ``out_dir`` (``prefix`` before the name) when it was computed for exactly these structures by this code (it needs no weights, so
     it can be run before they exist), else computed and saved there."""
     key = _baseline_key(method, kind, structures, interactions)
-    cache = out_dir / f"baseline_{kind}_{method}.json"
+    cache = Path(out_dir) / f"{prefix}baseline_{kind}_{method}.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:

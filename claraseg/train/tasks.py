@@ -16,13 +16,6 @@ import torch
 from claraseg.errors import ConfigError
 
 
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two binary masks (1.0 when both are empty)."""
-    p, t = pred.astype(bool), truth.astype(bool)
-    denom = int(p.sum()) + int(t.sum())
-    return 1.0 if denom == 0 else 2.0 * int(np.logical_and(p, t).sum()) / denom
-
-
 class SegmentationTask:
     """Supervised training of a segmentation bundle: ``loss(network(image), label)`` on the bundle's crops;
     validation by sliding-window inference over each held-out case, Dice per model label it holds."""
@@ -49,6 +42,8 @@ class SegmentationTask:
                  device: torch.device, sw_batch_size: int = 1) -> tuple[float, dict[str, float]]:
         """Mean Dice over (case, label held by the case), and the mean per label name."""
         from monai.inferers import sliding_window_inference
+
+        from claraseg.evaluate.protocol import dice
 
         per_label: dict[str, list[float]] = {}
         network.eval()
