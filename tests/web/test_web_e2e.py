@@ -1,8 +1,10 @@
-"""Clara Annotate Web end to end: a real app process, Debian's Chromium driven by Playwright.
+"""Clara Annotate Web end to end, as `./clara serve` runs it: ``claraseg serve --token`` starts the API and
+the web app beside it (engine and datastore on the server, reached with the token); Debian's Chromium
+driven by Playwright.
 
-One app server and one browser for the module; the tests run in file order on the same page (the
-user's session: open the CT, click the spleen, undo, extreme points, paint, save, download). Each
-test leaves a screenshot under artifacts/web/ (path printed).
+One server and one browser for the module; the tests run in file order on the same page (the user's
+session: open the CT, click the spleen, undo, extreme points, paint, save, download). Each test leaves
+a screenshot under artifacts/web/ (path printed).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ if _missing:
 
 SPLEEN = 1
 IMAGE_ID = "ct_abdomen_3mm"
+TOKEN = "web-e2e-secret"
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(workdir):
-    proc = AppProcess(workdir, "--datastore", str(workdir / "datastore"))
+    proc = AppProcess(workdir, "--datastore", str(workdir / "datastore"), "--token", TOKEN, serve=True)
     try:
         proc.wait_ready()
         yield proc
@@ -88,7 +91,7 @@ def _dice(a, b) -> float:
     return 2.0 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
 
 
-def _wait_result(page, before: int, timeout_s: float = 90.0) -> dict:
+def _wait_result(page, before: int, timeout_s: float = 300.0) -> dict:
     wait_state(page, f"s('clara_results') > {before} || s('clara_status_level') === 'error'", timeout_s)
     assert state(page, "clara_status_level") != "error", state(page, "clara_status")
     # the rendered frame follows the result; give the view a moment to show it in the screenshot
@@ -101,6 +104,17 @@ def _save(page, before_version: int) -> int:
     wait_state(page, f"(s('clara_saved') || {{}}).version > {before_version} || s('clara_status_level') === 'error'", 30)
     assert state(page, "clara_status_level") != "error", state(page, "clara_status")
     return int(state(page, "clara_saved")["version"])
+
+
+def test_serve_links_the_web_app_and_keeps_its_token(app, page):
+    import requests
+
+    status = requests.get(app.api_url + "/", timeout=10)
+    assert status.status_code == 200 and f'href="{app.url}"' in status.text
+    # the API refuses a client without the token; the page (which lists the server's datastore) has it
+    assert requests.get(app.api_url + "/datastore/", timeout=10).status_code == 401
+    assert [i["id"] for i in state(page, "clara_images")] == [IMAGE_ID]
+    assert "annotation server" in state(page, "clara_connection")
 
 
 def test_open_sample_ct_from_the_datastore(page):
@@ -123,6 +137,7 @@ def test_click_in_the_spleen_segments_it(page, workdir, truth):
     view = axial_view(page)
     pixel_before = _pixel(page, view, 12, 12)
     click_view_center(page, view)
+    wait_state(page, "(s('clara_points') || {}).foreground === 1", 60)  # the view took the click
     last = _wait_result(page, before)
     assert last["what"] == "click" and last["voxels"] > 1000
     # the browser click landed on the voxel under the view's centre: the spleen's deepest voxel

@@ -55,16 +55,23 @@ def free_port() -> int:
 
 
 class AppProcess:
-    """``python -m ClaraAnnotateWeb`` on a free loopback port, logging to a file."""
+    """``python -m ClaraAnnotateWeb`` (in-process engine) on a free loopback port, logging to a file; with
+    ``serve=True``, ``python -m claraseg serve`` instead: the API on one port, the web app beside it."""
 
-    def __init__(self, workdir: Path, *extra: str, threads: int = 2) -> None:
+    def __init__(self, workdir: Path, *extra: str, threads: int = 2, serve: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        self.log_path = workdir / "web-app.log"
+        self.log_path = workdir / ("serve.log" if serve else "web-app.log")
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                "OMP_NUM_THREADS": str(threads), "CLARASEG_USER_MODELS": str(workdir / "user-models")}
-        cmd = [sys.executable, "-m", "ClaraAnnotateWeb", "--port", str(self.port), "--threads", str(threads),
-               "--sample-data", str(SAMPLE.parent), *extra]
+        if serve:
+            self.api_port = free_port()
+            self.api_url = f"http://127.0.0.1:{self.api_port}"
+            cmd = [sys.executable, "-m", "claraseg", "serve", "--port", str(self.api_port), "--web-port",
+                   str(self.port), "--sample-data", str(SAMPLE.parent), "--log-format", "text", *extra]
+        else:
+            cmd = [sys.executable, "-m", "ClaraAnnotateWeb", "--port", str(self.port), "--threads", str(threads),
+                   "--sample-data", str(SAMPLE.parent), *extra]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - the child writes to it until stop()
         self.proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
