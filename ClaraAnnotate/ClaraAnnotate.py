@@ -1,7 +1,9 @@
 """ClaraAnnotate: segment by clicks, extreme points or one button, with a local or remote Clara backend.
 
-Module, Widget, Logic and Test classes only; the arithmetic, threading and backend handling live in
-ClaraAnnotateLib (tested without Slicer), the MRML conversions in ClaraAnnotateLib.nodes.
+Module, Widget, Logic and Test classes only (the Qt side); everything else lives in ClaraAnnotateLib:
+the tools on the MRML scene in ``interaction`` (Qt-free, tested on slicer-core), the MRML conversions in
+``nodes``, the self-tests' bodies in ``selftest``, the arithmetic, threading and backend handling in the
+pure modules.
 """
 
 import logging
@@ -9,9 +11,8 @@ import os
 
 import qt
 import slicer
-import vtk
-from ClaraAnnotateLib import annotator, segments
-from ClaraAnnotateLib.interaction import InteractionLogic
+from ClaraAnnotateLib import annotator, selftest
+from ClaraAnnotateLib.desktop import DesktopInteractionLogic
 from ClaraAnnotateLib.settings import BackendSettings
 from slicer import vtkMRMLMarkupsFiducialNode
 from slicer.i18n import tr as _
@@ -114,8 +115,7 @@ class ClaraAnnotateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.clearButton.connect("clicked()", self.onClear)
         self.ui.cancelButton.connect("clicked()", self.logic.cancel)
         self.ui.modelsTreeWidget.connect("itemClicked(QTreeWidgetItem*,int)", self.onModelItemClicked)
-        for combo, field in ((self.ui.clickModelComboBox, "clickModel"), (self.ui.extremeModelComboBox, "extremeModel"),
-                             (self.ui.autoModelComboBox, "autoModel")):
+        for combo, (field, _kinds) in zip(self._modelCombos(), annotator.TOOL_FIELDS):
             combo.connect("currentIndexChanged(int)", lambda _i, c=combo, f=field: self.onModelChosen(c, f))
 
         self.logic.addListener(self)
@@ -192,9 +192,8 @@ class ClaraAnnotateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ----- listener callbacks (main thread) ------------------------------------------------------
     def onStatus(self, message: str, level: str = "info") -> None:
-        colors = {"error": "#c0392b", "warning": "#b9770e", "info": "", "ok": "#1e8449"}
         self.ui.statusLabel.text = message
-        self.ui.statusLabel.setStyleSheet(f"color: {colors.get(level, '')}" if colors.get(level) else "")
+        self.ui.statusLabel.setStyleSheet(annotator.status_style(level))
 
     def onBusyChanged(self, busy: bool, label: str) -> None:
         self.ui.progressBar.visible = busy
@@ -236,21 +235,18 @@ class ClaraAnnotateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     top.addChild(item)
                 top.setExpanded(True)
             pn = self._parameterNode
-            for combo, kinds, field in ((self.ui.clickModelComboBox, annotator.CLICK_KINDS, "clickModel"),
-                                        (self.ui.extremeModelComboBox, annotator.EXTREME_KINDS, "extremeModel"),
-                                        (self.ui.autoModelComboBox, annotator.AUTO_KINDS, "autoModel")):
+            for (field, kinds), combo in zip(annotator.TOOL_FIELDS, self._modelCombos()):
+                names, chosen = annotator.choose_model(models, kinds, getattr(pn, field) if pn else "")
+                if pn:
+                    setattr(pn, field, chosen)
                 combo.clear()
-                names = [m.name for m in models if m.kind in kinds]
                 combo.addItems(names)
-                chosen = getattr(pn, field) if pn else ""
-                if chosen not in names:
-                    default = annotator.default_model(models, kinds)
-                    chosen = default.name if default else ""
-                    if pn:
-                        setattr(pn, field, chosen)
                 combo.setCurrentIndex(names.index(chosen) if chosen in names else -1)
         finally:
             self._updatingGui = False
+
+    def _modelCombos(self):
+        return self.ui.clickModelComboBox, self.ui.extremeModelComboBox, self.ui.autoModelComboBox
 
     def onModelChosen(self, combo, field: str) -> None:
         if not self._updatingGui and self._parameterNode:
@@ -260,7 +256,7 @@ class ClaraAnnotateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         name = item.data(0, qt.Qt.UserRole)
         if not name:
             return
-        for combo in (self.ui.clickModelComboBox, self.ui.extremeModelComboBox, self.ui.autoModelComboBox):
+        for combo in self._modelCombos():
             index = combo.findText(name)
             if index >= 0:
                 combo.setCurrentIndex(index)
@@ -268,7 +264,7 @@ class ClaraAnnotateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPointsChanged(self) -> None:
         pn = self._parameterNode
         n = pn.extremePoints.GetNumberOfDefinedControlPoints() if pn and pn.extremePoints else 0
-        self.ui.extremePointsLabel.text = _("{n} of at least 6 points placed").format(n=n)
+        self.ui.extremePointsLabel.text = annotator.points_text(n)
         self.ui.runExtremeButton.enabled = n >= 6
 
     # ----- tools ---------------------------------------------------------------------------------
@@ -288,7 +284,7 @@ class ClaraAnnotateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.clearObject()
 
 
-class ClaraAnnotateLogic(ScriptedLoadableModuleLogic, InteractionLogic):
+class ClaraAnnotateLogic(ScriptedLoadableModuleLogic, DesktopInteractionLogic):
     """The annotation tools without GUI (scripts, self-tests, the Segment Editor effect): see
     ClaraAnnotateLib.interaction. One instance serves the panel and the effect (:meth:`shared`)."""
 
@@ -301,7 +297,7 @@ class ClaraAnnotateLogic(ScriptedLoadableModuleLogic, InteractionLogic):
         return cls._shared
 
     def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)  # initialises InteractionLogic too (cooperative super())
+        ScriptedLoadableModuleLogic.__init__(self)  # initialises the interaction logic too (cooperative super())
 
     def getParameterNode(self):
         return ClaraAnnotateParameterNode(super().getParameterNode())
@@ -309,9 +305,9 @@ class ClaraAnnotateLogic(ScriptedLoadableModuleLogic, InteractionLogic):
 
 class ClaraAnnotateTest(ScriptedLoadableModuleTest):
     """Loads the sample CT and its labels, then runs a click, extreme points and an auto-segmentation with
-    the default models and checks each result against the label (Dice). Data: ``CLARASEG_DATA`` (the
-    folder holding ``ct_abdomen_3mm/``), else ``../shared/data`` beside the extension's source tree.
-    Backend: local, or ``CLARASEG_TEST_SERVER`` (URL) for remote."""
+    the default models and checks each result against the label (Dice): ClaraAnnotateLib.selftest, which
+    pytest runs on slicer-core too. Data: ``CLARASEG_DATA`` (the folder holding ``ct_abdomen_3mm/``), else
+    ``../shared/data`` beside the extension's source tree. Backend: local, or ``CLARASEG_TEST_SERVER``."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -321,118 +317,20 @@ class ClaraAnnotateTest(ScriptedLoadableModuleTest):
             self.setUp()
             getattr(self, name)()
 
-    # ----- fixtures ------------------------------------------------------------------------------
-    def _load(self):
-        from ClaraAnnotateLib.selftest import load_sample_ct
+    def _run(self, check):
+        volume, labels, names = selftest.load_sample_ct(self, __file__, slicer.modules.volumes.logic())
+        logic = selftest.connect(self, ClaraAnnotateLogic.shared(), selftest.backend_settings())
+        check(self, logic, volume, labels, names)
 
-        return load_sample_ct(self, __file__)
-
-    def _labelValue(self, names, wanted: str) -> int:
-        from ClaraAnnotateLib import selftest
-
-        value = selftest.label_value(names, wanted)
-        if value is None:
-            self.fail(f"label '{wanted}' not in labels.json")
-        return value
-
-    def _logic(self):
-        logic = ClaraAnnotateLogic.shared()
-        settings = BackendSettings(mode="remote" if os.environ.get("CLARASEG_TEST_SERVER") else "local",
-                                   url=os.environ.get("CLARASEG_TEST_SERVER", "http://127.0.0.1:8000"),
-                                   token=os.environ.get("CLARASEG_TEST_TOKEN", ""))
-        task = logic.wait(logic.connect(settings))
-        self.assertEqual(task.state, "done", f"connect failed: {task.error}")
-        return logic
-
-    def _segmentationOf(self, volume):
-        editorNode = ClaraAnnotateLogic.shared().segmentEditorNode()
-        editorNode.SetAndObserveSourceVolumeNode(volume)
-        seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        seg.CreateDefaultDisplayNodes()
-        seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-        editorNode.SetAndObserveSegmentationNode(seg)
-        segmentId = seg.GetSegmentation().AddEmptySegment("", "spleen", [0.6, 0.4, 0.6])
-        editorNode.SetSelectedSegmentID(segmentId)
-        return seg, segmentId
-
-    def _ras(self, volume, ijk):
-        m = vtk.vtkMatrix4x4()
-        volume.GetIJKToRASMatrix(m)
-        return list(m.MultiplyPoint([float(ijk[0]), float(ijk[1]), float(ijk[2]), 1.0])[:3])
-
-    # ----- tests ---------------------------------------------------------------------------------
     def test_ClickSpleen(self):
-        from ClaraAnnotateLib import selftest
-
-        volume, labels, names = self._load()
-        logic = self._logic()
-        spleen = labels == self._labelValue(names, selftest.SELFTEST_STRUCTURE)
-        seg, segmentId = self._segmentationOf(volume)
-        logic.getParameterNode().clickModel = annotator.default_model(logic.connectionInfo.models,
-                                                                      ("deepgrow3d",)).name
-        result = spleen.copy()
-        result[...] = False  # nothing segmented yet: the first protocol click is the deepest point
-        for n in range(selftest.SELFTEST_CLICKS):
-            click = selftest.protocol_click(result, spleen)
-            if click is None:
-                break
-            ijk, foreground = click
-            self.delayDisplay(f"Click {n + 1} ({'foreground' if foreground else 'background'}) at [i, j, k] = {ijk}")
-            task = logic.wait(logic.clickAt(self._ras(volume, ijk), foreground))
-            self.assertEqual(task.state, "done", f"click failed: {task.error}")
-            result = slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentId, volume) > 0
-            self.delayDisplay(f"Dice after {n + 1} click(s): {segments.dice(result, spleen):.3f}")
-        self.assertGreater(segments.dice(result, spleen), selftest.CLICK_MIN_DICE)
+        self._run(selftest.check_click)
 
     def test_ExtremePointsSpleen(self):
-        from ClaraAnnotateLib import selftest
-
-        volume, labels, names = self._load()
-        logic = self._logic()
-        spleen = labels == self._labelValue(names, selftest.SELFTEST_STRUCTURE)
-        seg, segmentId = self._segmentationOf(volume)
-        points = [self._ras(volume, ijk) for ijk in selftest.extreme_points_ijk(spleen)]
-        task = logic.wait(logic.runExtremePoints(points))
-        self.assertEqual(task.state, "done", f"extreme points failed: {task.error}")
-        d = segments.dice(slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentId, volume), spleen)
-        self.delayDisplay(f"Dice from six extreme points: {d:.3f}")
-        self.assertGreater(d, selftest.EXTREME_MIN_DICE)
+        self._run(selftest.check_extreme_points)
 
     def test_AutoSegment(self):
-        from ClaraAnnotateLib import selftest
-
-        volume, labels, names = self._load()
-        logic = self._logic()
-        seg, _segmentId = self._segmentationOf(volume)
-        model = annotator.default_model(logic.connectionInfo.models, annotator.AUTO_KINDS)
-        self.assertIsNotNone(model, "the backend offers no segmentation model")
-        logic.getParameterNode().autoModel = model.name
-        task = logic.wait(logic.runAutoSegment(), timeout=1200)
-        self.assertEqual(task.state, "done", f"auto-segment failed: {task.error}")
-        checked = 0
-        for value, name in model.labels.items():
-            segmentId = seg.GetSegmentation().GetSegmentIdBySegmentName(segments.display_name(name))
-            self.assertTrue(segmentId, f"no segment named after label {value} '{name}'")
-            truth = [int(k) for k, v in names.items() if (v["name"] if isinstance(v, dict) else v) == name]
-            if truth:
-                d = segments.dice(slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentId, volume), labels == truth[0])
-                self.delayDisplay(f"Auto-segment Dice for {name}: {d:.3f}")
-                self.assertGreater(d, selftest.AUTO_MIN_DICE)
-                checked += 1
-        self.assertGreater(checked, 0, "the default segmentation model shares no label with the sample CT")
+        self._run(selftest.check_auto_segment)
 
     def test_ParentTransform(self):
-        """A click under a parent transform lands on the voxel under the mouse, not beside it."""
-        import numpy as np
-        from ClaraAnnotateLib import nodes
-
-        volume, _labels, _names = self._load()
-        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
-        m = np.eye(4)
-        m[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]
-        m[:3, 3] = [20.0, -7.0, 12.0]
-        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(m))
-        volume.SetAndObserveTransformNodeID(transform.GetID())
-        ijk = np.array([40, 30, 50])
-        world = (m @ np.append(self._ras(volume, ijk), 1.0))[:3]
-        np.testing.assert_array_equal(nodes.world_points_to_ijk(volume, [world])[0], ijk)
+        volume, _labels, _names = selftest.load_sample_ct(self, __file__, slicer.modules.volumes.logic())
+        selftest.check_parent_transform(self, volume)

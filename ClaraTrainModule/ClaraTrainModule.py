@@ -7,13 +7,11 @@ live in ClaraTrainModuleLib (tested without Slicer); the job itself runs in its 
 
 import logging
 
-import numpy as np
 import qt
 import slicer
-from ClaraAnnotateLib.annotator import user_message
+from ClaraAnnotateLib.annotator import status_style, user_message
 from ClaraAnnotateLib.settings import BackendSettings
 from ClaraTrainModuleLib import automl, jobs
-from ClaraTrainModuleLib.progress import format_duration
 from ClaraTrainModuleLib.trainer import TrainLogic
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -97,15 +95,14 @@ class ClaraTrainModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         table = self.ui.casesTableWidget
         table.setRowCount(0)
-        self._pairs = export.segmentation_pairs()
-        for row, (volume, seg) in enumerate(self._pairs):
+        self._pairs = export.segmentation_pairs(slicer.mrmlScene)
+        for row, (volumeText, segText) in enumerate(export.case_rows(self._pairs)):
             table.insertRow(row)
-            item = qt.QTableWidgetItem(volume.GetName())
+            item = qt.QTableWidgetItem(volumeText)
             item.setFlags(qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsEnabled)
             item.setCheckState(qt.Qt.Checked)
             table.setItem(row, 0, item)
-            table.setItem(row, 1, qt.QTableWidgetItem(
-                f"{seg.GetName()} ({seg.GetSegmentation().GetNumberOfSegments()} segments)"))
+            table.setItem(row, 1, qt.QTableWidgetItem(segText))
         self.ui.datastoreListWidget.clear()
         for image_id in self.logic.datastoreImages():
             item = qt.QListWidgetItem(image_id)
@@ -144,15 +141,12 @@ class ClaraTrainModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return [w.item(i).text() for i in range(w.count) if w.item(i).checkState() == qt.Qt.Checked]
 
     def currentSettings(self) -> jobs.FineTuneSettings:
-        name = self.ui.modelComboBox.currentData
-        model = next((m for m in self.logic.trainableModels() if m.name == name), None)
-        return jobs.FineTuneSettings(
-            model=name or "", kind=model.kind if model else "", iterations=int(self.ui.iterationsSpinBox.value),
-            epochs=int(self.ui.epochsSpinBox.value) or None, learning_rate=float(self.ui.learningRateSpinBox.value),
-            val_split=float(self.ui.valSplitSpinBox.value), amp=self.ui.ampCheckBox.checked,
-            smart_cache=self.ui.smartCacheCheckBox.checked, device=self.ui.deviceComboBox.currentText,
-            where="server" if self.ui.whereComboBox.currentIndex == 1 else "local",
-            extra=dict(self.logic.appliedOverrides))
+        ui = self.ui
+        return jobs.settings_from_panel(
+            self.logic.trainableModels(), ui.modelComboBox.currentData, iterations=ui.iterationsSpinBox.value,
+            epochs=ui.epochsSpinBox.value, learning_rate=ui.learningRateSpinBox.value, val_split=ui.valSplitSpinBox.value,
+            amp=ui.ampCheckBox.checked, smart_cache=ui.smartCacheCheckBox.checked, device=ui.deviceComboBox.currentText,
+            on_server=ui.whereComboBox.currentIndex == 1, extra=self.logic.appliedOverrides)
 
     # ----- actions -------------------------------------------------------------------------------
     def onStart(self) -> None:
@@ -169,25 +163,20 @@ class ClaraTrainModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ----- logic callbacks -----------------------------------------------------------------------
     def onStatus(self, message: str, level: str = "info") -> None:
         self.ui.statusLabel.text = message
-        self.ui.statusLabel.setStyleSheet({"error": "color: #c0392b", "warning": "color: #b9770e",
-                                           "ok": "color: #1e8449"}.get(level, ""))
+        self.ui.statusLabel.setStyleSheet(status_style(level))
 
     def onJobChanged(self, progress) -> None:
-        running = progress is not None and not progress.finished
-        self.ui.startButton.enabled = not running
-        self.ui.stopButton.enabled = running
-        self.ui.resumeButton.enabled = progress is not None and progress.state in ("cancelled", "interrupted", "failed")
-        if progress is None:
-            self.ui.progressBar.value = 0
-            return
-        fraction = progress.fraction
-        self.ui.progressBar.value = int(100 * (fraction or 0))
-        self.ui.iterationLabel.text = f"{progress.iteration} / {progress.max_iterations or '?'} (epoch {progress.epoch})"
-        self.ui.lossLabel.text = f"{progress.loss:.4f}" if progress.loss is not None else "-"
-        self.ui.diceLabel.text = progress.dice_change()
-        self.ui.etaLabel.text = format_duration(progress.time_left())
-        self.onStatus(progress.summary(), "error" if progress.state == "failed" else
-                      "ok" if progress.state == "completed" else "info")
+        panel = progress.panel() if progress is not None else None
+        self.ui.startButton.enabled = not (panel and panel["running"])
+        self.ui.stopButton.enabled = bool(panel and panel["running"])
+        self.ui.resumeButton.enabled = bool(panel and panel["resumable"])
+        self.ui.progressBar.value = panel["percent"] if panel else 0
+        if panel:
+            self.ui.iterationLabel.text = panel["iteration"]
+            self.ui.lossLabel.text = panel["loss"]
+            self.ui.diceLabel.text = panel["dice"]
+            self.ui.etaLabel.text = panel["eta"]
+            self.onStatus(panel["status"], panel["level"])
 
     def onTrialsChanged(self, rows, summary: str) -> None:
         header, body = automl.table(rows)
@@ -198,8 +187,7 @@ class ClaraTrainModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for r, cells in enumerate(body):
             for c, text in enumerate(cells):
                 t.setItem(r, c, qt.QTableWidgetItem(text))
-        best = automl.best_trial(rows)
-        self.ui.bestLabel.text = summary or (f"best so far: trial {best['number']}, Dice {best['dice']:.4f}" if best else "-")
+        self.ui.bestLabel.text = automl.best_text(rows, summary)
         self.ui.applyBestButton.enabled = bool(summary)
 
 
@@ -224,21 +212,12 @@ class ClaraTrainModuleTest(ScriptedLoadableModuleTest):
 
     def test_FewIterationFineTune(self):
 
-        from ClaraAnnotateLib.selftest import load_sample_ct
+        from ClaraAnnotateLib import selftest
 
         from ClaraAnnotate import ClaraAnnotateLogic
 
-        volume, labels, names = load_sample_ct(self, __file__)
-        keep = {"spleen", "liver", "kidney_left", "kidney_right"}
-        seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn")
-        seg.CreateDefaultDisplayNodes()
-        seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-        for value, entry in names.items():
-            name = entry["name"] if isinstance(entry, dict) else entry
-            if name in keep:
-                segmentId = seg.GetSegmentation().AddEmptySegment("", name)
-                slicer.util.updateSegmentBinaryLabelmapFromArray((labels == int(value)).astype(np.uint8), seg,
-                                                                 segmentId, volume)
+        volume, labels, names = selftest.load_sample_ct(self, __file__, slicer.modules.volumes.logic())
+        seg = selftest.draw_segments(volume, labels, names, {"spleen", "liver", "kidney_left", "kidney_right"})
         annotate = ClaraAnnotateLogic.shared()
         task = annotate.wait(annotate.connect(BackendSettings(mode="local")))
         self.assertEqual(task.state, "done", f"connect failed: {task.error}")

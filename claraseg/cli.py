@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "claraseg.models.cli",     # pretrain (default weights)
     "claraseg.train.cli",      # train
     "claraseg.automl.cli",     # automl
+    "claraseg.federated.cli",  # federate
 )
 
 

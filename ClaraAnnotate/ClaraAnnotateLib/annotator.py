@@ -27,6 +27,7 @@ from claraseg.errors import (
 )
 from claraseg.io import Image, MaskDelta
 
+from . import install
 from .geometry import check_same_slice, extreme_point_count_message
 from .prompts import PromptRecord
 from .segments import ObjectMask
@@ -45,6 +46,18 @@ KIND_TITLES = {
 CLICK_KINDS = ("deepgrow3d", "deepgrow2d")  # first = the default kind
 EXTREME_KINDS = ("dextr3d",)
 AUTO_KINDS = ("segmentation",)
+
+
+#: The parameter-node field holding each tool's model, and the kinds it accepts.
+TOOL_FIELDS = (("clickModel", CLICK_KINDS), ("extremeModel", EXTREME_KINDS), ("autoModel", AUTO_KINDS))
+#: Status line colours by level.
+STATUS_COLORS = {"error": "#c0392b", "warning": "#b9770e", "ok": "#1e8449"}
+
+
+def status_style(level: str) -> str:
+    """The style sheet of the status line for a message level ('' for plain info)."""
+    color = STATUS_COLORS.get(level)
+    return f"color: {color}" if color else ""
 
 
 class NotConnectedError(ClarasegError):
@@ -95,6 +108,19 @@ def default_model(models: Sequence[ModelDescriptor], kinds: Sequence[str]) -> Mo
         if ms:
             return sorted(ms, key=lambda m: ("@" in m.name, m.name))[0]
     return None
+
+
+def choose_model(models: Sequence[ModelDescriptor], kinds: Sequence[str], current: str) -> tuple[list[str], str]:
+    """(names a tool can use, the one it uses): ``current`` when still offered, else the default."""
+    names = [m.name for m in models if m.kind in kinds]
+    if current in names:
+        return names, current
+    default = default_model(models, kinds)
+    return names, default.name if default else ""
+
+
+def points_text(n: int) -> str:
+    return f"{n} of at least 6 points placed"
 
 
 def expand_versions(models: Sequence[ModelDescriptor]) -> list[ModelDescriptor]:
@@ -358,6 +384,11 @@ class AnnotationController:
         desc = self.model(model)
         if desc.kind not in AUTO_KINDS:
             raise InvalidPointsError(f"'{model}' is a {desc.kind} model; auto-segmentation needs a segmentation model")
+        missing = install.missing_for("auto-segmentation") if self.info is not None and self.info.mode == "local" else []
+        if missing:
+            raise LocalModeUnavailableError(
+                f"auto-segmentation in Local mode needs {', '.join(missing)} (MONAI's orientation transform reads "
+                "the image with it). Click 'Install PyTorch and MONAI' in the Backend section, or use Remote mode.")
         delta = self._call(lambda s: s.auto_segment(model))
         if not delta.labels:
             delta = MaskDelta(delta.start, delta.stop, delta.mask, delta.image_size, dict(desc.labels))
@@ -385,6 +416,17 @@ class AnnotationController:
         self.disconnect()
 
 
+def _import_error_in(error: BaseException) -> BaseException | None:
+    """The ImportError behind an error, if any (MONAI wraps a transform's missing package in a RuntimeError)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ImportError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def user_message(error: BaseException, context: str = "") -> str:
     """The one line the status area shows for a failure: what happened and what to do, no traceback."""
     prefix = f"{context}: " if context else ""
@@ -392,8 +434,9 @@ def user_message(error: BaseException, context: str = "") -> str:
         return prefix + str(error)
     name = type(error).__name__
     module = type(error).__module__ or ""
-    if isinstance(error, ImportError):
-        return (prefix + f"a Python package is missing ({error}). Install it with the 'Install' button in the "
+    missing = _import_error_in(error)
+    if missing is not None:
+        return (prefix + f"a Python package is missing ({missing}). Install it with the 'Install' button in the "
                 "Backend section, or use Remote mode.")
     if isinstance(error, (ConnectionError, TimeoutError)) or module.startswith(("requests", "urllib3", "httpx")):
         return (prefix + f"cannot reach the annotation server ({name}: {error}). Check the address and that "

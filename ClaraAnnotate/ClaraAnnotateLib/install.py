@@ -15,7 +15,10 @@ from importlib import metadata
 
 #: Local-mode requirements beyond Slicer's bundled packages (lower bounds only: never pin in Slicer).
 TORCH_REQUIREMENT = "torch>=2.2"
-LOCAL_REQUIREMENTS = ("monai>=1.4", "scipy>=1.10", "scikit-image>=0.22")
+LOCAL_REQUIREMENTS = ("monai>=1.4", "scipy>=1.10", "scikit-image>=0.22", "nibabel>=5")
+#: What each tool of the local mode imports beyond torch and MONAI (auto-segmentation: MONAI's
+#: ``Orientationd`` needs nibabel), and the requirement that brings it.
+TOOL_MODULES = {"auto-segmentation": (("nibabel", "nibabel>=5"),)}
 #: Import names of distributions whose import name differs.
 IMPORT_NAMES = {"scikit-image": "skimage", "pyyaml": "yaml"}
 
@@ -64,6 +67,17 @@ def installed_version(name: str) -> str | None:
     except metadata.PackageNotFoundError:
         return None
     return version if importlib.util.find_spec(IMPORT_NAMES.get(name, name).replace("-", "_")) else None
+
+
+def missing_for(tool: str) -> list[str]:
+    """Requirements of a local-mode tool whose modules cannot be imported (empty: the tool can run)."""
+    missing = []
+    for module, requirement in TOOL_MODULES.get(tool, ()):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(requirement)
+    return missing
 
 
 def plan_install(have_pytorch_utils: bool, version_of: Callable[[str], str | None] | None = None,

@@ -1,20 +1,22 @@
-"""The MRML side of the annotation tools, shared by the module panel and the Segment Editor effect.
+"""The annotation tools on a MRML scene, without Qt: shared by the Slicer module panel, the Segment Editor
+effect and Clara Annotate Web (trame-slicer).
 
-Reads the Segment Editor's volume, segmentation and segment, turns points into voxel indices, runs every
-backend call on the :class:`~ClaraAnnotateLib.worker.TaskQueue` and writes results back as one undo step
-each. Needs Slicer (imported only inside it); MRML and Qt are touched on the main thread only: the worker
-functions defined here capture plain values (arrays, indices, ids) and never nodes.
+:class:`InteractionLogic` reads the Segment Editor's volume, segmentation and segment, turns points into
+voxel indices, runs every backend call on a :class:`~ClaraAnnotateLib.worker.TaskQueue` and writes each
+result back as one undo step, obeying the editor's masking settings. MRML is touched on the thread that
+calls it (the owner of the scene) only: the worker functions defined here capture plain values (arrays,
+indices, ids) and never nodes. Results come back when the owner calls :meth:`InteractionLogic.poll`
+(Slicer: a Qt timer, see :mod:`.desktop`; the web app: its event loop) or :meth:`InteractionLogic.wait`.
 """
 
 import logging
 
-import qt
 import slicer
 import vtk
-from slicer.i18n import tr as _
 from slicer.util import VTKObservationMixin
 
-from . import annotator, install, nodes, segments
+from . import annotator, nodes, segments
+from .i18n import tr as _
 from .segments import SegmentSpec
 from .settings import BackendSettings
 from .worker import TaskQueue
@@ -22,13 +24,41 @@ from .worker import TaskQueue
 log = logging.getLogger(__name__)
 POINT_LISTS = {"foreground": ("Clara-P", (0.2, 0.9, 0.2)), "background": ("Clara-N", (0.95, 0.2, 0.2)),
                "extreme": ("Clara-E", (1.0, 0.85, 0.1))}
+#: Maximum number of Segment Editor undo states kept by the logic's own editor logics.
+UNDO_STATES = 10
+
+
+class ToolState:
+    """The tools' point lists and chosen models. The Slicer module keeps them in its parameter node
+    (saved with the scene); without it they live here, with the same attribute names."""
+
+    def __init__(self) -> None:
+        self.foregroundPoints = None
+        self.backgroundPoints = None
+        self.extremePoints = None
+        self.clickModel = ""
+        self.extremeModel = ""
+        self.autoModel = ""
 
 
 class InteractionLogic(VTKObservationMixin):
-    """Mixed into ``ClaraAnnotateLogic``; ``getParameterNode()`` comes from there."""
+    """The annotation tools on one scene (see the module docstring).
 
-    def __init__(self) -> None:
+    ``scene``: the MRML scene (default: ``slicer.mrmlScene`` inside Slicer). ``editorNode``: the segment
+    editor node whose volume, segmentation, selected segment and masking settings the tools use (default:
+    the Segment Editor module's singleton node, created when missing). Every tool method also takes an
+    ``editorNode`` to work for another editor (the Segment Editor effect passes its own) and a ``saveUndo``
+    callable to record the undo step somewhere else (default: :meth:`saveStateForUndo`).
+
+    Listeners (any object) receive ``onStatus(message, level)``, ``onBusyChanged(busy, label)``,
+    ``onProgress(fraction, message)``, ``onConnectionChanged(info)``, ``onModelsChanged(models)`` and
+    ``onPointsChanged()`` when they define them.
+    """
+
+    def __init__(self, scene=None, editorNode=None) -> None:
         super().__init__()  # cooperative: ScriptedLoadableModuleLogic.__init__ reaches here through super()
+        self._scene = scene
+        self._editorNode = editorNode
         self.controller = annotator.AnnotationController()
         self.queue = TaskQueue()
         self.connectionInfo = None
@@ -36,9 +66,23 @@ class InteractionLogic(VTKObservationMixin):
         self._ignorePointEvents = False
         self._written = {}
         self._selected = None
-        self._timer = qt.QTimer()
-        self._timer.setInterval(30)
-        self._timer.connect("timeout()", self._poll)
+        self._toolState = None
+        self._editorLogics = {}
+
+    @property
+    def scene(self):
+        if self._scene is not None:
+            return self._scene
+        scene = getattr(slicer, "mrmlScene", None)
+        if scene is None:
+            raise annotator.NotConnectedError("no MRML scene: pass the scene to InteractionLogic(scene)")
+        return scene
+
+    def getParameterNode(self):
+        """The tools' state (:class:`ToolState`); the Slicer module returns its parameter node instead."""
+        if self._toolState is None:
+            self._toolState = ToolState()
+        return self._toolState
 
     # ----- listeners -----------------------------------------------------------------------------
     def addListener(self, listener) -> None:
@@ -58,11 +102,10 @@ class InteractionLogic(VTKObservationMixin):
     def status(self, message: str, level: str = "info") -> None:
         (log.warning if level in ("error", "warning") else log.info)(message)
         self._notify("onStatus", message, level)
-        slicer.util.showStatusMessage(message, 5000)
 
     # ----- the background queue ------------------------------------------------------------------
     def submit(self, label: str, fn, onDone=None, context: str = ""):
-        """Run ``fn(token)`` off the GUI thread; ``onDone(result)`` runs back on the main thread."""
+        """Run ``fn(token)`` off the owner's thread; ``onDone(result)`` runs in :meth:`poll`."""
 
         def failed(error):
             self.status(annotator.user_message(error, context or label), "error")
@@ -71,16 +114,26 @@ class InteractionLogic(VTKObservationMixin):
                                  on_progress=lambda f, m: self._notify("onProgress", f, m),
                                  on_cancelled=lambda: self.status(_("{label}: cancelled").format(label=label), "warning"))
         self._notify("onBusyChanged", True, label)
-        if not self._timer.isActive():
-            self._timer.start()
+        self.startPolling()
         return task
 
-    def _poll(self) -> None:
+    def startPolling(self) -> None:
+        """Called when work is queued: the application arranges for :meth:`poll` to be called until the
+        queue is idle (Slicer: a Qt timer). Nothing here: the caller polls."""
+
+    def stopPolling(self) -> None:
+        """Called when the queue went idle."""
+
+    def poll(self) -> None:
+        """Deliver finished work (its ``onDone`` runs here, on the caller's thread: it writes MRML)."""
         self.queue.poll()
         if not self.queue.busy:
             self.queue.poll()
-            self._timer.stop()
+            self.stopPolling()
             self._notify("onBusyChanged", False, "")
+
+    def pumpEvents(self) -> None:
+        """Called while :meth:`wait` blocks (Slicer: process Qt events so that the GUI stays alive)."""
 
     def cancel(self) -> None:
         n = self.queue.cancel_all()
@@ -91,10 +144,15 @@ class InteractionLogic(VTKObservationMixin):
             self.status(_("Cancelling..."), "warning")
 
     def wait(self, task, timeout: float = 600.0):
-        """Block (pumping Qt events) until a task is delivered; for scripts and self-tests."""
-        self.queue.wait(task, timeout, pump=slicer.app.processEvents)
-        self._poll()
+        """Block until a task is delivered (its ``onDone`` has run); for scripts and tests."""
+        self.queue.wait(task, timeout, pump=self.pumpEvents)
+        self.poll()
         return task
+
+    def waitIdle(self, timeout: float = 600.0) -> None:
+        """Block until every queued task is delivered (e.g. the click a placed point started)."""
+        self.queue.wait_idle(timeout, pump=self.pumpEvents)
+        self.poll()
 
     # ----- backend -------------------------------------------------------------------------------
     def connect(self, settings: BackendSettings):
@@ -117,81 +175,75 @@ class InteractionLogic(VTKObservationMixin):
 
         return self.submit(_("Refreshing models"), lambda token: self.controller.refresh_models(), done)
 
-    def installLocalRequirements(self, confirm: bool = True) -> bool:
-        """Install PyTorch and MONAI into Slicer's Python (explicit user action only)."""
-        try:
-            import PyTorchUtils  # the PyTorch extension, when installed
-
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        except ImportError:
-            torchLogic = None
-        steps = install.plan_install(have_pytorch_utils=torchLogic is not None)
-        text = install.describe_plan(steps)
-        if not steps:
-            self.status(text, "ok")
-            return True
-        if confirm and not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("Install local mode")):
-            return False
-        progress = slicer.util.createProgressDialog(labelText=text, maximum=len(steps), windowTitle=_("Install local mode"))
-        try:
-            for n, step in enumerate(steps):
-                progress.labelText = _("Installing {req} ({n} of {total})...").format(
-                    req=step.requirement, n=n + 1, total=len(steps))
-                progress.value = n
-                slicer.app.processEvents()
-                self.status(progress.labelText)
-                try:
-                    # shows the error, then re-raises it (slicer.util.tryWithErrorDisplay always does)
-                    with slicer.util.tryWithErrorDisplay(_("Installing {req} failed").format(req=step.requirement),
-                                                         waitCursor=True):
-                        if step.via == "pytorchutils":
-                            torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=step.requirement[5:])
-                        else:
-                            slicer.util.pip_install(step.requirement)
-                except Exception:
-                    log.exception("installing %s failed", step.requirement)
-                    break  # the steps after it depend on it; the check below says what is missing
-                if progress.wasCanceled:
-                    break
-        finally:
-            progress.close()
-        missing = install.plan_install(have_pytorch_utils=torchLogic is not None)
-        if missing:
-            self.status(_("Still missing: {names}. Restart Slicer and try again.").format(
-                names=", ".join(s.requirement for s in missing)), "error")
-            return False
-        self.status(_("PyTorch and MONAI are installed; choose Local and click Connect."), "ok")
-        return True
-
     # ----- what the interactions work on ---------------------------------------------------------
     def segmentEditorNode(self):
-        """The Segment Editor's parameter node (its current volume, segmentation and segment)."""
-        node = slicer.mrmlScene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode")
+        """The editor node the tools use by default (see the class docstring)."""
+        if self._editorNode is not None:
+            return self._editorNode
+        scene = self.scene
+        node = scene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode")
         if node is None:
-            node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
+            node = scene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
             node.UnRegister(None)
             node.SetSingletonTag("SegmentEditor")
-            node = slicer.mrmlScene.AddNode(node)
+            node = scene.AddNode(node)
         return node
 
+    def editorLogic(self, editorNode=None):
+        """The Qt-free ``vtkSlicerSegmentEditorLogic`` of an editor node (one per node, with its own undo
+        history); None in Slicer before 5.10, which has none."""
+        cls = getattr(slicer, "vtkSlicerSegmentEditorLogic", None)
+        if cls is None:
+            return None
+        editorNode = editorNode or self.segmentEditorNode()
+        key = editorNode.GetID()
+        logic = self._editorLogics.get(key)
+        if logic is None or logic.GetSegmentEditorNode() is not editorNode:
+            logic = cls()
+            logic.SetMRMLScene(editorNode.GetScene())
+            logic.SetSegmentEditorNode(editorNode)
+            logic.SetMaximumNumberOfUndoStates(UNDO_STATES)
+            self._editorLogics[key] = logic
+        return logic
+
+    def saveStateForUndo(self, editorNode=None) -> None:
+        """One Segment Editor undo step, through the editor logic (Qt-free)."""
+        logic = self.editorLogic(editorNode)
+        if logic is not None:
+            logic.SaveStateForUndo()
+
+    def undoEdit(self, editorNode=None) -> bool:
+        """Revert the last result written by these tools (or any step saved in the same editor logic)."""
+        logic = self.editorLogic(editorNode)
+        if logic is None or not logic.CanUndo():
+            return False
+        logic.Undo()
+        return True
+
+    def redoEdit(self, editorNode=None) -> bool:
+        logic = self.editorLogic(editorNode)
+        if logic is None or not logic.CanRedo():
+            return False
+        logic.Redo()
+        return True
+
     def target(self, needSegment: bool = True, editorNode=None):
-        """(volume, segmentation, segment id) the Segment Editor works on; creates a segmentation and a
-        segment when missing, so the first click just works. ``editorNode``: the segment editor node of
-        the editor the request came from (the effect's ``parameterSetNode()``); default: the Segment
-        Editor module's, which the panel's embedded editor shares."""
+        """(volume, segmentation, segment id) the editor works on; creates a segmentation and a segment
+        when missing, so the first click just works."""
         if editorNode is None:
             editorNode = self.segmentEditorNode()
+        scene = editorNode.GetScene() or self.scene
         volume = editorNode.GetSourceVolumeNode()
         if volume is None:
             # GetFirstNodeByClass matches subclasses (IsA): skip label maps, they are not images
-            volume = next((v for v in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            volume = next((v for v in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode", scene)
                            if not v.IsA("vtkMRMLLabelMapVolumeNode")), None)
             if volume is None:
                 raise annotator.NotConnectedError(_("load a volume first (File > Add Data, or Sample Data)"))
             editorNode.SetAndObserveSourceVolumeNode(volume)
         segmentation = editorNode.GetSegmentationNode()
         if segmentation is None:
-            segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", volume.GetName() + " segmentation")
+            segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", volume.GetName() + " segmentation")
             segmentation.CreateDefaultDisplayNodes()
             segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
             editorNode.SetAndObserveSegmentationNode(segmentation)
@@ -202,13 +254,16 @@ class InteractionLogic(VTKObservationMixin):
             editorNode.SetSelectedSegmentID(segmentId)
         return volume, segmentation, segmentId
 
-    def ensurePointLists(self, pn) -> None:
+    def ensurePointLists(self, pn=None) -> None:
+        """Create the foreground, background and extreme point lists when missing and observe them: a
+        point placed in a foreground/background list is a click (:meth:`clickAt`)."""
+        pn = pn or self.getParameterNode()
         for attr, key in (("foregroundPoints", "foreground"), ("backgroundPoints", "background"),
                           ("extremePoints", "extreme")):
             node = getattr(pn, attr)
             if node is None:
                 name, color = POINT_LISTS[key]
-                node = nodes.point_list(name, color)
+                node = nodes.point_list(name, color, self.scene)
                 setattr(pn, attr, node)
             defined = slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent
             if key != "extreme":
@@ -229,10 +284,13 @@ class InteractionLogic(VTKObservationMixin):
         current = (seg.GetID() if seg else None, caller.GetSelectedSegmentID())
         previous, self._selected = self._selected, current
         if previous is not None and previous[1] and current != previous:  # not when a first segment is made
-            pn = self.getParameterNode()
-            for node in (pn.foregroundPoints, pn.backgroundPoints, pn.extremePoints):
-                if node is not None and node.GetNumberOfControlPoints():
-                    node.RemoveAllControlPoints()
+            self.clearPoints()
+
+    def clearPoints(self) -> None:
+        pn = self.getParameterNode()
+        for node in (pn.foregroundPoints, pn.backgroundPoints, pn.extremePoints):
+            if node is not None and node.GetNumberOfControlPoints():
+                node.RemoveAllControlPoints()
 
     def _onExtremePointsChanged(self, caller, event) -> None:
         self._notify("onPointsChanged")
@@ -256,7 +314,7 @@ class InteractionLogic(VTKObservationMixin):
         self.clickAt(p, foreground)
 
     def addPoint(self, pointList, ras) -> None:
-        """Show a point the Segment Editor effect received (without triggering a second click)."""
+        """Show a point received elsewhere (the Segment Editor effect) without triggering a second click."""
         self._ignorePointEvents = True
         try:
             pointList.AddControlPointWorld(float(ras[0]), float(ras[1]), float(ras[2]))
@@ -267,7 +325,7 @@ class InteractionLogic(VTKObservationMixin):
         return segments.object_id(segmentation.GetID(), segmentId)
 
     def _prepare(self, volume, segmentation=None, segmentId=None):
-        """On the main thread: what the worker needs to (re)open the image and sync a painted segment."""
+        """On the owner's thread: what the worker needs to (re)open the image and sync a painted segment."""
         key = nodes.image_key(volume)
         image = nodes.image_from_volume(volume) if self.controller.needs_image(key) else None
         painted = None
@@ -287,16 +345,15 @@ class InteractionLogic(VTKObservationMixin):
         if image is not None and self.controller.needs_image(key):
             self.controller.open(image, key)
 
-    def _apply(self, delta, volume, segmentation, segmentId, saveUndo=None, undo: bool = True) -> None:
-        """Write a result into its segment as one undo step (main thread)."""
+    def _apply(self, delta, volume, segmentation, segmentId, saveUndo=None, undo: bool = True, editorNode=None) -> None:
+        """Write a result into its segment as one undo step, with the editor's masking settings."""
         if undo:
-            (saveUndo or self.saveStateForUndo)()
-        nodes.write_delta(delta, segmentation, segmentId, volume)
+            if saveUndo is not None:
+                saveUndo()
+            else:
+                self.saveStateForUndo(editorNode)
+        nodes.write_delta(delta, segmentation, segmentId, volume, editor_logic=self.editorLogic(editorNode))
         self._written[self._objectId(segmentation, segmentId)] = nodes.segment_mtime(segmentation, segmentId)
-
-    def saveStateForUndo(self) -> None:
-        """One undo step in the module panel's embedded Segment Editor (the effect passes its own)."""
-        slicer.util.getModuleWidget(self.moduleName).ui.embeddedSegmentEditorWidget.saveStateForUndo()
 
     # ----- interactions --------------------------------------------------------------------------
     def _modelName(self, field: str, kinds) -> str:
@@ -334,7 +391,7 @@ class InteractionLogic(VTKObservationMixin):
             return self.controller.click(oid, model, fg, bg, axis)
 
         def done(delta):
-            self._apply(delta, volume, segmentation, segmentId, saveUndo)
+            self._apply(delta, volume, segmentation, segmentId, saveUndo, editorNode=editorNode)
             self.status(_("{model}: segment updated ({n} voxels in the changed box)").format(
                 model=model, n=int(delta.mask.size)), "ok")
 
@@ -358,7 +415,7 @@ class InteractionLogic(VTKObservationMixin):
             return self.controller.extreme_points(oid, model, ijk)
 
         def done(delta):
-            self._apply(delta, volume, segmentation, segmentId, saveUndo)
+            self._apply(delta, volume, segmentation, segmentId, saveUndo, editorNode=editorNode)
             self.status(_("{model}: segment updated from {n} extreme points").format(model=model, n=len(ijk)), "ok")
 
         return self.submit(_("Extreme points ({model})").format(model=model), work, done, context=_("Extreme points"))
@@ -380,12 +437,15 @@ class InteractionLogic(VTKObservationMixin):
         def done(delta):
             perLabel = segments.split_labels(delta)
             specs = {s.label_value: s for s in segments.segments_for_labels(delta.labels)}
-            (saveUndo or self.saveStateForUndo)()
+            if saveUndo is not None:
+                saveUndo()
+            else:
+                self.saveStateForUndo(editorNode)
             with slicer.util.NodeModify(segmentation):
                 for value, d in perLabel.items():
                     spec = specs.get(value) or segments.SegmentSpec(value, f"label {value}", segments.palette_color(value))
                     segmentId = nodes.ensure_segment(segmentation, spec)
-                    self._apply(d, volume, segmentation, segmentId, undo=False)
+                    self._apply(d, volume, segmentation, segmentId, undo=False, editorNode=editorNode)
             self.status(_("{model}: {n} segment(s)").format(model=model, n=len(perLabel)), "ok")
 
         return self.submit(_("Auto-segment ({model})").format(model=model), work, done, context=_("Auto-segment"))
@@ -419,21 +479,23 @@ class InteractionLogic(VTKObservationMixin):
             return None
         oid = self._objectId(segmentation, segmentId)
         if clearPoints:
-            pn = self.getParameterNode()
-            for node in (pn.foregroundPoints, pn.backgroundPoints, pn.extremePoints):
-                if node is not None:
-                    node.RemoveAllControlPoints()
+            self.clearPoints()
 
         def done(delta):
-            self._apply(delta, volume, segmentation, segmentId, saveUndo)
+            self._apply(delta, volume, segmentation, segmentId, saveUndo, editorNode=editorNode)
             self.status(_("{label}: done").format(label=label), "ok")
 
         return self.submit(label, lambda token: op(oid), done, context=label)
 
     def undoObject(self, saveUndo=None, editorNode=None):
+        """Undo the model's last step on the current segment (the backend's undo, written as a new step)."""
         return self._objectOp(_("Undo"), self.controller.undo, False, saveUndo, editorNode)
 
     def clearObject(self, saveUndo=None, editorNode=None):
         return self._objectOp(_("Clear"), self.controller.clear, True, saveUndo, editorNode)
 
-
+    def close(self) -> None:
+        """Drop observers, the backend session and the worker thread."""
+        self.removeObservers()
+        self.controller.close()
+        self.queue.shutdown()

@@ -66,16 +66,38 @@ def palette_color(index: int) -> tuple[float, float, float]:
     return tuple(round(c, 3) for c in colorsys.hsv_to_rgb(hue, 0.65, 0.9))  # type: ignore[return-value]
 
 
+def _side(name: str) -> str:
+    m = re.search(r"_(left|right|l|r)$", re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_"))
+    return {"l": "left", "r": "right"}.get(m.group(1), m.group(1)) if m else ""
+
+
+def _shade(rgb: tuple[float, float, float], factor: float) -> tuple[float, float, float]:
+    """Lighter (factor > 1, towards white) or darker (< 1) version of a colour."""
+    if factor >= 1:
+        return tuple(round(c + (1 - c) * (factor - 1), 3) for c in rgb)  # type: ignore[return-value]
+    return tuple(round(c * factor, 3) for c in rgb)  # type: ignore[return-value]
+
+
 def color_for(name: str, index: int = 0) -> tuple[float, float, float]:
-    """Colour of a structure: the known one for its name (side suffix ignored, e.g. ``kidney_left``), else
-    :func:`palette_color`."""
+    """Colour of a structure: the known one for its name, a lighter shade for a left and a darker one for
+    a right structure (``kidney_left`` and ``kidney_right`` differ), else :func:`palette_color`."""
     key = _canonical(name)
+    side = {"left": 1.25, "right": 0.8}.get(_side(name), 1.0)
     if key in KNOWN_COLORS:
-        return KNOWN_COLORS[key]
+        return _shade(KNOWN_COLORS[key], side)
     for known, rgb in KNOWN_COLORS.items():
         if key.startswith(known + "_") or key.endswith("_" + known):
-            return rgb
+            return _shade(rgb, side)
     return palette_color(index)
+
+
+def distinct_color(color: tuple[float, float, float], used, index: int) -> tuple[float, float, float]:
+    """``color``, or palette colours from ``index`` on until one is not in ``used``."""
+    n = index
+    while tuple(color) in used:
+        color = palette_color(n)
+        n += 1
+    return color
 
 
 def display_name(name: str) -> str:
@@ -84,13 +106,16 @@ def display_name(name: str) -> str:
 
 
 def segments_for_labels(labels: Mapping[int, str]) -> list[SegmentSpec]:
-    """One :class:`SegmentSpec` per non-zero label value, ordered by value."""
-    specs = []
+    """One :class:`SegmentSpec` per non-zero label value, ordered by value, each with its own colour."""
+    specs: list[SegmentSpec] = []
+    used: set[tuple[float, float, float]] = set()
     for n, value in enumerate(sorted(int(v) for v in labels)):
         if value == 0:
             continue
         name = str(labels[value]) or f"label {value}"
-        specs.append(SegmentSpec(value, display_name(name), color_for(name, n)))
+        color = distinct_color(color_for(name, n), used, n)  # e.g. ribs and vertebrae share a known colour
+        used.add(color)
+        specs.append(SegmentSpec(value, display_name(name), color))
     return specs
 
 

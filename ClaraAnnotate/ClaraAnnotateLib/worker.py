@@ -82,6 +82,7 @@ class TaskQueue:
         self._lock = threading.Lock()
         self._current: Task | None = None
         self._queued: list[Task] = []
+        self._undelivered: list[Task] = []
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -97,6 +98,7 @@ class TaskQueue:
         task.token = CancelToken(lambda f, m, t=task: self._outbox.put((t, "progress", (f, m))))
         with self._lock:
             self._queued.append(task)
+            self._undelivered.append(task)
         self._pending.put(task)
         return task
 
@@ -155,6 +157,17 @@ class TaskQueue:
             time.sleep(0.01)
         return task
 
+    def wait_idle(self, timeout: float | None = None, pump: Callable[[], None] | None = None) -> None:
+        """Poll until every task submitted so far is delivered (its callback has run)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                pending = list(self._undelivered)
+            if not pending:
+                return
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self.wait(pending[0], left, pump)
+
     def shutdown(self, timeout: float = 5.0) -> None:
         """Cancel everything and stop the thread."""
         self._closed = True
@@ -183,6 +196,9 @@ class TaskQueue:
         finally:
             if kind != "progress":
                 task._finished.set()
+                with self._lock:
+                    if task in self._undelivered:
+                        self._undelivered.remove(task)
 
     def _run(self) -> None:
         while True:

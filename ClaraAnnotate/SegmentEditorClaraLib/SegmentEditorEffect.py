@@ -3,7 +3,8 @@
 Left-click in a slice view places a foreground point, a background point or an extreme point (the
 mode chosen in the options); each foreground/background point updates the selected segment at once,
 with the 2D model's slice taken from the view clicked in. The work is done by the shared
-ClaraAnnotateLogic (backend, worker thread, undo): this file is the editor-side glue only.
+ClaraAnnotateLogic (backend, worker thread, undo) and the decisions by ClaraAnnotateLib.effect (Qt-free,
+tested on slicer-core): this file reads the effect's widgets and forwards.
 """
 
 import os
@@ -11,9 +12,9 @@ import os
 import qt
 import slicer
 import vtk
+from ClaraAnnotateLib import effect
 from SegmentEditorEffects.AbstractScriptedSegmentEditorEffect import AbstractScriptedSegmentEditorEffect
 
-MODES = ("foreground", "background", "extreme")
 UI_FILE = os.path.join(os.path.dirname(__file__), "..", "Resources", "UI", "SegmentEditorClara.ui")
 ICON_FILE = os.path.join(os.path.dirname(__file__), "..", "Resources", "Icons", "ClaraAnnotate.png")
 
@@ -70,8 +71,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self._logic.removeListener(self)
 
     def activate(self):
-        pn = self.logic.getParameterNode()
-        self.logic.ensurePointLists(pn)
+        self.logic.ensurePointLists(self.logic.getParameterNode())
         self.onConnectionChanged(self.logic.connectionInfo)
         self.onPointsChanged()
 
@@ -90,29 +90,18 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return self.scriptedEffect.parameterSetNode()
 
     def _mode(self):
-        if self.ui.backgroundModeRadioButton.checked:
-            return "background"
-        if self.ui.extremeModeRadioButton.checked:
-            return "extreme"
-        return "foreground"
+        return effect.mode_from_buttons(self.ui.backgroundModeRadioButton.checked, self.ui.extremeModeRadioButton.checked)
 
     # ----- clicks --------------------------------------------------------------------------------
     def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
-        if viewWidget.className() != "qMRMLSliceWidget" or eventId != vtk.vtkCommand.LeftButtonPressEvent:
+        if not effect.takes_event(viewWidget.className() == "qMRMLSliceWidget", eventId == vtk.vtkCommand.LeftButtonPressEvent,
+                                  callerInteractor.GetShiftKey(), callerInteractor.GetControlKey(),
+                                  callerInteractor.GetAltKey()):
             return False
-        if callerInteractor.GetShiftKey() or callerInteractor.GetControlKey() or callerInteractor.GetAltKey():
-            return False
-        ras = self.xyToRas(callerInteractor.GetEventPosition(), viewWidget)
-        pn = self.logic.getParameterNode()
-        mode = self._mode()
-        if mode == "extreme":
-            self.logic.addPoint(pn.extremePoints, ras)
-            self.onPointsChanged()
-            return True
-        points = pn.foregroundPoints if mode == "foreground" else pn.backgroundPoints
-        self.logic.addPoint(points, ras)
-        self.logic.clickAt(ras, mode == "foreground", sliceNode=viewWidget.mrmlSliceNode(), saveUndo=self._saveUndo,
-                           editorNode=self._editorNode())
+        xy = callerInteractor.GetEventPosition()
+        sliceNode = viewWidget.mrmlSliceNode()
+        ras = effect.xy_to_ras(xy, sliceNode) or self.xyToRas(xy, viewWidget)
+        effect.place_click(self.logic, self._mode(), ras, sliceNode, self._saveUndo, self._editorNode())
         return True
 
     def onRunExtremePoints(self):
@@ -144,7 +133,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def onConnectionChanged(self, info):
         if not self.ui:
             return
-        self.ui.connectionLabel.text = info.summary if info else "Not connected: set up the backend in Clara Annotate"
+        self.ui.connectionLabel.text = effect.connection_text(info)
         for w in (self.ui.runExtremeButton, self.ui.autoSegmentButton, self.ui.refineButton, self.ui.undoButton,
                   self.ui.clearButton):
             w.enabled = info is not None
@@ -152,17 +141,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.onModelsChanged(info.models)
 
     def onModelsChanged(self, models):
-        if not self.ui:
-            return
-        pn = self.logic.getParameterNode()
-        self.ui.modelsLabel.text = " | ".join(
-            f"{name}: {getattr(pn, field) or '-'}" for name, field in
-            (("clicks", "clickModel"), ("extreme points", "extremeModel"), ("auto", "autoModel")))
+        if self.ui:
+            self.ui.modelsLabel.text = effect.models_text(self.logic.getParameterNode())
 
     def onPointsChanged(self):
         if not self.ui:
             return
-        pn = self.logic.getParameterNode()
-        n = pn.extremePoints.GetNumberOfDefinedControlPoints() if pn.extremePoints else 0
-        self.ui.extremePointsLabel.text = f"{n} of at least 6 extreme points"
-        self.ui.runExtremeButton.enabled = n >= 6 and self.logic.connectionInfo is not None
+        n = effect.defined_points(self.logic.getParameterNode().extremePoints)
+        self.ui.extremePointsLabel.text = effect.extreme_points_text(n)
+        self.ui.runExtremeButton.enabled = effect.can_run_extreme_points(n, self.logic.connectionInfo is not None)

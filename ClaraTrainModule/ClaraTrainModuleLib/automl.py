@@ -101,6 +101,14 @@ def best_trial(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return max(done, key=lambda r: r["dice"]) if done else None
 
 
+def best_text(rows: Sequence[dict[str, Any]], summary: str = "") -> str:
+    """The 'best' line of the AutoML tab: the search's own summary when it ended, else the best so far."""
+    if summary:
+        return summary
+    best = best_trial(rows)
+    return f"best so far: trial {best['number']}, Dice {best['dice']:.4f}" if best else "-"
+
+
 def best_overrides(job_dir: str | os.PathLike) -> dict[str, Any]:
     """The best trial's config overrides (``best_overlay.json``), to apply to a fine-tune job."""
     p = Path(job_dir) / "best_overlay.json"

@@ -96,6 +96,17 @@ class Case:
     name: str = ""
 
 
+def settings_from_panel(models: Sequence[Any], model_name: str, *, iterations: int, epochs: int, learning_rate: float,
+                        val_split: float, amp: bool, smart_cache: bool, device: str, on_server: bool,
+                        extra: dict[str, Any] | None = None) -> FineTuneSettings:
+    """The panel's values as settings (``epochs`` 0 = no epoch limit; the model's kind looked up)."""
+    model = next((m for m in models if m.name == model_name), None)
+    return FineTuneSettings(model=model_name or "", kind=model.kind if model else "", iterations=int(iterations),
+                            epochs=int(epochs) or None, learning_rate=float(learning_rate), val_split=float(val_split),
+                            amp=bool(amp), smart_cache=bool(smart_cache), device=str(device),
+                            where="server" if on_server else "local", extra=dict(extra or {}))
+
+
 def write_datalist(cases: Sequence[Case], folder: str | os.PathLike) -> Path:
     """Write ``datalist.json`` (a list of ``{image, label, labels}``, paths relative to it)."""
     if not cases:

@@ -207,6 +207,20 @@ class JobProgress:
             return f"validation Dice before {b:.3f}"
         return f"validation Dice {b:.3f} -> {a:.3f}"
 
+    def panel(self) -> dict[str, Any]:
+        """What the panel shows: progress percent, the labels' texts, the status level, which buttons work."""
+        return {
+            "percent": int(100 * (self.fraction or 0)),
+            "iteration": f"{self.iteration} / {self.max_iterations or '?'} (epoch {self.epoch})",
+            "loss": f"{self.loss:.4f}" if self.loss is not None else "-",
+            "dice": self.dice_change(),
+            "eta": format_duration(self.time_left()),
+            "status": self.summary(),
+            "level": "error" if self.state == "failed" else "ok" if self.state == "completed" else "info",
+            "running": not self.finished,
+            "resumable": self.state in ("cancelled", "interrupted", "failed"),
+        }
+
     def curve_table(self) -> tuple[list[str], list[list[float]]]:
         """Columns for the Slicer plot: iteration, loss, validation Dice (NaN where not measured)."""
         dice_at = dict(self.dices)

@@ -9,7 +9,6 @@ import subprocess
 import tempfile
 import time
 
-import numpy as np
 import qt
 import slicer
 from ClaraAnnotateLib import nodes
@@ -21,7 +20,7 @@ from slicer.i18n import tr as _
 from claraseg.errors import ConfigError
 from claraseg.io import read_image
 
-from . import automl, jobs
+from . import automl, jobs, plots
 
 log = logging.getLogger(__name__)
 POLL_MS = 1000
@@ -83,7 +82,7 @@ class TrainLogic:
     def exportCases(self, pairs, folder):
         from . import export
 
-        return [export.export_case(volume, seg, folder) for volume, seg in pairs]
+        return export.export_cases(pairs, folder)
 
     def start(self, settings, pairs, datastoreImages=()):
         """Export the data (main thread: MRML), then create and start the job off the GUI thread."""
@@ -204,28 +203,8 @@ class TrainLogic:
 
     def updatePlot(self, progress):
         """Live curves in a Slicer plot: loss and validation Dice against iteration."""
-        if not progress.losses:
-            return
-        if not self.plotNodes:
-            chart = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", "Fine-tune curves")
-            chart.SetXAxisTitle("iteration")
-            chart.SetYAxisTitle("loss / Dice")
-            for key, color in (("loss", (0.85, 0.3, 0.2)), ("validation Dice", (0.2, 0.5, 0.9))):
-                table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", f"Fine-tune {key}")
-                series = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", key)
-                series.SetAndObserveTableNodeID(table.GetID())
-                series.SetXColumnName("iteration")
-                series.SetYColumnName(key)
-                series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
-                series.SetColor(*color)
-                chart.AddAndObservePlotSeriesNodeID(series.GetID())
-                self.plotNodes[key] = table
-            self.plotNodes["chart"] = chart
-            slicer.modules.plots.logic().ShowChartInLayout(chart)
-        for key, points in (("loss", progress.losses), ("validation Dice", progress.dices)):
-            if points:
-                arr = np.array(points, dtype=np.float64)
-                slicer.util.updateTableFromArray(self.plotNodes[key], [arr[:, 0], arr[:, 1]], ["iteration", key])
+        self.plotNodes = plots.update_curves(slicer.mrmlScene, self.plotNodes, progress,
+                                             show=slicer.modules.plots.logic().ShowChartInLayout)
 
     # ----- AutoML --------------------------------------------------------------------------------
     def startAutoML(self, settings, pairs, trials, workers):

@@ -114,7 +114,7 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
     the object's clicks (N, 3) ``[i, j, k]`` (2D: those on the slice). The ROI covers the current mask
     and the clicks at the spacing that makes them fill ``fill`` of it; the first click on an empty
     object uses ``first_click_spacing_mm`` and, when the result is cut off by the ROI, runs again with a
-    larger field of view (``grow_passes`` times at most).
+    larger field of view (``first_click_grow_passes`` times at most).
 
     ``local_rel`` > 0 (3D, a mask the object already has) keeps the result's changes to the mask within
     that fraction of the mask's largest extent around the new clicks (at least two voxels): a click
@@ -140,9 +140,9 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
     lo, hi = allp.min(axis=0), allp.max(axis=0)
     extent = float(((hi - lo + 1) * sp)[plane].max())
     first = not has_mask and len(bg) == 0 and len(fg) <= 1
-    # Refinement: the current mask and clicks fill only ``refine_fill`` of the ROI, so the object can grow.
-    refine_fill = float(settings.get("refine_fill", fill))
-    s = float(settings["first_click_spacing_mm"]) if first else object_spacing(extent, size[0], refine_fill, srange)
+    # Refinement: the current mask and clicks fill only ``correction_fill`` of the ROI, so the object can grow.
+    correction_fill = float(settings.get("correction_fill", fill))
+    s = float(settings["first_click_spacing_mm"]) if first else object_spacing(extent, size[0], correction_fill, srange)
     centre = (lo + hi) / 2.0
 
     keep = bool(settings.get("keep_clicked_components", False))
@@ -165,7 +165,7 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
 
     roi, prob, m = run_at(s, centre)
     # A first result cut off by the ROI runs once more with a larger field of view.
-    for _ in range(int(settings.get("grow_passes", 1)) if first else 0):
+    for _ in range(int(settings.get("first_click_grow_passes", 1)) if first else 0):
         info = _roi_mask_extent(prob.numpy() > settings["threshold"], roi)
         if info is None or not info[2] or s >= srange[1]:
             break

@@ -72,7 +72,7 @@ class ObjectState:
     bg: list = field(default_factory=list)
     history: list = field(default_factory=list)
     #: > 0 while the mask is a DEXTR3D result: clicks then change it only near themselves (the DEXTR3D
-    #: bundle's ``refine_radius_rel``, a fraction of the mask's extent).
+    #: bundle's ``correction_radius_rel``, a fraction of the mask's extent).
     local_rel: float = 0.0
     #: The extreme points ``[i, j, k]`` of a mask made by DEXTR3D (empty otherwise): a DEXTR3D model
     #: that takes clicks corrects the object with them.
@@ -176,7 +176,7 @@ class LocalSession:
                 return self._commit(object_id, obj, new, fg, bg)
             if kind == "dextr3d":
                 # DEXTR3D segments from extreme points; its refinement clicks go to its DeepGrow partner.
-                refine = bundle.settings.get("refine_model")
+                refine = bundle.settings.get("correction_model")
                 if not refine:
                     raise ModelError(f"model {model!r} takes extreme points; refine its result with a DeepGrow model")
                 model, bundle = refine, self._backend.registry.get(refine)
@@ -217,13 +217,13 @@ class LocalSession:
 
     def _corrector(self, model: str, bundle, obj: ObjectState) -> str | None:
         """The DEXTR3D model that corrects an object made from extreme points, for a click with ``model``:
-        ``model`` itself when it is that DEXTR3D model, or a DeepGrow 3D model's ``refit_model``; None
+        ``model`` itself when it is that DEXTR3D model, or a DeepGrow 3D model's ``shape_refit_model``; None
         when the object has no points or the model does not take clicks (the click then runs DeepGrow)."""
         if not obj.points:
             return None
         if bundle.kind == "dextr3d":
             return model if dextr_takes_clicks(bundle.settings) else None
-        name = bundle.settings.get("refit_model") if bundle.kind == "deepgrow3d" else None
+        name = bundle.settings.get("shape_refit_model") if bundle.kind == "deepgrow3d" else None
         if not name or name not in self._backend.registry.names():
             return None
         refit = self._backend.registry.get(name)
@@ -247,16 +247,16 @@ class LocalSession:
 
     def _refit(self, settings: dict, mask: BoxMask, fg: np.ndarray, bg: np.ndarray,
                new_clicks: tuple[np.ndarray, np.ndarray]) -> BoxMask | None:
-        """The DeepGrow 3D bundle's shape re-fit (``refit_model``, a DEXTR3D model, on the extreme points
+        """The DeepGrow 3D bundle's shape re-fit (``shape_refit_model``, a DEXTR3D model, on the extreme points
         of the click's result), or None when there is none, it is not on this backend, or it is refused
-        (see :func:`~claraseg.engine.runners.refit_with_dextr`). ``refit_passes`` (default 1) re-fits
+        (see :func:`~claraseg.engine.runners.refit_with_dextr`). ``shape_refit_passes`` (default 1) re-fits
         the re-fit again, from its own extreme points and with it as the current mask, until a pass is
-        refused or changes nothing; ``refit_tta_flips`` sets the test-time flips of the passes before the
-        last (the last runs with the DEXTR3D bundle's own); ``refit_threshold`` cuts every pass's result
-        (default: the DEXTR3D bundle's threshold); ``refit_contradiction`` says what a pass that contradicts
+        refused or changes nothing; ``shape_refit_tta_flips`` sets the test-time flips of the passes before the
+        last (the last runs with the DEXTR3D bundle's own); ``shape_refit_threshold`` cuts every pass's result
+        (default: the DEXTR3D bundle's threshold); ``shape_refit_contradiction`` says what a pass that contradicts
         a click becomes (refused, honoured or merged: :func:`~claraseg.engine.runners.refit_with_dextr`).
         Clicks are honoured on the last accepted pass."""
-        name = settings.get("refit_model")
+        name = settings.get("shape_refit_model")
         if not name:
             return None
         if name not in self._backend.registry.names():
@@ -267,20 +267,20 @@ class LocalSession:
             _warn_once(f"refit model {name!r} is a {bundle.kind} model, not dextr3d: the shape re-fit is skipped")
             return None
         net = self._backend.registry.network(name, self._backend.device)
-        passes = int(settings.get("refit_passes", 1))
-        # The re-fit's result may be cut at its own threshold (``refit_threshold``), and the passes before
+        passes = int(settings.get("shape_refit_passes", 1))
+        # The re-fit's result may be cut at its own threshold (``shape_refit_threshold``), and the passes before
         # the last may run with fewer test-time flips (they only set the next box and mask).
-        last = {**bundle.settings, "threshold": settings["refit_threshold"]} if "refit_threshold" in settings \
+        last = {**bundle.settings, "threshold": settings["shape_refit_threshold"]} if "shape_refit_threshold" in settings \
             else bundle.settings
-        early = {**last, "tta_flips": settings["refit_tta_flips"]} if "refit_tta_flips" in settings else last
-        vol, gate = self._volume(bundle), float(settings.get("refit_min_agreement", 0.5))
+        early = {**last, "tta_flips": settings["shape_refit_tta_flips"]} if "shape_refit_tta_flips" in settings else last
+        vol, gate = self._volume(bundle), float(settings.get("shape_refit_min_agreement", 0.5))
         found = None
         for n in range(passes):
             # Each further pass re-fits the previous one (its box is taken from a better estimate).
             again = refit_with_dextr(net, last if n == passes - 1 else early, vol,
                                      mask if found is None else BoxMask(self._size, *found), fg, bg,
                                      self._backend.device, gate,
-                                     settings.get("refit_contradiction", "refuse"))
+                                     settings.get("shape_refit_contradiction", "refuse"))
             if again is None:
                 break
             converged = found is not None and np.array_equal(again[0], found[0]) and np.array_equal(again[1], found[1])
@@ -301,13 +301,13 @@ class LocalSession:
         ``boundary_refine`` setting asks for it (:func:`~claraseg.engine.boundary.refine_boundary`; keys
         ``band``, ``tau``, ``ring``, ``bins``); every click keeps its answer. ``roi_spacing`` is the grid
         the mask was made on; by default (a DeepGrow 3D result) that of the DEXTR3D re-fit of the mask's
-        box (``refit_model``), or without one the grid DeepGrow 3D refines an object of that size on."""
+        box (``shape_refit_model``), or without one the grid DeepGrow 3D refines an object of that size on."""
         spec = settings.get("boundary_refine")
         if spec is None or mask.is_empty:  # {} asks for the defaults
             return mask
         spacing = self.geometry.spacing
         if roi_spacing is None:
-            refit = settings.get("refit_model")
+            refit = settings.get("shape_refit_model")
             box = np.stack([mask.start, mask.stop - 1]).astype(np.float64)
             if refit and refit in self._backend.registry.names() and \
                     self._backend.registry.get(refit).kind == "dextr3d":
@@ -315,7 +315,7 @@ class LocalSession:
             else:
                 extent = float(((box[1] - box[0] + 1) * spacing).max())
                 roi_spacing = [object_spacing(extent, int(settings["roi_size"][0]),
-                                              float(settings.get("refine_fill", settings["fill"])),
+                                              float(settings.get("correction_fill", settings["fill"])),
                                               settings["spacing_range_mm"])] * 3
         return refine_boundary(self._numpy, spacing, mask, roi_spacing, fg, bg,
                                **{k: spec[k] for k in ("band", "tau", "ring", "bins") if k in spec})
@@ -341,7 +341,7 @@ class LocalSession:
             obj.snapshot()
             delta = obj.mask.delta_to(new)
             obj.mask, obj.fg, obj.bg, obj.points = new, [], [], pts.tolist()
-            obj.local_rel = float(bundle.settings.get("refine_radius_rel", 0.0))
+            obj.local_rel = float(bundle.settings.get("correction_radius_rel", 0.0))
             self.objects[object_id] = obj
             self._bound_memory()
             return delta
@@ -380,7 +380,7 @@ class LocalSession:
             obj.snapshot()
             obj.mask = new
             # The restored points make DEXTR3D the object's corrector again (``_corrector``). Which bundle
-            # made them is not known here, so a DEXTR3D without click channels loses ``refine_radius_rel``.
+            # made them is not known here, so a DEXTR3D without click channels loses ``correction_radius_rel``.
             obj.fg, obj.bg, obj.local_rel, obj.points = fg, bg, 0.0, pts
             self.objects[object_id] = obj
             self._bound_memory()

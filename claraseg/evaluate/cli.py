@@ -29,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("--image", help="image: NIfTI/NRRD file or DICOM series folder")
     p.add_argument("--label", help="label map on the image's grid (NIfTI/NRRD/.seg.nrrd or DICOM folder)")
     p.add_argument("--labels", help="comma-separated label values to evaluate (default: all)")
-    p.add_argument("--min-voxels", type=int, default=MIN_VOXELS, help="skip smaller structures (default %(default)s)")
+    p.add_argument("--min-voxels", type=int, default=None,
+                   help=f"skip smaller structures (default {MIN_VOXELS}; with --split the split file's, per folder)")
     p.add_argument("--clicks", type=int, default=20, help="interactions per structure, N (default %(default)s)")
     p.add_argument("--json", help="write the report here")
     p.add_argument("--plot", help="write a PNG of Dice against interactions here")
@@ -43,6 +44,11 @@ def register(sub) -> None:
                    help="DeepGrow 2D: slice normal 0 = i, 1 = j, 2 = k (default 2; not with --heldout)")
     p.add_argument("--jitter-seeds", type=int, default=0,
                    help="DEXTR3D robustness: also run with +-3-voxel jittered extreme points, this many seeds")
+    p.add_argument("--split", choices=("validation", "test"),
+                   help="evaluate the default models (or --model) on every scan of this split of the scan-level "
+                        "split (claraseg/evaluate/scan_split.json): validation chooses settings, test reports")
+    p.add_argument("--sources", help="--split: only these folders, comma-separated (e.g. mr_abdomen_3mm,mr_hippocampus)")
+    p.add_argument("--tag", default="", help="--split: suffix of the report names (split_<split>_<model>_<tag>.json)")
     p.add_argument("--heldout", action="store_true",
                    help="evaluate the default models (or --model) on their held-out structures and fresh phantoms")
     p.add_argument("--data", default=os.environ.get("CLARASEG_DATA", "../shared/data"),
@@ -100,8 +106,16 @@ def _eval(args) -> int:
 
     if args.clicks < 1:
         raise ClarasegError("--clicks must be at least 1")
+    if args.split and args.heldout:
+        raise ClarasegError("--split and --heldout are two different evaluations: give one")
+    if args.split:
+        return _split(args)
     if args.heldout:
         return _heldout(args)
+    if args.min_voxels is None:
+        from claraseg.evaluate.runner import MIN_VOXELS
+
+        args.min_voxels = MIN_VOXELS
     if not args.model and not args.method:
         raise ClarasegError("name a --model to evaluate, a classical --method, or both (or use --heldout)")
     if not args.image or not args.label:
@@ -140,8 +154,42 @@ def _eval(args) -> int:
     return 0
 
 
+def _split(args) -> int:
+    from claraseg.evaluate.scans import evaluate_split
+
+    if args.slice_axis is not None:
+        raise ClarasegError("--slice-axis does not apply to --split: its 2D protocol uses slices normal to k")
+    _set_threads(args.threads)
+    backend, backend_name = _backend(args)
+    try:
+        kinds = {d.name: d.kind for d in backend.models()}
+        models = [args.model] if args.model else [m for m in DEFAULT_HELDOUT_MODELS if m in kinds]
+        if not models:
+            raise ClarasegError(f"none of the default models {DEFAULT_HELDOUT_MODELS} is on the backend")
+        sources = [s for s in (args.sources or "").replace(" ", "").split(",") if s] or None
+        summaries = evaluate_split(
+            backend, models, args.split, args.data, args.out,
+            method=None if args.no_baseline else (args.method or "random_walker"), interactions=args.clicks,
+            min_voxels=args.min_voxels, sources=sources, jitter_seeds=args.jitter_seeds, progress=not args.quiet,
+            backend_name=backend_name, tag=args.tag)
+    finally:
+        backend.close()
+    for name, s in summaries.items():
+        ours, base = s["summary"], s["baseline"]
+        line = f"{name}: Dice {ours['mean_dice_at']} NoC@85 {ours['mean_noc85']} latency {ours['latency_ms']}"
+        if base:
+            line += f" | baseline Dice {base['mean_dice_at']} NoC@85 {base['mean_noc85']}"
+        print(line)
+        for src, row in s["summary_by_source"]["ours"].items():
+            print(f"  {src}: {row['structures']} structures, Dice {row['mean_dice_at']} NoC@85 {row['mean_noc85']}")
+        print(f"  first click on structures >= 10,000 voxels: {s['first_click_large']['ours']['mean_dice_at_1']}")
+    print(f"wrote {args.out}/split_{args.split}_*.json and .png")
+    return 0
+
+
 def _heldout(args) -> int:
     from claraseg.evaluate.heldout import evaluate_heldout
+    from claraseg.evaluate.runner import MIN_VOXELS
 
     if args.slice_axis is not None:
         raise ClarasegError("--slice-axis does not apply to --heldout: its 2D protocol is fixed to slices normal to "
@@ -155,7 +203,7 @@ def _heldout(args) -> int:
             raise ClarasegError(f"none of the default models {DEFAULT_HELDOUT_MODELS} is on the backend")
         summaries = evaluate_heldout(
             backend, models, args.data, args.out, method=None if args.no_baseline else (args.method or "random_walker"),
-            interactions=args.clicks, min_voxels=args.min_voxels, hippocampus_cases=args.hippocampus_cases,
+            interactions=args.clicks, min_voxels=args.min_voxels or MIN_VOXELS, hippocampus_cases=args.hippocampus_cases,
             jitter_seeds=args.jitter_seeds, progress=not args.quiet, backend_name=backend_name,
             baseline_only=args.baseline_only,
         )

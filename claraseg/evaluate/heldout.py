@@ -102,12 +102,12 @@ def _baseline_key(method: str, kind: str, structures: Sequence[Structure], inter
 
 
 def heldout_baseline(method: str, kind: str, structures: Sequence[Structure], interactions: int, out_dir: Path,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True, prefix: str = "") -> dict[str, Any]:
     """The baseline's results on the held-out structures, reused from ``baseline_<kind>_<method>.json`` in
-    ``out_dir`` when it was computed for exactly these structures by this code (it needs no weights, so
+    ``out_dir`` (``prefix`` before the name) when it was computed for exactly these structures by this code (it needs no weights, so
     it can be run before they exist), else computed and saved there."""
     key = _baseline_key(method, kind, structures, interactions)
-    cache = out_dir / f"baseline_{kind}_{method}.json"
+    cache = Path(out_dir) / f"{prefix}baseline_{kind}_{method}.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:

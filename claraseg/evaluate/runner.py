@@ -45,14 +45,42 @@ class Structure:
     name: str
 
 
+def align_label(image: Image, label: Image) -> Image:
+    """``label`` on ``image``'s grid when it covers exactly the same voxels under another axis order or
+    flipped axes (a lossless re-indexing, as Slicer accepts such a segmentation); ``label`` itself when
+    the grids already match. Raises :class:`GeometryMismatchError` (naming the differences) otherwise."""
+    if image.same_grid(label):
+        return label
+    t = np.linalg.inv(label.ijk_to_lps) @ image.ijk_to_lps  # image index -> label index
+    a, b = t[:3, :3], t[:3, 3]
+    p = np.round(a)
+    size_img, size_lab = np.asarray(image.size_ijk), np.asarray(label.size_ijk)
+    ok = (np.allclose(a, p, atol=1e-3) and np.allclose(np.abs(p).sum(axis=0), 1) and np.allclose(np.abs(p).sum(axis=1), 1)
+          and np.allclose(b, np.round(b), atol=1e-2))
+    if ok:
+        src = np.argmax(np.abs(p), axis=0)  # label axis feeding each image axis
+        sign = p[src, np.arange(3)]
+        b = np.round(b)
+        ok = all(size_lab[src[c]] == size_img[c] and b[src[c]] == (0 if sign[c] > 0 else size_img[c] - 1)
+                 for c in range(3))
+    if not ok:
+        image.check_same_grid(label, "label map")
+    arr_ijk = np.transpose(label.array, (2, 1, 0)).transpose(tuple(int(r) for r in src))
+    for c in range(3):
+        if sign[c] < 0:
+            arr_ijk = np.flip(arr_ijk, axis=c)
+    return image.with_array(np.ascontiguousarray(np.transpose(arr_ijk, (2, 1, 0))), labels=label.labels)
+
+
 def structures_of(case: str, image: Image, label: Image, labels: Sequence[int] | None = None,
                   min_voxels: int = MIN_VOXELS, names: dict[int, str] | None = None) -> list[Structure]:
     """The structures of ``label`` to evaluate: the chosen values (default all), at least ``min_voxels``.
 
-    Raises :class:`GeometryMismatchError` when the label map is not on the image's grid, and
+    A label map on the same voxels under another axis order or flip is re-indexed onto the image's grid
+    (:func:`align_label`). Raises :class:`GeometryMismatchError` when it covers other voxels, and
     :class:`ClarasegError` when a chosen value is absent.
     """
-    image.check_same_grid(label, "label map")
+    label = align_label(image, label)
     values, counts = np.unique(label.array, return_counts=True)
     present = {int(v): int(c) for v, c in zip(values, counts) if v != 0}
     if labels:

@@ -146,8 +146,12 @@ class MaskDelta:
         return header + lab + payload
 
     @classmethod
-    def decode(cls, data: bytes | bytearray | memoryview) -> MaskDelta:
-        """Parse :meth:`encode`'s bytes; any corrupt, truncated or foreign input raises :class:`MaskDeltaError`."""
+    def decode(cls, data: bytes | bytearray | memoryview, *, max_voxels: int | None = None) -> MaskDelta:
+        """Parse :meth:`encode`'s bytes; any corrupt, truncated or foreign input raises :class:`MaskDeltaError`.
+
+        ``max_voxels`` refuses a box holding more voxels (e.g. the receiving volume's size) before anything
+        is decompressed.
+        """
         buf = memoryview(data)
         if len(buf) < _HEADER.size:
             raise MaskDeltaError(f"mask delta too short ({len(buf)} bytes; the header alone is {_HEADER.size})")
@@ -166,15 +170,15 @@ class MaskDelta:
         if nlab:
             try:
                 labels = {int(k): str(v) for k, v in json.loads(bytes(buf[off:off + nlab])).items()}
-            except (ValueError, AttributeError) as e:
-                raise MaskDeltaError(f"mask delta label names are corrupt ({e})") from None
+            except (ValueError, AttributeError, TypeError, RecursionError) as e:
+                raise MaskDeltaError(f"mask delta label names are corrupt ({type(e).__name__})") from None
         payload = buf[off + nlab:]
         if any(s < 0 or e < s or e > n for s, e, n in zip(start, stop, size)) or min(size) < 0:
             raise MaskDeltaError(f"mask delta box {list(start)}..{list(stop)} does not fit size {list(size)}")
         shape = (stop[2] - start[2], stop[1] - start[1], stop[0] - start[0])
         n = int(np.prod(shape, dtype=np.int64))
-        if n > 1024**3:
-            raise MaskDeltaError("mask delta box is absurdly large")
+        if n > 1024**3 or (max_voxels is not None and n > max_voxels):
+            raise MaskDeltaError(f"mask delta box of {n:,} voxels is larger than the volume it is meant for")
         if codec == CODEC_ZLIB:
             try:
                 d = zlib.decompressobj()

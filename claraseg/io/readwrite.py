@@ -34,7 +34,7 @@ def extension(path: str | os.PathLike) -> str:
 
 # ----- reading -----------------------------------------------------------------------------------
 def read_image(path: str | os.PathLike, *, series_uid: str | None = None, label: bool = False,
-               allow_nonfinite: bool = False) -> Image:
+               allow_nonfinite: bool = False, imageio: str | None = None, sidecar: bool = True) -> Image:
     """Read a NIfTI/NRRD/MetaImage file or a DICOM series folder into an :class:`Image`.
 
     Args:
@@ -43,6 +43,9 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None, label:
         label: read as a label map: the voxels must be integers. Files that carry label names (.seg.nrrd,
             an NRRD written by claraseg, a NIfTI with a ``.labels.json`` sidecar) are label maps anyway.
         allow_nonfinite: accept float voxels that are NaN or infinite (rejected by default).
+        imageio: the SimpleITK reader to use (e.g. ``"NiftiImageIO"``); by default SimpleITK picks one from
+            the file's name and content.
+        sidecar: read label names from a NIfTI's ``.labels.json`` sidecar.
     """
     p = Path(path)
     if not p.exists():
@@ -50,8 +53,8 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None, label:
     if p.is_dir():
         image = read_dicom_series(p, series_uid=series_uid)
     else:
-        image = _read_file(p)
-    side = label_sidecar_path(p) if p.is_file() else None
+        image = _read_file(p, imageio)
+    side = label_sidecar_path(p) if p.is_file() and sidecar else None
     if side is not None and side.is_file():
         image.labels = read_labels_json(side)
     if label or image.labels or extension(p) == ".seg.nrrd" or segment_labels_from_metadata(image.metadata):
@@ -73,11 +76,13 @@ def label_sidecar_path(path: str | os.PathLike) -> Path | None:
     return path.with_name(path.name[: -len(ext)] + ".labels.json")
 
 
-def _read_file(p: Path) -> Image:
+def _read_file(p: Path, imageio: str | None = None) -> Image:
     if p.stat().st_size == 0:
         raise ImageReadError(f"{p}: the file is empty")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
+    if imageio:
+        reader.SetImageIO(imageio)
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:

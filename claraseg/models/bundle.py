@@ -162,21 +162,21 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "click_radius_mm": ("a number >= 0", lambda v: _number(v) and v >= 0),
     "threshold": ("a number between 0 and 1 (exclusive)", lambda v: _number(v) and 0 < v < 1),
     "fill": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
-    "refine_fill": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
+    "correction_fill": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
     "first_click_spacing_mm": ("a number > 0", lambda v: _number(v) and v > 0),
     "margin_mm": ("a number >= 0", lambda v: _number(v) and v >= 0),
     "margin_rel": ("a number >= 0", lambda v: _number(v) and v >= 0),
-    "refine_radius_rel": ("a number >= 0 (0: off)", lambda v: _number(v) and v >= 0),
-    "refit_model": ("a model name (a string)", lambda v: isinstance(v, str)),
-    "refit_min_agreement": ("a number between 0 and 1", lambda v: _number(v) and 0 <= v <= 1),
-    "refit_passes": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
-    "refit_tta_flips": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
-    "refit_threshold": ("a number between 0 and 1 (exclusive)", lambda v: _number(v) and 0 < v < 1),
-    "refit_contradiction": ('"refuse", "honour" or "merge"', lambda v: v in ("refuse", "honour", "merge")),
+    "correction_radius_rel": ("a number >= 0 (0: off)", lambda v: _number(v) and v >= 0),
+    "shape_refit_model": ("a model name (a string)", lambda v: isinstance(v, str)),
+    "shape_refit_min_agreement": ("a number between 0 and 1", lambda v: _number(v) and 0 <= v <= 1),
+    "shape_refit_passes": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
+    "shape_refit_tta_flips": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
+    "shape_refit_threshold": ("a number between 0 and 1 (exclusive)", lambda v: _number(v) and 0 < v < 1),
+    "shape_refit_contradiction": ('"refuse", "honour" or "merge"', lambda v: v in ("refuse", "honour", "merge")),
     "keep_mask_detail": ("true or false", lambda v: isinstance(v, bool)),
     "boundary_refine": ('null or an object of "band", "tau", "ring" (numbers > 0) and "bins" (an integer >= 2), '
                         'each optional', lambda v: v is None or _boundary_spec_ok(v)),
-    "grow_passes": ("an integer >= 0", lambda v: _number(v, integer=True) and v >= 0),
+    "first_click_grow_passes": ("an integer >= 0", lambda v: _number(v, integer=True) and v >= 0),
     "min_points": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
     "spacing_range_mm": ("[low, high] with 0 < low <= high",
                          lambda v: isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v)
@@ -198,6 +198,30 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     "deepgrow2d": ("roi_size", "fill", "spacing_range_mm", "first_click_spacing_mm", "threshold", "guidance", "intensity"),
     "dextr3d": ("roi_size", "margin_mm", "threshold", "guidance", "intensity"),
 }
+
+
+#: Earlier names of ``claraseg`` settings -> the names that say which stage they set (first click,
+#: correction clicks, shape re-fit). A bundle written with an earlier name is read under the new one.
+RENAMED_SETTINGS = {
+    "grow_passes": "first_click_grow_passes",
+    "refine_fill": "correction_fill",
+    "refine_model": "correction_model",
+    "refine_radius_rel": "correction_radius_rel",
+    **{f"refit_{k}": f"shape_refit_{k}" for k in ("model", "min_agreement", "passes", "tta_flips", "threshold",
+                                                  "contradiction")},
+}
+
+
+def rename_settings(settings: dict[str, Any], where: Path) -> dict[str, Any]:
+    """``settings`` with every earlier name (:data:`RENAMED_SETTINGS`) replaced by its current one; a
+    :class:`ConfigError` when a bundle gives both."""
+    out = dict(settings)
+    for old, new in RENAMED_SETTINGS.items():
+        if old in out:
+            if new in out:
+                raise ConfigError(f"{where}: claraseg gives both {old} and its current name {new}; keep {new}")
+            out[new] = out.pop(old)
+    return out
 
 
 def check_settings(settings: dict[str, Any], kind: str, where: Path) -> None:
@@ -231,7 +255,9 @@ def read_bundle(path: str | os.PathLike, name: str | None = None) -> Bundle:
     path = Path(path)
     meta = _read_json(path / METADATA)
     inference = _read_json(path / INFERENCE)
-    settings = meta.get("claraseg") or {}
+    settings = rename_settings(meta.get("claraseg") or {}, path / METADATA)
+    if meta.get("claraseg"):
+        meta["claraseg"] = settings
     kind = settings.get("kind", "segmentation")
     if kind not in MODEL_KINDS:
         raise ConfigError(f"{path / METADATA}: claraseg.kind {kind!r} is not one of {MODEL_KINDS}")

@@ -24,8 +24,8 @@ INTENSITY = {
 _DEEPGROW_COMMON: dict[str, Any] = {
     "channels": ["image", "foreground", "background", "mask"],
     "fill": 0.7,
-    "refine_fill": 0.45,
-    "grow_passes": 2,
+    "correction_fill": 0.45,
+    "first_click_grow_passes": 2,
     "guidance": {"encoding": "gaussian", "sigma_mm": 3.0, "min_sigma_vox": 1.5},
     "intensity": INTENSITY,
     "threshold": 0.5,
@@ -43,7 +43,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "kind": "deepgrow3d",
         # Refinement ROIs at the training scale (``fill``): 0.45 lost 0.010-0.024 Dice at every click 2-8 on the
         # held-out structures (0.45/0.6/0.7/0.8 compared with ``claraseg eval --heldout --clicks 8``).
-        "refine_fill": 0.7,
+        "correction_fill": 0.7,
         "roi_size": [64, 64, 64],
         # Training crops are smaller than the inference ROI (same spacing rules; the network is convolutional).
         "train_roi_size": [48, 48, 48],
@@ -55,16 +55,16 @@ SETTINGS: dict[str, dict[str, Any]] = {
         # click's result by less than this Dice. Held-out Dice after 5 / 10 clicks 0.773 / 0.826 without it,
         # 0.840 / 0.840 with a points-only DEXTR3D, 0.874 / 0.899 with the click-reading one
         # (claraseg eval --heldout, results/heldout_deepgrow3d.json).
-        "refit_model": "dextr3d",
-        "refit_min_agreement": 0.5,
+        "shape_refit_model": "dextr3d",
+        "shape_refit_min_agreement": 0.5,
         # The re-fit is run again on its own result (3 passes; the first two with 2 test-time flips, which
         # only set the next box and mask), from a DeepGrow 3D result cut at 0.6 (a tighter estimate gives a
         # better box): held-out Dice after 1 / 5 clicks 0.668 / 0.874 -> 0.713 / 0.898, NoC@85 5.75 -> 4.625
         # with the stage-4 DEXTR3D; claraseg bench p50 ~0.36-0.41 s a click (session5_inference.json in
         # results/experiments). The shipped stages were trained with 0.5 for their network-in-the-loop
         # clicks (``settings_at_training``).
-        "refit_passes": 3,
-        "refit_tta_flips": 2,
+        "shape_refit_passes": 3,
+        "shape_refit_tta_flips": 2,
         "threshold": 0.6,
         # A re-fit that contradicts a click (a background click inside it, a foreground click outside) is
         # merged, not refused: the click's own result in the region of the re-fit's additions (or of its
@@ -72,10 +72,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
         # removals apart, Dice after 10 / 20 clicks 0.925 / 0.929 -> 0.927 / 0.932, NoC@85 unchanged). Refusing it left the object to DeepGrow 3D alone, which drifted
         # (held-out right lateral ventricle 0.81 after 4 clicks, 0.59 after 10): Dice after 10 / 20 clicks
         # 0.910 / 0.910 -> 0.918 / 0.922 (results/experiments/session6_inference.json).
-        "refit_contradiction": "merge",
+        "shape_refit_contradiction": "merge",
         # The re-fit's result is cut at 0.55 (DEXTR3D alone keeps its 0.5, which suits it better: NoC@85
         # 2.97 against 3.12 at 0.55): with the merge, DeepGrow 3D NoC@85 4.62 -> 4.44 (0.5 / 0.6: 4.62 / 4.5).
-        "refit_threshold": 0.55,
+        "shape_refit_threshold": 0.55,
         # Every click's result has its boundary re-decided at the image's resolution where the re-fit's
         # grid was coarser (elongated objects: up to 2x along their long axis): voxels within 1.5 ROI
         # voxels of the boundary follow the intensities of the object's core and of a ring outside it
@@ -113,7 +113,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "threshold": 0.5,
         "min_points": 6,
         # Clicks on an object without extreme points go to DeepGrow 3D (which uses this model for its re-fit).
-        "refine_model": "deepgrow3d",
+        "correction_model": "deepgrow3d",
         # The voxels within this distance of a click take the click's label.
         "click_radius_mm": 1.0,
         "train_jitter_vox": 3,

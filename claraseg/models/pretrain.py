@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,19 @@ import numpy as np
 import torch
 
 from claraseg.errors import TrainingDataError
-from claraseg.io import make_phantom, read_image, read_labels_json
+from claraseg.evaluate.protocol import dice
+from claraseg.io import read_image, read_labels_json
 from claraseg.models.bundle import METADATA, TRAIN, read_bundle, save_weights, write_json_atomic
 from claraseg.models.defaults import create_bundle
+from claraseg.models.sources import (
+    EVAL_PHANTOM_SEEDS,
+    MIN_VOXELS,
+    P_BY_SIZE,
+    TRAIN_PHANTOM_SEEDS,
+    draw_structure,
+    load_split_sources,
+    source_weights,
+)
 from claraseg.models.train_config import TRAIN_SAMPLING_KEYS, check_train_config, train_sampling
 from claraseg.models.training import (
     TrainingVolume,
@@ -35,7 +44,13 @@ from claraseg.models.training import (
     make_sample,
     network_input,
     predictor,
-    volume_from_images,
+)
+from claraseg.train.loop import (
+    CheckpointHandler,
+    ProgressHandler,
+    StreamSource,
+    TrainingLoop,
+    cosine_schedule,
 )
 
 log = logging.getLogger("claraseg.pretrain")
@@ -43,22 +58,17 @@ log = logging.getLogger("claraseg.pretrain")
 #: Where the packaged default bundles live.
 PACKAGED_BUNDLES = Path(__file__).resolve().parent / "bundles"
 
-#: Structures and cases never used for training the interactive models (evaluation only).
+#: Structures and cases held out of the training of the default weights before the scan-level split
+#: (claraseg/evaluate/scan_split.json); read by the held-out check of those weights.
 HELDOUT: dict[str, Any] = {
     "ct_abdomen_3mm": ["spleen", "kidney_left", "gallbladder", "urinary_bladder", "vertebrae_L3", "iliopsoas_left"],
     "mr_abdomen_3mm": ["spleen", "kidney_left", "liver"],
     "mr_brain_1mm": ["left_hippocampus", "right_thalamus", "left_putamen", "right_lateral_ventricle"],
     "mr_hippocampus_last_cases": 30,
 }
-#: Phantom seeds used for training, and fresh ones kept for evaluation.
-TRAIN_PHANTOM_SEEDS = list(range(1000, 1016))
-EVAL_PHANTOM_SEEDS = [5000, 5001, 5002]
-#: How often a training sample comes from each source.
-SOURCE_WEIGHTS = {"ct_abdomen_3mm": 0.24, "mr_abdomen_3mm": 0.12, "mr_brain_1mm": 0.2, "mr_hippocampus": 0.19,
-                  "phantoms": 0.25}
-#: Smallest structure trained on (voxels on its own grid).
-MIN_VOXELS = 60
 DEFAULT_SEED = 20260
+#: Pre-training validates (interactive kinds) and saves the weights this often (seconds).
+SAVE_EVERY_S = 300.0
 KINDS = ("deepgrow3d", "deepgrow2d", "dextr3d", "segmentation")
 
 
@@ -69,53 +79,33 @@ def hippocampus_cases(data_dir: Path) -> tuple[list[str], list[str]]:
     return names[:-n], names[-n:]
 
 
+def split_record(data_dir: Path) -> dict[str, Any]:
+    """What a stage trained on the ``train`` split kept out: the scans of ``validation`` and ``test``."""
+    from claraseg.evaluate.split import split_scans
+
+    out: dict[str, Any] = {"split": "claraseg/evaluate/scan_split.json", "phantom_seeds": EVAL_PHANTOM_SEEDS}
+    for split in ("validation", "test"):
+        out[split] = [s.name if s.source == s.name else f"{s.source}/{s.name}" for s in split_scans(data_dir, split)]
+    return out
+
+
 def load_sources(data_dir: Path, intensity: dict, *, heldout: bool = False,
                  hippocampus_limit: int | None = None) -> dict[str, list[TrainingVolume]]:
-    """Training volumes per source (``heldout=False``), or the held-out structures and cases only."""
-    data_dir = Path(data_dir)
-    out: dict[str, list[TrainingVolume]] = {}
-    for folder, modality in (("ct_abdomen_3mm", "CT"), ("mr_abdomen_3mm", "MR"), ("mr_brain_1mm", "MR")):
-        d = data_dir / folder
-        if not (d / "image.nii.gz").exists():
-            raise TrainingDataError(f"{d}: missing image.nii.gz (point --data at the shared data folder)")
-        image = read_image(d / "image.nii.gz")
-        label = read_image(d / "label.nii.gz", label=True)
-        names = {v: info.name for v, info in read_labels_json(d / "labels.json").items()}
-        held = set(HELDOUT[folder])
-        exclude = held if not heldout else set(names.values()) - held
-        out[folder] = [volume_from_images(folder, image, label, intensity, min_voxels=MIN_VOXELS, exclude=exclude,
-                                          names=names, modality=modality)]
-    train_cases, held_cases = hippocampus_cases(data_dir)
-    cases = held_cases if heldout else train_cases
-    if hippocampus_limit:
-        cases = cases[:hippocampus_limit]
-    hip = []
-    for name in cases:
-        image = read_image(data_dir / "mr_hippocampus" / "images" / name)
-        label = read_image(data_dir / "mr_hippocampus" / "labels" / name, label=True)
-        hip.append(volume_from_images(name, image, label, intensity, min_voxels=MIN_VOXELS, modality="MR",
-                                      names={1: "hippocampus_anterior", 2: "hippocampus_posterior"},
-                                      unions={"hippocampus": (1, 2)}))
-    out["mr_hippocampus"] = hip
-    seeds = EVAL_PHANTOM_SEEDS if heldout else TRAIN_PHANTOM_SEEDS
-    out["phantoms"] = [volume_from_images(f"phantom_{s}", *make_phantom(seed=s, size_ijk=(96, 96, 48)), intensity,
-                                          min_voxels=MIN_VOXELS, modality="CT") for s in seeds]
-    return {k: [v for v in vols if v.structures] for k, vols in out.items() if any(v.structures for v in vols)}
+    """Training volumes per source: the ``train`` split of the sample data (``heldout=False``) or the
+    ``validation`` split (:mod:`claraseg.models.sources`)."""
+    return load_split_sources(Path(data_dir), intensity, "validation" if heldout else "train",
+                              hippocampus_limit=hippocampus_limit)
 
 
-def draw_structure(sources: dict[str, list[TrainingVolume]], rng: np.random.Generator):
-    """A (volume, structure) pair: source by :data:`SOURCE_WEIGHTS`, then volume and structure uniformly."""
-    names = [k for k in SOURCE_WEIGHTS if k in sources]
-    w = np.array([SOURCE_WEIGHTS[k] for k in names])
-    vols = sources[names[int(rng.choice(len(names), p=w / w.sum()))]]
-    vol = vols[int(rng.integers(len(vols)))]
-    return vol, vol.structures[int(rng.integers(len(vol.structures)))]
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else float(2.0 * (a & b).sum() / s)
+def run_stream(net: torch.nn.Module, opt: torch.optim.Optimizer, step_loss, draw, lr0: float, minutes: float,
+               iterations: int | None, handlers) -> TrainingLoop:
+    """Pre-training on the shared loop: batches drawn by ``draw()`` from the recipe's seeded generators,
+    a cosine learning rate from ``lr0`` to 5 % over ``iterations`` steps or, without them, ``minutes``."""
+    loop = TrainingLoop(net, opt, step_loss, StreamSource(draw), max_iterations=iterations or math.inf,
+                        max_time_s=None if iterations else 60.0 * minutes, lr_schedule=cosine_schedule(lr0),
+                        handlers=handlers)
+    loop.run()
+    return loop
 
 
 def _validation_set(kind: str, settings: dict, data_dir: Path, seed: int, n: int = 16):
@@ -133,7 +123,7 @@ def _validation_set(kind: str, settings: dict, data_dir: Path, seed: int, n: int
 
 def _validate(net, kind: str, samples) -> float:
     run = predictor(net, kind)
-    return float(np.mean([_dice(run(x) > 0.5, y[0].numpy()) for x, y in samples]))
+    return float(np.mean([dice(run(x) > 0.5, y[0].numpy()) for x, y in samples]))
 
 
 def _update_metadata(bundle_dir: Path, training: dict[str, Any], data_source: str) -> None:
@@ -227,14 +217,8 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
     loss_fn = make_loss(kind)
     run = predictor(net, kind)
     lr0, batch = float(train_cfg["learning_rate"]) * lr_scale, int(train_cfg["batch_size"])
-    t0 = last_save = last_log = time.time()
-    it, losses, history = 0, [], []
-    while True:
-        frac = it / iterations if iterations else (time.time() - t0) / (60.0 * minutes)
-        if frac >= 1.0:
-            break
-        for g in opt.param_groups:
-            g["lr"] = lr0 * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+    def draw():
         xs, ys = [], []
         while len(xs) < batch:
             vol, st = draw_structure(sources, rng)
@@ -242,27 +226,24 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
             if r is not None:
                 xs.append(network_input(r[0], kind)[0])
                 ys.append(network_input(r[1], kind)[0])
-        loss = loss_fn(net(torch.stack(xs)), torch.stack(ys))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        it += 1
-        now = time.time()
-        if now - last_log > 60:
-            progress(f"{kind}: it {it} loss {np.mean(losses[-50:]):.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                     f"{(now - t0) / 60:.1f} min")
-            last_log = now
-        if now - last_save > 300:
-            vd = _validate(net, kind, val)
-            history.append({"iteration": it, "minutes": round((now - t0) / 60, 1), "val_dice": round(vd, 4)})
-            progress(f"{kind}: it {it} validation Dice {vd:.3f}; saving weights")
-            save_weights(net, bundle.weights_path)
-            last_save = now
+        return torch.stack(xs), torch.stack(ys)
+
+    history: list[dict[str, Any]] = []
+
+    def validate_and_save(loop: TrainingLoop) -> None:
+        vd = _validate(net, kind, val)
+        history.append({"iteration": loop.state.iteration, "minutes": round(loop.state.elapsed_s / 60, 1),
+                        "val_dice": round(vd, 4)})
+        progress(f"{kind}: it {loop.state.iteration} validation Dice {vd:.3f}; saving weights")
+        save_weights(net, bundle.weights_path)
+
+    logger = ProgressHandler(progress, kind)
+    loop = run_stream(net, opt, lambda m, b: loss_fn(m(b[0]), b[1]), draw, lr0, minutes, iterations,
+                      [logger, CheckpointHandler(validate_and_save, every_s=SAVE_EVERY_S)])
+    it, losses = loop.state.iteration, logger.losses
     save_weights(net, bundle.weights_path)
     vd = _validate(net, kind, val)
     progress(f"{kind}: done, {it} iterations, final validation Dice {vd:.3f}")
-    _, held_cases = hippocampus_cases(Path(data_dir))
     recipe = f"claraseg pretrain --models {kind} --seed {seed} --iterations {it}"
     if warm_start:
         recipe += f" --continue --lr-scale {lr_scale:g}"
@@ -273,7 +254,8 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
     record = {
         "recipe": recipe,
         "previous_stages": previous,
-        "seed": seed, "iterations": it, "minutes": round((time.time() - t0) / 60, 1), "threads": torch.get_num_threads(),
+        "seed": seed, "iterations": it, "minutes": round(loop.state.elapsed_s / 60, 1),
+        "threads": torch.get_num_threads(),
         "batch_size": batch, "learning_rate": lr0, "schedule": "cosine to 5%", "loss": train_cfg["loss"],
         # The click sampling the stage used (train.json's values or the defaults), as in its recipe.
         "p_model_in_loop": sampling["p_model_in_loop"], "max_loop_clicks": sampling["max_loop_clicks"],
@@ -285,13 +267,16 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
                                                                "margin_mm", "margin_rel", "threshold")},
         "final_loss": round(float(np.mean(losses[-100:])), 4) if losses else None,
         "validation_dice_roi": round(vd, 4), "validation_history": history,
-        "data": {"sources": SOURCE_WEIGHTS, "structures_per_source": counts, "min_voxels": MIN_VOXELS,
+        "data": {"split": "claraseg/evaluate/scan_split.json (train)", "sources": source_weights(sources),
+                 "structures_per_source": counts, "min_voxels": MIN_VOXELS, "p_by_size": P_BY_SIZE,
                  "train_phantom_seeds": TRAIN_PHANTOM_SEEDS},
-        "heldout": {**{k: v for k, v in HELDOUT.items() if k != "mr_hippocampus_last_cases"},
-                    "mr_hippocampus": held_cases, "phantom_seeds": EVAL_PHANTOM_SEEDS},
+        "heldout": split_record(Path(data_dir)),
         "augmentation": "random rotation (25 deg) and flips, ROI spacing (object scale), intensity scale/shift/gamma/"
                         "inversion/blur/thick-slice/noise, simulated clicks (ANCHORS protocol and random variants, "
-                        "network in the loop), corrupted current masks",
+                        "network in the loop), corrupted current masks"
+                        + ("; domain randomisation (synthetic contrasts per label, bias field, slice thickness "
+                           "0.5-8 mm, partial volume, fields of view cutting the object, first clicks weighted "
+                           "toward objects cut by the ROI or the scan)" if sampling.get("domain_randomization") else ""),
         "torch": torch.__version__,
     }
     _update_metadata(Path(bundle_dir), record,
@@ -375,48 +360,36 @@ def train_segmentation(bundle_dir: Path, data_dir: Path, *, minutes: float, iter
     opt = torch.optim.Adam(net.parameters(), lr=lr0)
     loss_fn = make_loss("segmentation")
     data = {"image": img_t.as_tensor(), "label": lab_t.as_tensor()}
-    t0 = last_log = last_save = time.time()
-    it, losses = 0, []
-    while True:
-        frac = it / iterations if iterations else (time.time() - t0) / (60.0 * minutes)
-        if frac >= 1.0:
-            break
-        for g in opt.param_groups:
-            g["lr"] = lr0 * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+    def draw():
         items = [aug(dict(data))[0] for _ in range(batch)]
         x = torch.stack([torch.as_tensor(i["image"]) for i in items]).float()
         y = torch.stack([torch.as_tensor(i["label"]) for i in items]).float()
-        loss = loss_fn(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        it += 1
-        now = time.time()
-        if now - last_log > 60:
-            progress(f"segmentation: it {it} loss {np.mean(losses[-50:]):.4f} {(now - t0) / 60:.1f} min")
-            last_log = now
-        if now - last_save > 300:
-            save_weights(net, bundle.weights_path)
-            last_save = now
+        return x, y
+
+    logger = ProgressHandler(progress, "segmentation")
+    loop = run_stream(net, opt, lambda m, b: loss_fn(m(b[0]), b[1]), draw, lr0, minutes, iterations,
+                      [logger, CheckpointHandler(lambda loop: save_weights(net, bundle.weights_path),
+                                                 every_s=SAVE_EVERY_S)])
+    it, losses = loop.state.iteration, logger.losses
     save_weights(net, bundle.weights_path)
     net.eval()
     pred = pipe.run(net, image)
-    dice = {name: round(_dice(pred == v, lab == v), 4) for v, name in labels.items()}
-    progress(f"segmentation: done, {it} iterations, Dice on its own training CT {dice}")
+    scores = {name: round(dice(pred == v, lab == v), 4) for v, name in labels.items()}
+    progress(f"segmentation: done, {it} iterations, Dice on its own training CT {scores}")
     record = {
         "recipe": f"claraseg pretrain --models segmentation --seed {seed} --iterations {it}",
-        "seed": seed, "iterations": it, "minutes": round((time.time() - t0) / 60, 1),
+        "seed": seed, "iterations": it, "minutes": round(loop.state.elapsed_s / 60, 1),
         "threads": torch.get_num_threads(), "batch_size": batch, "learning_rate": lr0, "loss": train_cfg["loss"],
         "final_loss": round(float(np.mean(losses[-100:])), 4) if losses else None, "crop": roi,
         "data": "ct_abdomen_3mm (one CT, TotalSegmentator labels) - demo grade",
-        "dice_on_training_ct": dice,
+        "dice_on_training_ct": scores,
         "augmentation": "pos/neg crops, rotation 0.2 rad, scale 15%, intensity scale/shift, noise",
     }
     _update_metadata(Path(bundle_dir), record, "../shared/data/ct_abdomen_3mm: one abdominal CT with "
                      "TotalSegmentator labels. Demo-grade until fine-tuned on your own data.")
     meta = json.loads((Path(bundle_dir) / METADATA).read_text())
-    meta["eval_metrics"] = {"mean_dice_training_ct": round(float(np.mean(list(dice.values()))), 4)}
+    meta["eval_metrics"] = {"mean_dice_training_ct": round(float(np.mean(list(scores.values()))), 4)}
     meta["intended_use"] = ("Demo only: trained on a single CT, it shows auto-segmentation working; fine-tune it on "
                             "your own labelled scans before relying on it. Not for diagnostic use.")
     write_json_atomic(Path(bundle_dir) / METADATA, meta)

@@ -34,10 +34,14 @@ def check_train_config(train: dict | None) -> None:
         v = train.get(key)
         if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1):
             raise TrainingDataError(f"train.json {key} {v!r}: give a probability between 0 and 1")
+    v = train.get("domain_randomization")
+    if v is not None and not isinstance(v, bool):
+        raise TrainingDataError(f"train.json domain_randomization {v!r}: give true or false (synthetic contrasts, "
+                                "bias fields, thick slices and cut fields of view in the training samples)")
     v = train.get("max_loop_clicks")
     if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
         raise TrainingDataError(f"train.json max_loop_clicks {v!r}: give an integer >= 1")
-    for key in ("p_correction", "p_model_in_loop", "max_loop_clicks", "box_scale_range"):
+    for key in ("p_correction", "p_model_in_loop", "max_loop_clicks", "box_scale_range", "domain_randomization"):
         if key in train and train[key] is None:
             raise TrainingDataError(f"train.json {key} is null: give a value or leave the key out (the default "
                                     f"is {TRAIN_DEFAULTS['dextr3d'].get(key, TRAIN_DEFAULTS['deepgrow'].get(key))})")
@@ -46,12 +50,14 @@ def check_train_config(train: dict | None) -> None:
 #: The click-sampling keys of train.json and their defaults, per model family (DeepGrow 2D/3D, DEXTR3D).
 #: ``roi_scale_range`` None: the object's extent times a uniform 0.85..1.4.
 TRAIN_DEFAULTS: dict[str, dict] = {
-    "deepgrow": {"p_model_in_loop": 0.4, "max_loop_clicks": 3, "roi_scale_range": None},
-    "dextr3d": {"p_correction": 0.6, "p_model_in_loop": 0.5, "max_loop_clicks": 3, "box_scale_range": [0.65, 1.15]},
+    "deepgrow": {"p_model_in_loop": 0.4, "max_loop_clicks": 3, "roi_scale_range": None, "domain_randomization": False},
+    "dextr3d": {"p_correction": 0.6, "p_model_in_loop": 0.5, "max_loop_clicks": 3, "box_scale_range": [0.65, 1.15],
+                "domain_randomization": False},
 }
 #: The sampling keys a pretrain stage may set on the command line (``--train KEY=VALUE``); every stage's
 #: recipe records the values it ran with, so replaying it does not depend on the bundle's train.json.
-TRAIN_SAMPLING_KEYS = ("p_correction", "p_model_in_loop", "max_loop_clicks", "box_scale_range", "roi_scale_range")
+TRAIN_SAMPLING_KEYS = ("p_correction", "p_model_in_loop", "max_loop_clicks", "box_scale_range", "roi_scale_range",
+                       "domain_randomization")
 
 
 def train_sampling(kind: str, train: dict | None) -> dict:

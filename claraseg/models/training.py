@@ -33,6 +33,7 @@ from claraseg.guidance.roi import slice_axes
 from claraseg.io import Image
 from claraseg.models.bundle import DEXTR_CHANNELS
 from claraseg.models.preprocess import guess_modality, normalise_intensity
+from claraseg.models.synth import domain_randomize
 from claraseg.models.train_config import train_sampling
 
 #: A callable that maps a network input ``[C, ...]`` to foreground probabilities of the same spatial shape.
@@ -178,6 +179,28 @@ def augment_intensity(img: torch.Tensor, rng: np.random.Generator) -> torch.Tens
     return torch.from_numpy(x.astype(np.float32))
 
 
+#: Share of domain-randomised samples whose scan is first cut to a smaller field of view.
+P_CUT_FIELD_OF_VIEW = 0.3
+#: Share of domain-randomised samples that get :func:`claraseg.models.synth.domain_randomize`; the rest
+#: get :func:`augment_intensity` as without it.
+P_DOMAIN = 0.7
+
+
+def _augment(img: torch.Tensor, roi_label: torch.Tensor | np.ndarray, roi_spacing, rng: np.random.Generator,
+             randomize: bool) -> torch.Tensor:
+    """The intensity augmentation of a sample: SynthSeg-style domain randomisation (with ``randomize``,
+    :data:`P_DOMAIN` of the samples) or the plain intensity augmentation."""
+    if randomize and rng.random() < P_DOMAIN:
+        lab = np.asarray(roi_label)
+        x = img.numpy()
+        if x.shape[0] == 1:  # a 2D slice ROI: randomise in 2D (no thick slices across a single slice)
+            out = domain_randomize(x[0][None], lab.reshape(x.shape)[0][None], roi_spacing, rng, p_resolution=0.0)
+        else:
+            out = domain_randomize(x, lab.reshape(x.shape), roi_spacing, rng)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+    return augment_intensity(img, rng)
+
+
 def _squeeze(a: np.ndarray) -> np.ndarray:
     return a[0] if a.shape[0] == 1 else a
 
@@ -232,6 +255,41 @@ def _random_inside(mask: np.ndarray, rng: np.random.Generator):
     return None if len(pts) == 0 else pts[rng.integers(len(pts))][::-1]
 
 
+def cut_field_of_view(volume: TrainingVolume, structure: Structure, rng: np.random.Generator):
+    """The volume as a scan with a smaller field of view that cuts the structure: a thin slab (15-80 mm)
+    or one side of a plane through the structure, along k in 60 % of the draws, else i or j.
+    Returns ``(volume, structure)`` views (the label outside the new field of view is gone, as in a
+    real scan), or the inputs unchanged when the cut would leave fewer than 30 voxels of the structure."""
+    axis = 2 if rng.random() < 0.6 else int(rng.integers(2))
+    coords = structure.coords
+    n = volume.image.shape[2 - axis]
+    c = int(coords[rng.integers(len(coords)), axis])
+    if rng.random() < 0.5:
+        half = rng.uniform(15.0, 80.0) / float(volume.spacing[axis]) / 2.0
+        shift = rng.uniform(-half, half)
+        lo, hi = int(round(c + shift - half)), int(round(c + shift + half)) + 1
+    elif rng.random() < 0.5:
+        lo, hi = c, n
+    else:
+        lo, hi = 0, c + 1
+    lo, hi = max(0, lo), min(n, hi)
+    keep = (coords[:, axis] >= lo) & (coords[:, axis] < hi)
+    if keep.sum() < 30 or (lo == 0 and hi == n):
+        return volume, structure
+    sl = [slice(None)] * 3
+    sl[2 - axis] = slice(lo, hi)
+    shift_ijk = np.zeros(3, dtype=np.int32)
+    shift_ijk[axis] = lo
+    cut = TrainingVolume(volume.name, volume.image[tuple(sl)], volume.label[tuple(sl)], volume.spacing)
+    return cut, Structure(structure.name, structure.values, coords[keep] - shift_ijk)
+
+
+def _touches_border(gt: np.ndarray) -> bool:
+    """Whether a ROI target reaches the ROI's faces (the object is cut by the ROI)."""
+    g = _squeeze(gt).astype(bool)
+    return bool(any(np.take(g, i, axis=a).any() for a in range(g.ndim) for i in (0, -1)))
+
+
 # ----- one sample per kind -----------------------------------------------------------------------------------
 def _choose_spacing(settings: dict, extent_mm: float, roi_voxels: int, rng: np.random.Generator,
                     train: dict | None = None) -> float:
@@ -241,7 +299,8 @@ def _choose_spacing(settings: dict, extent_mm: float, roi_voxels: int, rng: np.r
     the object overflow the ROI, as a refinement ROI sized from an under-segmented mask does."""
     lo, hi = settings["spacing_range_mm"]
     if rng.random() < 0.35:  # the first click's fixed field of view, objects small or cut off
-        s = settings["first_click_spacing_mm"] * float(np.exp(rng.uniform(np.log(0.7), np.log(1.5))))
+        top = 2.0 if train_sampling("deepgrow", train)["domain_randomization"] else 1.5
+        s = settings["first_click_spacing_mm"] * float(np.exp(rng.uniform(np.log(0.7), np.log(top))))
         return float(np.clip(s, lo, hi))
     scale = (train or {}).get("roi_scale_range")
     if scale is None:
@@ -253,7 +312,8 @@ def _choose_spacing(settings: dict, extent_mm: float, roi_voxels: int, rng: np.r
 
 
 def _simulate_clicks(img: torch.Tensor, gt: np.ndarray, roi_label: np.ndarray, settings: dict, sigma,
-                     rng: np.random.Generator, predict: Predictor | None, train: dict) -> torch.Tensor:
+                     rng: np.random.Generator, predict: Predictor | None, train: dict,
+                     cut: bool = False) -> torch.Tensor:
     """Clicks and a current mask for one DeepGrow sample; returns the assembled input."""
     fg: list = []
     bg: list = []
@@ -261,7 +321,13 @@ def _simulate_clicks(img: torch.Tensor, gt: np.ndarray, roi_label: np.ndarray, s
     def add(click):
         (fg if click[1] else bg).append(click[0])
 
-    if rng.random() < 0.4:  # from scratch: a first click, then possibly the network's own predictions
+    # From scratch: a first click, then possibly the network's own predictions. With domain randomisation,
+    # objects cut by the ROI or by the scan's field of view (large organs, thin slabs) start from scratch
+    # more often: the first click is where they fail.
+    p_scratch = 0.4
+    if train_sampling("deepgrow", train)["domain_randomization"] and (cut or _touches_border(gt)):
+        p_scratch = 0.65
+    if rng.random() < p_scratch:
         prev = np.zeros_like(gt)
         add(random_click(prev, gt, rng, p_deepest=0.6))
         sampling = train_sampling("deepgrow", train)
@@ -317,6 +383,11 @@ def deepgrow_sample(volume: TrainingVolume, structure: Structure, settings: dict
     """One DeepGrow 3D or 2D sample ``(input [4, k, j, i], target [1, k, j, i])`` or None when the
     drawn ROI misses the structure."""
     train = train or {}
+    randomize = bool(train_sampling("deepgrow", train)["domain_randomization"])
+    cut = False
+    if randomize and rng.random() < P_CUT_FIELD_OF_VIEW:
+        volume, structure = cut_field_of_view(volume, structure, rng)
+        cut = True
     sp = volume.spacing
     # Spacing follows the inference ROI; the sampled crop may be smaller (settings["train_roi_size"]).
     size = tuple(int(v) for v in settings["roi_size"])
@@ -363,9 +434,9 @@ def deepgrow_sample(volume: TrainingVolume, structure: Structure, settings: dict
     gt = np.isin(roi_label, structure.values).astype(np.uint8)
     if gt.sum() < 6:
         return None
-    img = augment_intensity(sample_roi(volume.image, sp, roi), rng)
+    img = _augment(sample_roi(volume.image, sp, roi), roi_label, roi.spacing, rng, randomize)
     sigma = deepgrow_sigma(settings, roi.spacing)
-    x = _simulate_clicks(img, gt, roi_label, settings, sigma, rng, predict, train)
+    x = _simulate_clicks(img, gt, roi_label, settings, sigma, rng, predict, train, cut)
     return x, torch.from_numpy(gt[None].astype(np.float32))
 
 
@@ -373,6 +444,9 @@ def dextr_sample(volume: TrainingVolume, structure: Structure, settings: dict, r
                  predict: Predictor | None = None, train: dict | None = None):
     """One DEXTR3D sample: extreme points (symmetric jitter) of the structure in a randomly rotated frame,
     their box plus the margin stretched onto the ROI. Returns ``(input [2, ...], target [1, ...])``."""
+    randomize = bool(train_sampling("dextr3d", train)["domain_randomization"])
+    if randomize and rng.random() < P_CUT_FIELD_OF_VIEW:
+        volume, structure = cut_field_of_view(volume, structure, rng)
     sp = volume.spacing
     size = tuple(int(v) for v in settings["roi_size"])
     axes = random_rotation(rng, 25.0) if rng.random() < 0.7 else np.diag(rng.choice([-1.0, 1.0], size=3))
@@ -406,7 +480,7 @@ def dextr_sample(volume: TrainingVolume, structure: Structure, settings: dict, r
     gt = np.isin(roi_label, structure.values).astype(np.uint8)
     if gt.sum() < 6:
         return None
-    img = augment_intensity(sample_roi(volume.image, sp, roi), rng)
+    img = _augment(sample_roi(volume.image, sp, roi), roi_label, roi.spacing, rng, randomize)
     sigma = settings["guidance"]["sigma_vox"]
     pts_roi = (yp - lo) / spacing
     if not correct:

@@ -23,13 +23,15 @@ from claraseg.errors import ClarasegError
 
 from .context import ServerContext
 from .datastore import Datastore
-from .middleware import BodyLimitMiddleware, RequestContextMiddleware
+from .middleware import AuthMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from .routes import datastore, infer, info, jobs, session
 from .sessions import SessionRegistry, WorkPool
 from .settings import ServerSettings
 
 log = logging.getLogger("claraseg.server")
 DOCS_STATIC = "/static-docs"
+#: Seconds the public status page reuses its datastore summary.
+STATUS_TTL = 30.0
 
 
 def docs_assets_dir() -> Path | None:
@@ -55,7 +57,7 @@ def create_app(backend: Backend, settings: ServerSettings | None = None, *, jobs
     ctx = ServerContext(
         backend=backend, settings=settings, datastore=store, jobs=jobs_runner,
         pool=WorkPool(settings.workers, settings.max_queue, settings.serialize_device),
-        sessions=SessionRegistry(settings.idle_timeout, settings.max_sessions),
+        sessions=SessionRegistry(settings.idle_timeout, settings.max_sessions, max_bytes=settings.max_session_bytes),
     )
     ctx.refresh_models()
 
@@ -79,6 +81,7 @@ def create_app(backend: Backend, settings: ServerSettings | None = None, *, jobs
         app.include_router(r)
     _add_error_handlers(app)
     _add_pages(app, ctx)
+    app.add_middleware(AuthMiddleware, token=settings.token)  # inside CORS: preflights carry no token
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["X-Request-ID", "X-Compute-Ms"])
@@ -177,12 +180,20 @@ def _add_pages(app: FastAPI, ctx: ServerContext) -> None:
                                   redoc_js_url=f"{DOCS_STATIC}/redoc.standalone.js",
                                   redoc_favicon_url=f"{DOCS_STATIC}/favicon.png", with_google_fonts=False)
 
+    cache: dict = {"at": -1e9, "status": None}
+    lock = asyncio.Lock()
+
     @app.get("/", include_in_schema=False)
     async def status_page() -> HTMLResponse:
-        return HTMLResponse(_status_html(ctx, docs=assets is not None))
+        # Public and cheap: the datastore summary is recomputed (off the loop) at most every STATUS_TTL s.
+        if ctx.datastore is not None and time.monotonic() - cache["at"] > STATUS_TTL and not lock.locked():
+            async with lock:
+                cache["status"] = await asyncio.to_thread(ctx.datastore.status)
+                cache["at"] = time.monotonic()
+        return HTMLResponse(_status_html(ctx, cache["status"], docs=assets is not None))
 
 
-def _status_html(ctx: ServerContext, docs: bool) -> str:
+def _status_html(ctx: ServerContext, store: dict | None, docs: bool) -> str:
     e = html.escape
     models = "".join(
         f"<tr><td>{e(d.name)}</td><td>{e(d.kind)}</td><td>{e(d.version)}</td><td>{e(d.description)}</td></tr>"
@@ -191,8 +202,7 @@ def _status_html(ctx: ServerContext, docs: bool) -> str:
     sessions = "".join(
         f"<tr><td>{e(s.id[:8])}…</td><td>{'×'.join(map(str, s.image_size))}</td><td>{s.interactions}</td>"
         f"<td>{now - s.last_used:.0f} s</td></tr>" for s in ctx.sessions.entries()) or "<tr><td colspan=4>none</td></tr>"
-    jobs_html = "none attached" if ctx.jobs is None else e(str(ctx.jobs))
-    store = ctx.datastore.status() if ctx.datastore else None
+    jobs_html = "none attached" if ctx.jobs is None else "attached (GET /train/ lists them)"
     web_url = ctx.settings.web_url
     web = f' — <a href="{e(web_url)}">Clara Annotate Web</a> (annotate in the browser)' if web_url else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>claraseg server</title>

@@ -35,6 +35,8 @@ def register(sub) -> None:
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting for a worker before answering 503")
     p.add_argument("--session-timeout", type=float, default=1800, help="seconds before an idle session expires")
     p.add_argument("--max-sessions", type=int, default=32)
+    p.add_argument("--max-session-mb", type=int, default=8192,
+                   help="memory all open sessions may hold together; beyond it idle sessions are evicted, else 503")
     p.add_argument("--max-upload-mb", type=int, default=2048, help="largest image/label upload")
     p.add_argument("--max-body-mb", type=int, default=64, help="largest body of other requests")
     p.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin (repeatable)")
@@ -80,6 +82,7 @@ def settings_from_args(args) -> ServerSettings:
         sample_data=args.sample_data, workers=args.workers, max_queue=args.max_queue,
         serialize_device=str(args.device).startswith("cuda"), device=args.device,
         idle_timeout=args.session_timeout, max_sessions=args.max_sessions,
+        max_session_bytes=args.max_session_mb * MB,
         max_upload_bytes=args.max_upload_mb * MB, max_body_bytes=args.max_body_mb * MB,
         cors_origins=list(args.cors_origin), ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
     )

@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from claraseg.errors import ConfigError, DatastoreNotFoundError, TrainingDataError, UnknownModelError
+from claraseg.errors import DatastoreNotFoundError, TrainingDataError, UnknownModelError
 
 from .datastore import DEFAULT_TAG, Datastore, check_id
+from .validation import AutoMLOptions, check_job_request
 
 AUTOML_PREFIX = "automl-"
 #: Settings a client may give an AutoML job in ``{"automl": {...}}`` (as the ``claraseg automl`` flags).
-AUTOML_OPTIONS = ("trials", "timeout_s", "workers", "sampler", "pruner", "startup_trials", "warmup_steps", "seed",
-                  "runner", "default_trial", "trial_timeout_s")
+AUTOML_OPTIONS = tuple(AutoMLOptions.model_fields)
 
 
 class TrainJobs:
@@ -72,6 +72,7 @@ class TrainJobs:
     def start(self, kind: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
         """Start (or, with ``resume``: job id, continue) a fine-tune job or an AutoML search; answers its
         id and state."""
+        body = check_job_request(body)  # plain data only, every id checked, before any file operation
         if kind == "automl":
             return self._start_automl(model, body)
         if body.get("resume"):
@@ -79,7 +80,7 @@ class TrainJobs:
         else:
             tag = check_id(str(body.get("tag") or DEFAULT_TAG), "label tag")
             job = self.manager.create(self._bundle(model), self._datalist(body.get("images"), tag),
-                                      body.get("overrides") or {}, name=body.get("name"),
+                                      body["overrides"], name=body.get("name"),
                                       registry=self.models_dir, device=str(body.get("device") or "auto"))
             job.start()
         return {"job_id": job.id, "id": job.id, "model": model, "state": job.status()["state"]}
@@ -142,9 +143,6 @@ class TrainJobs:
             start_search(settings)
             return {"job_id": d.name, "id": d.name, "model": saved["model"], "state": "starting"}
         options = dict(body.get("automl") or {})
-        unknown = sorted(set(options) - set(AUTOML_OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown AutoML option(s) {unknown}; allowed: {list(AUTOML_OPTIONS)}")
         bundle = self._bundle(model)
         tag = check_id(str(body.get("tag") or DEFAULT_TAG), "label tag")
         datalist = self._datalist(body.get("images"), tag)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
@@ -73,6 +74,39 @@ class RequestContextMiddleware:
             })
 
 
+#: Paths answered without a token: the status page and the API documentation.
+PUBLIC_PATHS = ("/", "/docs", "/redoc", "/openapi.json")
+PUBLIC_PREFIXES = ("/static-docs/",)
+
+
+class AuthMiddleware:
+    """Check the bearer token before anything reads, parses or buffers the request body.
+
+    The routes declare the same check (``require_token``) for the OpenAPI schema; this one runs first, so
+    an unauthenticated client cannot make the server parse a large JSON or multipart body.
+    """
+
+    def __init__(self, app, token: str | None) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or self.token is None or scope["method"] == "OPTIONS" \
+                or scope["path"] in PUBLIC_PATHS or scope["path"].startswith(PUBLIC_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        value = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, given = value.partition(b" ")
+        if scheme.lower() != b"bearer" or not given:
+            detail = "this server requires a token: send 'Authorization: Bearer <token>'"
+        elif not hmac.compare_digest(given.strip(), self.token):
+            detail = "wrong token; ask the server's administrator for the --token it was started with"
+        else:
+            await self.app(scope, receive, send)
+            return
+        await _send_json(send, 401, "unauthorized", detail, {b"www-authenticate": b"Bearer"})
+
+
 #: (method, path prefix) of routes whose bodies carry images or labels.
 UPLOAD_ROUTES = (("PUT", "/session"), ("PUT", "/datastore/image"), ("PUT", "/datastore/label"),
                  ("POST", "/infer/"), ("PUT", "/datastore"))
@@ -139,9 +173,9 @@ def _too_large(limit: int) -> str:
             "image, or start the server with a larger --max-upload-mb")
 
 
-async def _send_json(send, status: int, code: str, detail: str) -> None:
+async def _send_json(send, status: int, code: str, detail: str, headers: dict | None = None) -> None:
     body = json.dumps({"detail": detail, "code": code}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *(headers or {}).items()]})
     await send({"type": "http.response.body", "body": body})

@@ -10,6 +10,7 @@ queue is full it refuses at once with :class:`~claraseg.errors.ServerBusyError` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import gc
 import logging
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from claraseg.backend import Session, share_malloc_arena
-from claraseg.errors import ServerBusyError, SessionExpiredError, SessionNotFoundError
+from claraseg.errors import RequestTooLargeError, ServerBusyError, SessionExpiredError, SessionNotFoundError
 
 from .datastore import check_id
 
@@ -103,6 +104,8 @@ class SessionEntry:
     interactions: int = 0
     geometry: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: bytes counted against the registry's memory budget (:meth:`SessionRegistry.reserve`).
+    cost: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,9 +118,13 @@ class SessionEntry:
 class SessionRegistry:
     """Open sessions by id, idle expiry, and a bounded memory of expired ids."""
 
-    def __init__(self, idle_timeout: float = 1800.0, max_sessions: int = 64, remember_expired: int = 4096) -> None:
+    def __init__(self, idle_timeout: float = 1800.0, max_sessions: int = 64, remember_expired: int = 4096,
+                 max_bytes: int = 8 << 30, evict_idle_s: float = 30.0) -> None:
         self.idle_timeout = float(idle_timeout)
         self.max_sessions = int(max_sessions)
+        self.max_bytes = int(max_bytes)
+        self.evict_idle_s = float(evict_idle_s)
+        self._reserved = 0
         self._sessions: OrderedDict[str, SessionEntry] = OrderedDict()
         self._expired: OrderedDict[str, float] = OrderedDict()
         self._remember = remember_expired
@@ -126,12 +133,57 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    @property
+    def bytes_used(self) -> int:
+        """Memory counted for open sessions plus sessions being opened."""
+        with self._lock:
+            return sum(e.cost for e in self._sessions.values()) + self._reserved
+
+    @contextlib.contextmanager
+    def reserve(self, cost: int):
+        """Hold ``cost`` bytes of the budget while a session opens; evicts sessions idle for
+        ``evict_idle_s`` (least recently used first) to make room, else refuses with 503 (retry later)."""
+        cost = int(cost)
+        if cost > self.max_bytes:
+            raise RequestTooLargeError(
+                f"a session on this image needs about {cost / 2**20:,.0f} MiB, more than the server's session memory "
+                f"of {self.max_bytes / 2**20:,.0f} MiB; crop or downsample the image")
+        evicted: list[SessionEntry] = []
+        now = time.time()
+        with self._lock:
+            used = sum(e.cost for e in self._sessions.values()) + self._reserved
+            for e in list(self._sessions.values()):
+                if used + cost <= self.max_bytes:
+                    break
+                if now - e.last_used >= self.evict_idle_s and not e.lock.locked():
+                    del self._sessions[e.id]
+                    self._mark_expired(e.id)
+                    evicted.append(e)
+                    used -= e.cost
+            fits = used + cost <= self.max_bytes
+            if fits:
+                self._reserved += cost
+        for e in evicted:
+            log.info("session evicted", extra={"session_id": e.id, "reason": "memory"})
+            _close_quietly(e)
+        if evicted:
+            release_memory()
+        if not fits:
+            raise ServerBusyError(
+                f"the server's session memory is in use ({used / 2**20:,.0f} of {self.max_bytes / 2**20:,.0f} MiB by "
+                f"active sessions; this image needs {cost / 2**20:,.0f} MiB); retry when a session closes")
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reserved -= cost
+
     def add(self, session: Session, *, image_size, dtype: str, nbytes: int, expiry: float | None = None,
-            source: str = "upload") -> SessionEntry:
+            source: str = "upload", cost: int = 0) -> SessionEntry:
         """Register a backend session under a new id; evicts the least recently used one when full."""
         sid = uuid.uuid4().hex
         entry = SessionEntry(sid, session, tuple(int(v) for v in image_size), dtype, int(nbytes),
-                             float(expiry) if expiry and expiry > 0 else self.idle_timeout, source)
+                             float(expiry) if expiry and expiry > 0 else self.idle_timeout, source, cost=int(cost))
         evicted = []
         with self._lock:
             self._sessions[sid] = entry

@@ -25,6 +25,8 @@ class ServerSettings:
         serialize_device: run inference one request at a time (a GPU).
         idle_timeout: seconds after which an unused session expires.
         max_sessions: open sessions kept; the least recently used one expires beyond that.
+        max_session_bytes: memory all open sessions may hold together (image + working copies); beyond it
+            sessions idle for 30 s are evicted, else a new session is refused with 503 + Retry-After.
         max_upload_bytes: largest body of an image/label upload (after gzip decompression too).
         max_body_bytes: largest body of any other request.
         cors_origins: origins allowed by CORS; empty = CORS off.
@@ -43,6 +45,7 @@ class ServerSettings:
     device: str = "cpu"
     idle_timeout: float = 1800.0
     max_sessions: int = 32
+    max_session_bytes: int = 8192 * MB
     max_upload_bytes: int = 2048 * MB
     max_body_bytes: int = 64 * MB
     cors_origins: list[str] = field(default_factory=list)
@@ -58,6 +61,10 @@ class ServerSettings:
                 f"refusing to listen on {self.host!r} without a token: anyone on the network could use the server. "
                 "Pass --token SECRET (clients send it as 'Authorization: Bearer SECRET'), or bind 127.0.0.1"
             )
+        if self.token is not None and (not self.token.isprintable() or any(c.isspace() for c in self.token)
+                                       or not self.token.isascii()):
+            raise ConfigError("the token must be printable ASCII without spaces (e.g. `python -c 'import secrets; "
+                              "print(secrets.token_urlsafe())'`)")
         if self.token is not None and len(self.token) < 8:
             raise ConfigError("the token is too short; use at least 8 characters (e.g. `python -c 'import secrets; "
                               "print(secrets.token_urlsafe())'`)")

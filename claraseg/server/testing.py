@@ -26,17 +26,18 @@ class ServerProcess:
         datastore: datastore folder.
         log_path: where the server's JSON log lines go.
         env: extra environment variables (e.g. PYTHONPATH for a test backend).
+        wrapper: a command the server runs under, e.g. ``["prlimit", "--as=2000000000", "--"]``.
     """
 
     def __init__(self, args: list[str], datastore: str | Path, log_path: str | Path, *,
                  env: dict[str, str] | None = None, token: str | None = None, startup_timeout: float = 120.0,
-                 scheme: str = "http", verify: bool | str = True) -> None:
+                 scheme: str = "http", verify: bool | str = True, wrapper: list[str] | None = None) -> None:
         self.port = free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.verify = verify
         self.token = token
         self.log_path = Path(log_path)
-        cmd = [sys.executable, "-m", "claraseg", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+        cmd = [*(wrapper or []), sys.executable, "-m", "claraseg", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--datastore", str(datastore), *args]
         if token:
             cmd += ["--token", token]

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
-import tempfile
-import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,11 +12,11 @@ from starlette.datastructures import UploadFile
 
 from claraseg.client.wire import VOLUME_MEDIA_TYPE, decode_volume
 from claraseg.errors import ImageReadError, InvalidImageError, RequestTooLargeError, UnsupportedMediaTypeError
-from claraseg.io import Image, read_image
-from claraseg.io.readwrite import extension
+from claraseg.io import Image
+from claraseg.io.safe import UPLOAD_FORMATS, gunzip_bounded, read_upload, upload_format
 
 #: File types accepted in uploads (a trailing ``.gz`` is accepted on all but ``.nii.gz``).
-FILE_EXTENSIONS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha")
+FILE_EXTENSIONS = tuple(UPLOAD_FORMATS)
 FILE_MEDIA_TYPES = ("application/octet-stream", "application/gzip", "application/x-gzip")
 
 
@@ -27,83 +24,46 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_body(request: Request, limit: int) -> bytearray:
-    """The whole body in one writable buffer, gunzipped when ``Content-Encoding: gzip``."""
-    declared = request.headers.get("content-length")
-    buf = bytearray()
-    if declared and declared.isdigit():
-        buf = bytearray(int(declared))
-        n = 0
-        async for chunk in request.stream():
-            if n + len(chunk) > len(buf):
-                raise InvalidImageError("the body is longer than its Content-Length header")
-            buf[n:n + len(chunk)] = chunk
-            n += len(chunk)
-        if n != len(buf):
-            raise InvalidImageError(f"the body ended after {n} of the {len(buf)} bytes announced")
-    else:
-        async for chunk in request.stream():
-            buf += chunk
-            if len(buf) > limit:
-                raise RequestTooLargeError(f"the request body exceeds the limit of {limit / 2**20:.0f} MiB")
+CHUNK_LIMIT = 1 << 20
+
+
+async def read_body(request: Request, limit: int, run: Callable[..., Awaitable[Any]] | None = None) -> bytearray:
+    """The whole body, gunzipped when ``Content-Encoding: gzip`` (off the event loop when ``run`` is given).
+
+    The body is collected chunk by chunk as it arrives, bounded by ``limit``; ``Content-Length`` is never
+    trusted for an allocation (a client may announce a gigabyte and send a hundred bytes).
+    """
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding == "gzip":
-        return gunzip(buf, limit)
-    if encoding not in ("identity", ""):
+    if encoding not in ("identity", "", "gzip"):
         raise UnsupportedMediaTypeError(f"Content-Encoding {encoding!r} is not accepted; send gzip or nothing")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise RequestTooLargeError(f"the request body exceeds the limit of {limit / 2**20:.0f} MiB")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) != len(buf):
+        raise InvalidImageError(f"the body ended after {len(buf)} of the {int(declared)} bytes announced")
+    if encoding == "gzip":
+        return await run(gunzip, buf, limit) if run is not None else gunzip(buf, limit)
     return buf
 
 
 def gunzip(data: bytes | bytearray, limit: int) -> bytearray:
-    """Decompress gzip data, refusing more than ``limit`` bytes of output (no decompression bombs)."""
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = bytearray(d.decompress(data, limit + 1))
-    except zlib.error as e:
-        raise InvalidImageError(f"the gzip data is corrupt ({e})") from None
-    if len(out) > limit or d.unconsumed_tail:
-        raise RequestTooLargeError(f"the decompressed body exceeds the limit of {limit / 2**20:.0f} MiB")
-    if not d.eof:
-        raise InvalidImageError("the gzip data is truncated")
-    return out
+    """Decompress one gzip stream, refusing more than ``limit`` bytes of output (no decompression bombs)."""
+    return bytearray(gunzip_bounded(data, limit, "the gzip body"))
 
 
 def check_filename(filename: str | None, default: str = "image.nii.gz") -> str:
     """A safe file name whose extension says the format; raises for unknown formats."""
     name = Path(filename or default).name or default
-    low = name.lower()
-    base = low[:-3] if low.endswith(".gz") and not low.endswith(".nii.gz") else low
-    if extension(base) not in FILE_EXTENSIONS:
-        raise UnsupportedMediaTypeError(
-            f"cannot tell the format of {name!r}; upload NIfTI (.nii, .nii.gz), NRRD (.nrrd, .seg.nrrd) or "
-            f"MetaImage (.mha), optionally gzipped (.gz), or raw voxels as {VOLUME_MEDIA_TYPE}"
-        )
+    upload_format(name)
     return name
 
 
 def image_from_file_bytes(data: bytes | bytearray, filename: str, limit: int, *, label: bool = False) -> Image:
-    """Parse uploaded file bytes (format from ``filename``) into an :class:`Image`."""
-    name = check_filename(filename)
-    low = name.lower()
-    if low.endswith(".gz") and not low.endswith(".nii.gz"):
-        data, name = gunzip(data, limit), name[:-3]
-    if not data:
-        raise ImageReadError(f"{name}: the upload is empty")
-    suffix = extension(name)
-    fd, tmp = tempfile.mkstemp(prefix="claraseg-upload-", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        try:
-            image = read_image(tmp, label=label)
-        except ImageReadError as e:
-            raise ImageReadError(str(e).replace(tmp, name)) from None
-        except InvalidImageError as e:
-            raise InvalidImageError(str(e).replace(tmp, name)) from None
-    finally:
-        os.unlink(tmp)
-    image.metadata["source"] = name
-    return image
+    """Parse uploaded file bytes (format from ``filename``) into an :class:`Image` (:func:`read_upload`)."""
+    return read_upload(data, check_filename(filename), limit, label=label)
 
 
 async def form_file(request: Request, names: tuple[str, ...]) -> tuple[UploadFile, dict]:
@@ -134,10 +94,10 @@ async def image_from_request(request: Request, limit: int, run: Callable[..., Aw
     """
     mt = media_type(request)
     if mt == VOLUME_MEDIA_TYPE:
-        return await run(decode_volume, await read_body(request, limit)), {}
+        return await run(decode_volume, await read_body(request, limit, run)), {}
     if mt == "multipart/form-data":
         file, fields = await form_file(request, file_fields)
-        data = await file.read()
+        data = await run(file.file.read, limit + 1)
         if len(data) > limit:
             raise RequestTooLargeError(f"the file exceeds the limit of {limit / 2**20:.0f} MiB")
         return await run(image_from_file_bytes, data, file.filename or "", limit, label=label), fields
@@ -146,7 +106,7 @@ async def image_from_request(request: Request, limit: int, run: Callable[..., Aw
         if not name:
             raise UnsupportedMediaTypeError("a plain file upload needs ?filename=NAME.nii.gz to tell its format")
         check_filename(name)
-        return await run(image_from_file_bytes, await read_body(request, limit), name, limit, label=label), {}
+        return await run(image_from_file_bytes, await read_body(request, limit, run), name, limit, label=label), {}
     raise UnsupportedMediaTypeError(
         f"content type {mt or 'none'!r} is not accepted here; send multipart/form-data with a file, "
         f"{VOLUME_MEDIA_TYPE}, or application/octet-stream with ?filename="

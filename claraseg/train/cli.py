@@ -87,6 +87,25 @@ def register(sub) -> None:
     bt.add_argument("--out", help="write the JSON result here")
     bt.set_defaults(func=_bench_throughput)
 
+    be = tsub.add_parser("bench-engine", help="benchmark: iterations/s of the training loop and of MONAI's "
+                         "SupervisedTrainer on the same tiny task (medians)")
+    be.add_argument("--iterations", type=int, default=60)
+    be.add_argument("--repeats", type=int, default=5)
+    be.add_argument("--threads", type=int, default=1)
+    be.add_argument("--out", help="write the JSON result here")
+    be.set_defaults(func=_bench_engine)
+
+
+def _bench_engine(args) -> int:
+    from claraseg.train.bench_engine import bench_engine
+
+    result = bench_engine(iterations=args.iterations, repeats=args.repeats, threads=args.threads)
+    _write_result(result, args.out)
+    med = result["median_its_per_s"]
+    print(f"median iterations/s: claraseg loop {med['claraseg']:.2f}, MONAI SupervisedTrainer {med['monai']:.2f} "
+          f"(ratio {result['ratio_claraseg_over_monai']:.3f})")
+    return 0
+
 
 def _bench_cache(args) -> int:
     from claraseg.train.bench import bench_cache

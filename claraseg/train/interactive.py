@@ -262,8 +262,8 @@ class InteractiveTask:
         device: torch.device,
         sw_batch_size: int = 1,
     ) -> tuple[float, dict[str, float]]:
+        from claraseg.evaluate.protocol import dice
         from claraseg.models.training import make_sample
-        from claraseg.train.tasks import dice
 
         network.eval()
         per: dict[str, list[float]] = {}

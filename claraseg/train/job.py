@@ -29,7 +29,7 @@ import claraseg
 from claraseg.errors import ClarasegError
 from claraseg.train.config import load_overrides
 from claraseg.train.events import FINAL_STATES, iter_events, read_events, summarize
-from claraseg.train.spec import JobSpec
+from claraseg.train.spec import JobSpec, check_model_name
 
 
 class JobStateError(ClarasegError):
@@ -58,6 +58,8 @@ class FineTuneJob:
     def __init__(self, bundle: str | os.PathLike, datalist: Any, overrides: Mapping[str, Any] | str | os.PathLike | None = None,
                  workdir: str | os.PathLike = "jobs/job", *, name: str | None = None, registry: str | os.PathLike | None = None,
                  structures: list[str] | None = None, device: str = "auto", threads: int | None = None, nproc: int = 1) -> None:
+        if name is not None:
+            check_model_name(name)
         self.workdir = Path(workdir).resolve()
         if isinstance(datalist, (str, os.PathLike)):
             datalist = str(Path(datalist).resolve())

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from claraseg.train.spec import check_model_name
+
 
 def base_name(bundle: Path, meta: dict[str, Any]) -> str:
     """The model name of a bundle folder (``liver@v3`` -> ``liver``)."""
@@ -61,7 +63,7 @@ def publish_best(bundle: Path, meta: dict[str, Any], state: dict[str, torch.Tens
     """
     from claraseg.models.registry import ModelRegistry
 
-    name = spec.name or base_name(bundle, meta)
+    name = check_model_name(spec.name or base_name(bundle, meta))
     registry_root = Path(spec.registry) if spec.registry else bundle.parent
     prepared = json.loads((workdir / "data" / "prepared.json").read_text())
     record = {"job": workdir.name, "workdir": str(workdir), "parent": str(bundle),

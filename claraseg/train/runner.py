@@ -9,22 +9,36 @@ Every step reports through :class:`~claraseg.train.events.EventWriter`.
 from __future__ import annotations
 
 import os
-import random
 import signal
-import sys
+import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from claraseg.errors import CancelledError, ClarasegError, ConfigError, ModelError
 from claraseg.train import config as cfg
 from claraseg.train.data import PreparedData, prepare_data
-from claraseg.train.datasets import SeededItems, epoch_batches, make_dataset
+from claraseg.train.datasets import make_dataset
 from claraseg.train.events import EventWriter, read_events
+from claraseg.train.loop import (
+    CancelHandler,
+    CheckpointHandler,
+    EventsHandler,
+    Handler,
+    LoaderSource,
+    LoopState,
+    TensorBoardHandler,
+    TrainingLoop,
+    ValidationHandler,
+    atomic_torch_save,
+    peak_memory_mb,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from claraseg.train.spec import JobSpec
 from claraseg.train.tasks import make_task
 
@@ -62,13 +76,15 @@ class Dist:
             torch.distributed.destroy_process_group()
 
 
-def pick_device(name: str, dist: Dist) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and dist.enabled:
-        name = f"cuda:{dist.local_rank}"
+def job_device(name: str, dist: Dist) -> torch.device:
+    """The job's device (:func:`claraseg.engine.backend.pick_device`); a DDP rank on CUDA takes its local GPU."""
+    from claraseg.engine.backend import pick_device
+
+    name = pick_device(name)
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    if name == "cuda" and dist.enabled:
+        name = f"cuda:{dist.local_rank}"
     return torch.device(name)
 
 
@@ -93,36 +109,19 @@ def load_weights(network: torch.nn.Module, bundle: Path) -> bool:
     return True
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def peak_memory_mb() -> float | None:
-    """Peak resident memory of this process (MB); None where the platform does not say (Windows)."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1024.0 if sys.platform != "darwin" else rss / 2**20
-
-
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
+
+
+class _EpochHooks(Handler):
+    """Smart Cache replaces part of its window at the start of every new epoch."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def new_epoch(self, loop: TrainingLoop) -> None:
+        if hasattr(self.dataset, "update_cache"):
+            self.dataset.update_cache()
 
 
 class Runner:
@@ -144,20 +143,26 @@ class Runner:
             self.spec.device == "auto" and torch.cuda.is_available()) else "cpu"
         self.dist = Dist(device_type)
         self.events = EventWriter(self.workdir / "events.jsonl", enabled=self.dist.rank == 0)
-        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.error: BaseException | None = None
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             self.events.state("preparing", pid=os.getpid(), world_size=self.dist.world_size)
             result = self._run()
             self.events.state("completed", **result)
             return 0
-        except CancelledError:
-            self.events.state("cancelled", iteration=getattr(self, "iteration", 0))
+        except CancelledError as e:
+            self.error = e
+            loop = getattr(self, "loop", None)
+            self.events.state("cancelled", iteration=loop.state.iteration if loop else getattr(self, "iteration", 0))
             return 3
         except ClarasegError as e:
+            self.error = e
             self.events.emit("error", type=type(e).__name__, code=e.code, message=str(e))
             self.events.state("failed")
             return 2
         except Exception as e:
+            self.error = e
             self.events.emit("error", type=type(e).__name__, code="internal_error", message=str(e),
                              traceback=traceback.format_exc())
             self.events.state("failed")
@@ -171,15 +176,19 @@ class Runner:
     def _on_sigterm(self, signum, frame) -> None:
         self._cancel_signal = True
 
+    def _cancel_requested(self) -> bool:
+        """True on every rank when one was asked to stop (all ranks must stop together)."""
+        return self.dist.any(self._cancel_signal or self.cancel_file.exists())
+
     def _check_cancel(self) -> None:
-        if self.dist.any(self._cancel_signal or self.cancel_file.exists()):
+        if self._cancel_requested():
             raise CancelledError("the job was cancelled")
 
     # ----- the job ---------------------------------------------------------------------------------------
     def _run(self) -> dict[str, Any]:
         spec, ev = self.spec, self.events
         bundle = Path(spec.bundle).resolve()
-        self.device = pick_device(spec.device, self.dist)
+        self.device = job_device(spec.device, self.dist)
         meta = cfg.read_metadata(bundle)
         cmeta = meta.get("claraseg") or {}
         kind = cmeta.get("kind")
@@ -187,7 +196,9 @@ class Runner:
             raise ConfigError(f"{bundle}/configs/metadata.json has no claraseg.kind (segmentation, deepgrow3d...)")
         parser = cfg.make_parser(bundle, spec.overrides, extra={"device": f"$torch.device('{self.device}')"})
         parser.parse(reset=True)
-        self._seed(cfg.settings_from(parser))  # before the network is built: its initial weights are seeded too
+        s0 = cfg.settings_from(parser)
+        # Before the network is built: its initial weights are seeded too.
+        seed_everything(s0["seed"] + self.dist.rank, s0["deterministic"])
         comps = cfg.validate(parser)
         settings = self.settings = comps["settings"]
         self.task = make_task(kind, comps, cmeta)
@@ -209,18 +220,18 @@ class Runner:
         ev.emit("info", message="data prepared", train_cases=len(data.train), val_cases=len(data.val),
                 notes=data.notes)
 
-        resume = self._load_checkpoint(network, comps)
-        self.iteration = resume.get("iteration", 0) if resume else 0
-        epoch = resume.get("epoch", 0) if resume else 0
-        cursor = resume.get("cursor", 0) if resume else 0
-        self.best = resume.get("best", {"dice": None, "iteration": None}) if resume else {"dice": None, "iteration": None}
-        baseline = resume.get("baseline") if resume else None
+        resume = self._load_checkpoint(network, comps) or {}
+        self.iteration = resume.get("iteration", 0)
+        best = resume.get("best", {"dice": None, "iteration": None})
+        baseline = resume.get("baseline")
 
         val_items = self._val_items(comps["validate#preprocessing"], data)
         if baseline is None and self.dist.rank == 0:
             baseline = self._validate(network, val_items, data, baseline=True)
         self._check_cancel()
+        self.network = network
 
+        epoch = resume.get("epoch", 0)
         self.dataset = make_dataset(settings["dataset"], self.task.items(data.train), comps["train#preprocessing"],
                                     settings, self.workdir / "cache", start_epoch=epoch)
         model = network
@@ -228,20 +239,15 @@ class Runner:
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self._train(model, network, comps, val_items, data, baseline, epoch, cursor)
-        final = self._finish(network, bundle, meta, baseline)
-        return final
-
-    def _seed(self, settings: dict[str, Any]) -> None:
-        seed = settings["seed"] + self.dist.rank
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        if settings["deterministic"]:
-            from monai.utils import set_determinism
-
-            set_determinism(seed=seed)
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        loop = self._make_loop(model, network, comps, val_items, data, baseline, best, resume)
+        self.loop = loop
+        if hasattr(self.dataset, "start"):
+            self.dataset.start()
+        loop.run()
+        self.iteration = loop.state.iteration
+        self.throughput = loop.throughput
+        self.best = self.validation.best
+        return self._finish(network, bundle, meta, baseline)
 
     def _val_items(self, transform, data: PreparedData) -> list[dict[str, Any]]:
         if self.dist.rank != 0:
@@ -258,7 +264,7 @@ class Runner:
         self.events.emit("validation", iteration=self.iteration, dice=score, per_label=per_label, baseline=baseline,
                          cases=len(val_items), time_s=round(time.time() - t0, 3))
         if getattr(self, "tb", None) is not None:
-            self.tb.add_scalar("val/dice", score, self.iteration)
+            self.tb.scalar("val/dice", score, self.iteration)
         return score
 
     # ----- checkpoints -----------------------------------------------------------------------------------
@@ -271,139 +277,74 @@ class Runner:
         comps["optimizer"].load_state_dict(state["optimizer"])
         if comps.get("lr_scheduler") is not None and state.get("lr_scheduler") is not None:
             comps["lr_scheduler"].load_state_dict(state["lr_scheduler"])
-        self._scaler_state = state.get("scaler")
-        _set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
+        set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
         self.events.emit("info", message="resumed from checkpoint", path=str(path), iteration=state["iteration"],
                          epoch=state["epoch"], cursor=state["cursor"])
         return state
 
-    def _save_checkpoint(self, network, comps, scaler, epoch: int, cursor: int, baseline: float | None) -> None:
-        rngs = [_rng_state()]
+    def _save_checkpoint(self, loop: TrainingLoop, network, comps, baseline: float | None) -> None:
+        rngs = [rng_state()]
         if self.dist.enabled:
             gathered: list[Any] = [None] * self.dist.world_size
             torch.distributed.all_gather_object(gathered, rngs[0])
             rngs = gathered
         if self.dist.rank != 0:
             return
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        s = loop.state
         sched = comps.get("lr_scheduler")
         state = {"model": network.state_dict(), "optimizer": comps["optimizer"].state_dict(),
                  "lr_scheduler": sched.state_dict() if sched is not None else None,
-                 "scaler": scaler.state_dict() if scaler is not None else None,
-                 "iteration": self.iteration, "epoch": epoch, "cursor": cursor, "best": self.best,
+                 "scaler": loop.scaler.state_dict() if loop.scaler is not None else None,
+                 "iteration": s.iteration, "epoch": s.epoch, "cursor": s.cursor, "best": self.validation.best,
                  "baseline": baseline, "rng": rngs, "settings": self.settings}
         path = self.ckpt_dir / "last.pt"
-        _atomic_save(state, path)
-        self.events.emit("checkpoint", path=str(path), iteration=self.iteration, epoch=epoch, cursor=cursor)
+        atomic_torch_save(state, path)
+        self.events.emit("checkpoint", path=str(path), iteration=s.iteration, epoch=s.epoch, cursor=s.cursor)
+
+    def _save_best(self, network, score: float) -> None:
+        atomic_torch_save(network.state_dict(), self.ckpt_dir / "best.pt")
+        self.events.emit("checkpoint", path=str(self.ckpt_dir / "best.pt"), iteration=self.iteration, best=True,
+                         dice=score)
 
     # ----- training ----------------------------------------------------------------------------------------
-    def _train(self, model, network, comps, val_items, data, baseline, epoch: int, cursor: int) -> None:
-        from monai.data import DataLoader, list_data_collate
-        from torch.utils.tensorboard import SummaryWriter
-
-        s, ev = self.settings, self.events
-        optimizer, scheduler = comps["optimizer"], comps.get("lr_scheduler")
-        amp = s["amp"] and self.device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda") if amp else None
-        if scaler is not None and getattr(self, "_scaler_state", None):
-            scaler.load_state_dict(self._scaler_state)
-        self.tb = SummaryWriter(str(self.workdir / "tensorboard")) if self.dist.rank == 0 else None
-        items = SeededItems(self.dataset)
+    def _make_loop(self, model, network, comps, val_items, data, baseline, best, resume) -> TrainingLoop:
+        """The job as a :class:`~claraseg.train.loop.TrainingLoop`: events, TensorBoard, validation (rank 0,
+        best checkpoint), resumable checkpoints, cancellation, the per-epoch scheduler and Smart Cache."""
+        s, ev, dist = self.settings, self.events, self.dist
+        source = LoaderSource(self.dataset, s["batch_size"], s["seed"], dist.rank, dist.world_size, s["num_workers"])
         accum = s["grad_accumulation"]
         max_it = s["max_iterations"]
-        steps_per_epoch = max(1, len(epoch_batches(len(items), s["batch_size"], s["seed"], 0, self.dist.rank,
-                                                   self.dist.world_size)) // accum)
         if s["max_epochs"] is not None:
-            max_it = min(max_it, s["max_epochs"] * steps_per_epoch)
-        self.max_iterations = max_it
-        ev.state("training", iteration=self.iteration, max_iterations=max_it, epoch=epoch,
-                 train_items=len(items), baseline_dice=baseline)
-        if hasattr(self.dataset, "start"):
-            self.dataset.start()
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        start_iteration, t_start = self.iteration, time.time()
-        rate = None
-        pending: list[float] = []
-        while self.iteration < max_it:
-            batches = epoch_batches(len(items), s["batch_size"], s["seed"], epoch, self.dist.rank, self.dist.world_size)
-            loader = DataLoader(items, batch_sampler=batches[cursor:], num_workers=s["num_workers"],
-                                collate_fn=list_data_collate)
-            t_epoch, epoch_losses = time.time(), []
-            t_it = time.time()
-            for batch in loader:
-                cursor += 1
-                with torch.autocast(self.device.type, enabled=amp):
-                    loss = self.task.batch_loss(model, batch, self.device) / accum
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-                pending.append(float(loss.detach()) * accum)
-                if len(pending) < accum:
-                    continue
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                self.iteration += 1
-                value = float(np.mean(pending))
-                pending = []
-                epoch_losses.append(value)
-                dt = time.time() - t_it
-                t_it = time.time()
-                rate = 1.0 / max(dt, 1e-6) if rate is None else 0.8 * rate + 0.2 / max(dt, 1e-6)
-                lr = optimizer.param_groups[0]["lr"]
-                if self.iteration % s["log_interval"] == 0 or self.iteration == max_it:
-                    eta = (max_it - self.iteration) / rate
-                    if s["max_time_s"] is not None:
-                        eta = min(eta, max(0.0, s["max_time_s"] - (time.time() - t_start)))
-                    ev.emit("iteration", iteration=self.iteration, max_iterations=max_it, epoch=epoch, loss=value,
-                            lr=lr, its_per_s=round(rate, 4), eta_s=round(eta, 1))
-                if self.tb is not None:
-                    self.tb.add_scalar("train/loss", value, self.iteration)
-                    self.tb.add_scalar("train/lr", lr, self.iteration)
-                if self.iteration % s["val_interval"] == 0 and self.iteration < max_it:
-                    self._maybe_validate(network, val_items, data)
-                    t_it = time.time()
-                if s["max_time_s"] is not None and time.time() - t_start >= s["max_time_s"]:
-                    max_it = self.max_iterations = self.iteration  # the time budget is spent
-                done = self.iteration >= max_it
-                if self.iteration % s["checkpoint_interval"] == 0 and not done:
-                    self._save_checkpoint(network, comps, scaler, epoch, cursor, baseline)
-                    t_it = time.time()
-                self._check_cancel()
-                if done:
-                    break
-            if epoch_losses and cursor >= len(batches):
-                ev.emit("epoch", epoch=epoch, iteration=self.iteration, loss=float(np.mean(epoch_losses)),
-                        time_s=round(time.time() - t_epoch, 3), peak_memory_mb=_round(peak_memory_mb()))
-            if self.iteration >= max_it:
-                break
-            epoch += 1
-            cursor = 0
-            if scheduler is not None:
-                scheduler.step()
-            if hasattr(self.dataset, "update_cache"):
-                self.dataset.update_cache()
-        elapsed = time.time() - t_start
-        self.throughput = (self.iteration - start_iteration) / elapsed if elapsed > 0 else None
-        self._maybe_validate(network, val_items, data)
-        if self.tb is not None:
-            self.tb.close()
+            max_it = min(max_it, s["max_epochs"] * max(1, source.epoch_length(0) // accum))
+        self.tb = TensorBoardHandler(self.workdir / "tensorboard") if dist.rank == 0 else None
 
-    def _maybe_validate(self, network, val_items, data) -> None:
-        if self.dist.rank == 0:
-            score = self._validate(network, val_items, data)
-            if self.best["dice"] is None or score > self.best["dice"]:
-                self.best = {"dice": score, "iteration": self.iteration}
-                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-                _atomic_save(network.state_dict(), self.ckpt_dir / "best.pt")
-                self.events.emit("checkpoint", path=str(self.ckpt_dir / "best.pt"), iteration=self.iteration, best=True,
-                                 dice=score)
-        self.dist.barrier()
+        def validate(loop: TrainingLoop) -> float | None:
+            self.iteration = loop.state.iteration
+            return self._validate(network, val_items, data) if dist.rank == 0 else None
+
+        def on_best(loop: TrainingLoop, score: float) -> None:
+            self._save_best(network, score)
+
+        self.validation = ValidationHandler(validate, every=s["val_interval"], on_best=on_best, best=best,
+                                            barrier=dist.barrier)
+        handlers: list[Handler] = [EventsHandler(ev, s["log_interval"])]
+        if self.tb is not None:
+            handlers.append(self.tb)
+        handlers += [self.validation,
+                     CheckpointHandler(lambda loop: self._save_checkpoint(loop, network, comps, baseline),
+                                       every=s["checkpoint_interval"]),
+                     CancelHandler(self._cancel_requested), _EpochHooks(self.dataset)]
+        state = LoopState(iteration=resume.get("iteration", 0), epoch=resume.get("epoch", 0),
+                          cursor=resume.get("cursor", 0))
+        loop = TrainingLoop(model, comps["optimizer"], lambda m, batch: self.task.batch_loss(m, batch, self.device),
+                            source, device=self.device, max_iterations=max_it, max_time_s=s["max_time_s"],
+                            grad_accumulation=accum, amp=s["amp"], epoch_scheduler=comps.get("lr_scheduler"),
+                            handlers=handlers, state=state)
+        if loop.scaler is not None and resume.get("scaler"):
+            loop.scaler.load_state_dict(resume["scaler"])
+        ev.state("training", iteration=state.iteration, max_iterations=max_it, epoch=state.epoch,
+                 train_items=len(self.dataset), baseline_dice=baseline)
+        return loop
 
     # ----- end of the job -------------------------------------------------------------------------------
     def _finish(self, network, bundle: Path, meta: dict[str, Any], baseline: float | None) -> dict[str, Any]:

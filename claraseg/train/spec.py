@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from claraseg.errors import ConfigError
 
 
 @dataclass
@@ -29,3 +32,15 @@ class JobSpec:
     @classmethod
     def load(cls, path: str | os.PathLike) -> JobSpec:
         return cls(**json.loads(Path(path).read_text()))
+
+
+#: A published model's name: one folder name inside the models folder, never a path.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it can only name a folder inside the models folder, else :class:`ConfigError`."""
+    if not isinstance(name, str) or not MODEL_NAME.match(name) or ".." in name:
+        raise ConfigError(f"invalid model name {str(name)[:80]!r}: use 1-128 letters, digits, '_', '.' or '-', "
+                          "not starting with '.', without '..' or '@'")
+    return name

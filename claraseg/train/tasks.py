@@ -14,13 +14,7 @@ import numpy as np
 import torch
 
 from claraseg.errors import ConfigError
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two binary masks (1.0 when both are empty)."""
-    p, t = pred.astype(bool), truth.astype(bool)
-    denom = int(p.sum()) + int(t.sum())
-    return 1.0 if denom == 0 else 2.0 * int(np.logical_and(p, t).sum()) / denom
+from claraseg.evaluate.protocol import dice
 
 
 class SegmentationTask:

@@ -142,17 +142,17 @@ def test_deepgrow3d_clicks_refine_their_boundary_when_the_bundle_asks(tiny_backe
         assert fg == [[24, 24, 12], [20, 24, 12]] and bg == [[2, 2, 2]]
         assert kw == {"band": 1.0, "tau": 0.5}
         # The grid is the DEXTR3D re-fit's over the mask's box: (extent + 2 margins) / (ROI size - 1).
-        refit = tiny_backend.registry.get(bundle.settings["refit_model"]).settings
+        refit = tiny_backend.registry.get(bundle.settings["shape_refit_model"]).settings
         extent = extent_vox * np.asarray(small_phantom[0].spacing)
         np.testing.assert_allclose(roi, (extent + 2 * refit["margin_mm"]) / (np.asarray(refit["roi_size"]) - 1))
         # Without a re-fit model the grid is the isotropic one DeepGrow 3D refines an object of that size on.
         from claraseg.guidance.roi import object_spacing
 
-        monkeypatch.setitem(bundle.settings, "refit_model", None)
+        monkeypatch.setitem(bundle.settings, "shape_refit_model", None)
         s.click("deepgrow3d", foreground=[[22, 24, 12]])
         roi, _, _, _, extent_vox = calls[1]
         size = float(((extent_vox + 1) * np.asarray(small_phantom[0].spacing)).max())
-        want = object_spacing(size, bundle.settings["roi_size"][0], bundle.settings["refine_fill"],
+        want = object_spacing(size, bundle.settings["roi_size"][0], bundle.settings["correction_fill"],
                               bundle.settings["spacing_range_mm"])
         np.testing.assert_allclose(roi, [want] * 3)
         # An empty object asks for the defaults; it does not turn the refinement off.

@@ -144,7 +144,7 @@ def test_dextr_refit_improves_a_rough_mask_and_respects_clicks(default_backend):
 
 
 def test_refit_passes_refit_the_refit(default_backend, monkeypatch):
-    """``refit_passes`` 2 runs the re-fit again on the first re-fit (its extreme points, itself as the
+    """``shape_refit_passes`` 2 runs the re-fit again on the first re-fit (its extreme points, itself as the
     current mask): exactly two chained :func:`refit_with_dextr` calls, and on a rough phantom liver the
     second pass keeps the gain of the first."""
     from claraseg.engine.masks import BoxMask
@@ -162,26 +162,26 @@ def test_refit_passes_refit_the_refit(default_backend, monkeypatch):
     assert first is not None
     second = refit_with_dextr(net, bundle.settings, vol, BoxMask(size, *first), fg, none, "cpu", 0.5)
     assert second is not None
-    settings = {"refit_model": "dextr3d", "refit_min_agreement": 0.5, "click_radius_mm": 0.0}
+    settings = {"shape_refit_model": "dextr3d", "shape_refit_min_agreement": 0.5, "click_radius_mm": 0.0}
     one = s._refit(settings, mask, fg, none, (fg, none))
-    two = s._refit({**settings, "refit_passes": 2}, mask, fg, none, (fg, none))
+    two = s._refit({**settings, "shape_refit_passes": 2}, mask, fg, none, (fg, none))
     assert np.array_equal(full(one), full(first))
     assert np.array_equal(full(two), full(second))
     assert _dice(full(two) > 0, gt) > _dice(rough, gt) + 0.03
-    # refit_tta_flips: the passes before the last run with that many flips, the last with DEXTR3D's own.
+    # shape_refit_tta_flips: the passes before the last run with that many flips, the last with DEXTR3D's own.
     flat = refit_with_dextr(net, {**bundle.settings, "tta_flips": 1}, vol, mask, fg, none, "cpu", 0.5)
     assert flat is not None
     last = refit_with_dextr(net, bundle.settings, vol, BoxMask(size, *flat), fg, none, "cpu", 0.5)
     assert last is not None
-    mixed = s._refit({**settings, "refit_passes": 2, "refit_tta_flips": 1}, mask, fg, none, (fg, none))
+    mixed = s._refit({**settings, "shape_refit_passes": 2, "shape_refit_tta_flips": 1}, mask, fg, none, (fg, none))
     assert np.array_equal(full(mixed), full(last))
-    assert np.array_equal(full(s._refit({**settings, "refit_tta_flips": 1}, mask, fg, none, (fg, none))), full(one))
-    # refit_threshold cuts the re-fit's probabilities instead of DEXTR3D's own threshold.
+    assert np.array_equal(full(s._refit({**settings, "shape_refit_tta_flips": 1}, mask, fg, none, (fg, none))), full(one))
+    # shape_refit_threshold cuts the re-fit's probabilities instead of DEXTR3D's own threshold.
     low = refit_with_dextr(net, {**bundle.settings, "threshold": 0.3}, vol, mask, fg, none, "cpu", 0.5)
     assert low is not None
-    assert np.array_equal(full(s._refit({**settings, "refit_threshold": 0.3}, mask, fg, none, (fg, none))), full(low))
+    assert np.array_equal(full(s._refit({**settings, "shape_refit_threshold": 0.3}, mask, fg, none, (fg, none))), full(low))
     assert np.count_nonzero(full(low)) > np.count_nonzero(full(first))
-    # refit_contradiction reaches every pass (what each mode does: test_refit_contradiction.py).
+    # shape_refit_contradiction reaches every pass (what each mode does: test_refit_contradiction.py).
     from claraseg.engine import session as session_module
 
     seen = []
@@ -191,7 +191,7 @@ def test_refit_passes_refit_the_refit(default_backend, monkeypatch):
         return refit_with_dextr(*args)
 
     monkeypatch.setattr(session_module, "refit_with_dextr", spy)
-    s._refit({**settings, "refit_passes": 2, "refit_contradiction": "merge"}, mask, fg, none, (fg, none))
+    s._refit({**settings, "shape_refit_passes": 2, "shape_refit_contradiction": "merge"}, mask, fg, none, (fg, none))
     s._refit(settings, mask, fg, none, (fg, none))
     assert seen == ["merge", "merge", "refuse"]
     s.close()

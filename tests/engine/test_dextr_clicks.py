@@ -124,7 +124,7 @@ def click_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("dextr_clicks")
     make_tiny_bundle("deepgrow3d", root / "deepgrow3d")
     make_tiny_bundle("dextr3d", root / "dextr3d", settings={"channels": DEXTR_CLICK_CHANNELS, "click_radius_mm": 1.0})
-    make_tiny_bundle("dextr3d", root / "dextr3d_points", settings={"refine_model": "deepgrow3d",
+    make_tiny_bundle("dextr3d", root / "dextr3d_points", settings={"correction_model": "deepgrow3d",
                                                                       "channels": ["image", "extreme_points"]})
     backend = LocalBackend(root, device="cpu", idle_timeout=None)
     yield backend
@@ -160,7 +160,7 @@ def test_a_session_routes_clicks_to_the_dextr_model_that_takes_them(click_models
     m = s.mask("a")
     assert m[inside[2], inside[1], inside[0]] == 1  # the click holds (click_radius_mm)
     assert s.objects["a"].points == pts.tolist() and s.objects["a"].fg == [inside.tolist()]
-    # A DeepGrow 3D click on the same object goes to the same corrector (its refit_model, points known).
+    # A DeepGrow 3D click on the same object goes to the same corrector (its shape_refit_model, points known).
     calls.names.clear()
     s.click("deepgrow3d", background=[[0, 0, 0]], object_id="a")
     assert calls.names == ["run_dextr"]
@@ -172,9 +172,9 @@ def test_a_session_routes_clicks_to_the_dextr_model_that_takes_them(click_models
     assert s.objects["a"].points == []
     calls.names.clear()
     s.click("deepgrow3d", foreground=[inside.tolist()], object_id="a")
-    refits = calls.names[1:]  # one re-fit pass or more (refit_passes), until one is refused or converges
+    refits = calls.names[1:]  # one re-fit pass or more (shape_refit_passes), until one is refused or converges
     assert calls.names[0] == "run_deepgrow" and refits and set(refits) == {"refit_with_dextr"}
-    assert len(refits) <= int(click_models.registry.get("deepgrow3d").settings.get("refit_passes", 1))
+    assert len(refits) <= int(click_models.registry.get("deepgrow3d").settings.get("shape_refit_passes", 1))
     # An empty object starts with the DeepGrow 3D network (then the re-fit, which takes the clicks too).
     calls.names.clear()
     s.click("deepgrow3d", foreground=[inside.tolist()], object_id="c")

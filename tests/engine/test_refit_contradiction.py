@@ -1,4 +1,4 @@
-"""What the DeepGrow 3D shape re-fit does when its result contradicts a click (``refit_contradiction``):
+"""What the DeepGrow 3D shape re-fit does when its result contradicts a click (``shape_refit_contradiction``):
 refuse it (the click's own result stands), honour the clicks on it, or merge (the click model's answer
 in the changed region that holds the contradicted click, the re-fit's elsewhere). A stand-in network
 whose answer is the image (its bright voxels) makes the re-fit's result known; the ROI is laid on the
@@ -83,8 +83,8 @@ def test_bundle_refuses_an_unknown_refit_contradiction(tmp_path, value):
     from claraseg.models.bundle import read_bundle
     from claraseg.models.testing import make_tiny_bundle
 
-    with pytest.raises(ConfigError, match="refit_contradiction"):
-        read_bundle(make_tiny_bundle("deepgrow3d", tmp_path / "b", settings={"refit_contradiction": value}))
+    with pytest.raises(ConfigError, match="shape_refit_contradiction"):
+        read_bundle(make_tiny_bundle("deepgrow3d", tmp_path / "b", settings={"shape_refit_contradiction": value}))
 
 
 def test_a_click_takes_back_only_the_same_sign_change_that_holds_it():

@@ -99,9 +99,9 @@ def test_unknown_models_and_bad_bundles(tiny_models, tmp_path):
 
 @pytest.mark.parametrize("key, value", [("tta_flips", 0), ("tta_flips", "8"), ("tta_flips", 2.5),
                                         ("click_radius_mm", -1), ("click_radius_mm", "1 mm"),
-                                        ("threshold", 1.5), ("threshold", "0.5"), ("fill", 0), ("refine_fill", 2),
-                                        ("first_click_spacing_mm", -2), ("grow_passes", 1.5),
-                                        ("refit_passes", 0), ("refit_passes", "2"), ("refit_tta_flips", 0),
+                                        ("threshold", 1.5), ("threshold", "0.5"), ("fill", 0), ("correction_fill", 2),
+                                        ("first_click_spacing_mm", -2), ("first_click_grow_passes", 1.5),
+                                        ("shape_refit_passes", 0), ("shape_refit_passes", "2"), ("shape_refit_tta_flips", 0),
                                         ("spacing_range_mm", [4, 1]), ("spacing_range_mm", [1]),
                                         ("roi_size", [128, 128]), ("roi_size", [128, 0, 1]),
                                         ("threshold", float("nan")), ("min_points", True),
@@ -140,3 +140,26 @@ def test_incomplete_settings_are_refused_at_load(tiny_models, tmp_path, change, 
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match=message):
         read_bundle(tmp_path / "deepgrow2d")
+
+
+def test_settings_under_their_earlier_names_are_read_under_the_stage_names(tmp_path):
+    import json
+
+    from claraseg.errors import ConfigError
+    from claraseg.models.bundle import read_bundle
+    from claraseg.models.testing import make_tiny_bundle
+
+    path = make_tiny_bundle("deepgrow3d", tmp_path / "dg")
+    meta_path = path / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["claraseg"].update({"refit_passes": 2, "refine_fill": 0.5, "grow_passes": 1})
+    for key in ("shape_refit_passes", "correction_fill", "first_click_grow_passes"):
+        meta["claraseg"].pop(key, None)
+    meta_path.write_text(json.dumps(meta))
+    s = read_bundle(path).settings
+    assert (s["shape_refit_passes"], s["correction_fill"], s["first_click_grow_passes"]) == (2, 0.5, 1)
+    assert "refit_passes" not in s
+    meta["claraseg"]["shape_refit_passes"] = 3
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="both refit_passes"):
+        read_bundle(path)

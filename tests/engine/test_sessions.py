@@ -235,7 +235,7 @@ def test_bad_images(tiny_backend):
 
 def test_clicks_on_a_dextr_result_change_it_only_near_the_click(tmp_path, small_phantom):
     """A result of a DEXTR3D that takes no clicks (points only) is corrected locally by DeepGrow 3D: a
-    refinement click changes voxels only within the DEXTR3D bundle's refine_radius_rel x the mask's extent
+    refinement click changes voxels only within the DEXTR3D bundle's correction_radius_rel x the mask's extent
     of the click; a set mask or a cleared object is refined as a whole again, and undo brings the local
     mode back with the mask."""
     from claraseg.engine import LocalBackend
@@ -243,10 +243,10 @@ def test_clicks_on_a_dextr_result_change_it_only_near_the_click(tmp_path, small_
 
     make_tiny_bundle("deepgrow3d", tmp_path / "deepgrow3d")
     make_tiny_bundle("dextr3d", tmp_path / "dextr3d",
-                     settings={"channels": ["image", "extreme_points"], "refine_radius_rel": 0.15})
+                     settings={"channels": ["image", "extreme_points"], "correction_radius_rel": 0.15})
     backend = LocalBackend(tmp_path, device="cpu", idle_timeout=None)
     image, label = small_phantom
-    rel = backend.registry.get("dextr3d").settings["refine_radius_rel"]
+    rel = backend.registry.get("dextr3d").settings["correction_radius_rel"]
     assert rel > 0
     s = backend.open_session(image)
     pts = extreme_points(label.array == 1)

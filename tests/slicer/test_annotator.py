@@ -42,6 +42,11 @@ def test_group_and_default_models():
     assert [m.name for m in groups["deepgrow3d"]] == ["dg3", "dg3@v2"]
     assert a.default_model(ms, a.CLICK_KINDS).name == "dg3"  # 3D first, unversioned first
     assert a.default_model(ms, a.EXTREME_KINDS) is None
+    assert a.choose_model(ms, a.CLICK_KINDS, "dg2") == (["dg3@v2", "dg3", "dg2"], "dg2")  # kept when offered
+    assert a.choose_model(ms, a.CLICK_KINDS, "gone") == (["dg3@v2", "dg3", "dg2"], "dg3")  # else the default
+    assert a.choose_model(ms, a.EXTREME_KINDS, "") == ([], "")
+    assert a.status_style("error") == "color: #c0392b" and a.status_style("info") == ""
+    assert a.points_text(4) == "4 of at least 6 points placed"
 
 
 def test_api_version_and_messages():
@@ -52,6 +57,29 @@ def test_api_version_and_messages():
     assert "cannot reach the annotation server" in a.user_message(ConnectionError("refused"))
     assert "Install" in a.user_message(ModuleNotFoundError("No module named 'torch'"))
     assert "Traceback" not in a.user_message(KeyError("x")) and "Python console" in a.user_message(KeyError("x"))
+    # a package missing deep inside a transform (MONAI wraps it) still reads as a missing package
+    try:
+        try:
+            raise ModuleNotFoundError("No module named 'nibabel'", name="nibabel")
+        except ImportError as e:
+            raise RuntimeError("applying transform <monai.transforms.Orientationd>") from e
+    except RuntimeError as wrapped:
+        msg = a.user_message(wrapped, "Auto-segment")
+    assert msg.startswith("Auto-segment: a Python package is missing (No module named 'nibabel')") and "Install" in msg
+
+
+def test_local_mode_installs_what_auto_segmentation_needs(monkeypatch):
+    from ClaraAnnotateLib import install
+
+    assert "nibabel>=5" in install.LOCAL_REQUIREMENTS
+    shipped = [line.strip() for line in (Path(a.__file__).parents[1] / "Resources" / "requirements.txt").read_text()
+               .splitlines() if line.strip() and not line.startswith("#")]
+    assert shipped == [install.TORCH_REQUIREMENT, *install.LOCAL_REQUIREMENTS]
+    assert install.missing_for("auto-segmentation") == []
+    monkeypatch.setitem(sys.modules, "nibabel", None)  # as if not installed
+    assert install.missing_for("auto-segmentation") == ["nibabel>=5"]
+    steps = install.plan_install(False, version_of=lambda name: None if name == "nibabel" else "99")
+    assert [s.requirement for s in steps] == ["nibabel>=5"]
 
 
 def test_remote_backend_unreachable_is_a_message_not_a_traceback():

@@ -15,9 +15,19 @@ def test_segments_for_labels_names_and_colours():
     assert [x.label_value for x in specs] == [1, 3, 7]
     assert [x.name for x in specs] == ["spleen", "kidney left", "mystery organ"]
     assert specs[0].color == s.KNOWN_COLORS["spleen"]
-    assert specs[1].color == s.KNOWN_COLORS["kidney"]  # side suffix ignored
+    assert specs[1].color != s.KNOWN_COLORS["kidney"]  # a shade of the kidney colour: left and right differ
+    assert max(abs(a - b) for a, b in zip(specs[1].color, s.KNOWN_COLORS["kidney"])) < 0.2
     assert specs[2].color not in s.KNOWN_COLORS.values()
-    assert all(0 <= c <= 1 for x in specs for c in x.color)
+
+
+def test_left_and_right_and_shared_known_colours_get_distinct_segment_colours():
+    labels = {1: "kidney_left", 2: "kidney_right", 3: "rib_left_1", 4: "rib_left_2", 5: "vertebrae_L1", 6: "femur_left",
+              7: "hip_left", 8: "kidney_l"}
+    colors = [x.color for x in s.segments_for_labels(labels)]
+    assert len(set(colors)) == len(colors)
+    assert s.color_for("kidney_left") != s.color_for("kidney_right")
+    assert s.color_for("kidney_l") == s.color_for("kidney_left")
+    assert all(0 <= c <= 1 for c in np.ravel(colors))
     assert len({s.palette_color(i) for i in range(20)}) == 20
     assert s.label_key(s.display_name("kidney_left")) == "kidney_left"
 

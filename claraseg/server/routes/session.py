@@ -38,11 +38,22 @@ router = APIRouter(prefix="/session", tags=["session"], dependencies=[Depends(re
 DELTA_RESPONSE = {200: {"content": {MEDIA_TYPE: {}}, "description": "a MaskDelta (MaskDelta.decode)"}}
 
 
+#: Bytes a session holds per voxel besides the image itself (a float32 copy, the objects' masks, caches).
+SESSION_BYTES_PER_VOXEL = 8
+
+
+def session_cost(image: Image) -> int:
+    """The memory a session on ``image`` is counted for in the server's session budget."""
+    return int(image.array.nbytes) + int(image.array.size) * SESSION_BYTES_PER_VOXEL
+
+
 def open_backend_session(ctx: ServerContext, image: Image, expiry: float | None, source: str) -> SessionEntry:
     """Open a backend session on a worker thread's behalf and register it."""
-    session = ctx.backend.open_session(image)
-    entry = ctx.sessions.add(session, image_size=image.size_ijk, dtype=str(image.array.dtype),
-                             nbytes=int(image.array.nbytes), expiry=expiry, source=source)
+    cost = session_cost(image)
+    with ctx.sessions.reserve(cost):
+        session = ctx.backend.open_session(image)
+        entry = ctx.sessions.add(session, image_size=image.size_ijk, dtype=str(image.array.dtype),
+                                 nbytes=int(image.array.nbytes), expiry=expiry, source=source, cost=cost)
     entry.geometry = {"origin": image.origin.tolist(), "spacing": image.spacing.tolist(),
                       "direction": image.direction.tolist()}
     return entry
@@ -184,7 +195,9 @@ async def set_mask(session_id: str, request: Request, object_id: str = "1",
                                      _json_points(foreground, "foreground"), _json_points(background, "background"))
     if media_type(request) != MEDIA_TYPE:
         raise UnsupportedMediaTypeError(f"set_mask takes a MaskDelta body ({MEDIA_TYPE})")
-    delta = MaskDelta.decode(bytes(await read_body(request, ctx.settings.max_body_bytes)))
+    body = await read_body(request, ctx.settings.max_body_bytes, ctx.pool.run)
+    delta = await ctx.pool.run(MaskDelta.decode, body, max_voxels=int(np.prod(entry.image_size, dtype=np.int64)))
+    del body
     if delta.image_size != entry.image_size:
         raise MaskDeltaError(f"the mask was made for a volume of size {list(delta.image_size)}, "
                              f"the session image is {list(entry.image_size)}")

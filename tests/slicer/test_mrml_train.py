@@ -1,0 +1,75 @@
+"""ClaraTrainModuleLib's MRML side on Slicer's real libraries: the live curves as plot chart, series and
+table nodes, and the training data exported from a scene's volumes and segmentations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from claraseg.errors import TrainingDataError
+from claraseg.io import read_image
+
+
+def test_curves_are_a_plot_chart_with_a_table_per_series(scene):
+    from ClaraTrainModuleLib import plots
+    from ClaraTrainModuleLib.progress import JobProgress
+
+    progress = JobProgress(state="training", max_iterations=10)
+    shown = []
+    assert plots.update_curves(scene, {}, progress, show=shown.append) == {}  # no loss yet: no chart
+    progress.losses = [(1, 0.9), (2, 0.7)]
+    nodes = plots.update_curves(scene, {}, progress, show=shown.append)
+    chart = nodes["chart"]
+    assert shown == [chart] and chart.IsA("vtkMRMLPlotChartNode") and chart.GetScene() is scene
+    assert chart.GetNumberOfPlotSeriesNodes() == 2
+    series = [chart.GetNthPlotSeriesNode(i) for i in range(2)]
+    assert [s.GetName() for s in series] == ["loss", "validation Dice"]
+    assert series[0].GetTableNode() is nodes["loss"] and series[0].GetYColumnName() == "loss"
+    table = nodes["loss"].GetTable()
+    assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == ["iteration", "loss"]
+    assert table.GetNumberOfRows() == 2 and table.GetValue(1, 1).ToDouble() == pytest.approx(0.7)
+    assert nodes["validation Dice"].GetTable().GetNumberOfRows() == 0
+    progress.losses.append((3, 0.5))
+    progress.dices = [(2, 0.61)]
+    again = plots.update_curves(scene, nodes, progress, show=shown.append)
+    assert again is nodes and len(shown) == 1  # the same nodes, shown once
+    assert nodes["loss"].GetTable().GetNumberOfRows() == 3
+    dice = nodes["validation Dice"].GetTable()
+    assert dice.GetValue(0, 0).ToDouble() == 2 and dice.GetValue(0, 1).ToDouble() == pytest.approx(0.61)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
+
+
+def test_export_writes_each_drawn_segment_as_a_label_value(phantom_pair, build, tmp_path):
+    from ClaraAnnotateLib import selftest
+    from ClaraTrainModuleLib import export
+
+    image, label = phantom_pair
+    volume = build.image_volume(image, "phantom ct")
+    names = {str(v): info.name for v, info in label.labels.items()}
+    keep = sorted(info.name for info in label.labels.values())[:2]
+    seg = selftest.draw_segments(volume, label.array, names, set(keep))
+    build.segmentation(volume, "empty")  # no segment: not a training case
+    labelmap_ref = build.volume(label.array, label.ijk_to_ras, "labels", labelmap=True)
+    build.segmentation(labelmap_ref, "on a label map", ["x"])  # references a label map: not a case
+    pairs = export.segmentation_pairs(build.scene)
+    assert pairs == [(volume, seg)]
+    assert export.case_rows(pairs) == [("phantom ct", "drawn (2 segments)")]
+    case = export.export_cases(pairs, str(tmp_path))[0]
+    written_image = read_image(case.image)
+    written = read_image(case.label, label=True)
+    np.testing.assert_array_equal(written_image.array, image.array)
+    np.testing.assert_allclose(written.ijk_to_ras, image.ijk_to_ras, atol=1e-5)
+    assert sorted(case.labels.values()) == keep
+    for value, name in case.labels.items():
+        truth_value = next(v for v, info in label.labels.items() if info.name == name)
+        np.testing.assert_array_equal(written.array == value, label.array == truth_value)
+    assert set(np.unique(written.array)) == {0, *case.labels}
+
+
+def test_export_refuses_a_segmentation_with_only_empty_segments(build, tmp_path):
+    from ClaraTrainModuleLib import export
+
+    volume = build.volume(np.zeros((4, 5, 6), np.int16))
+    seg, _a = build.segmentation(volume, "nothing drawn", ["a"])
+    with pytest.raises(TrainingDataError, match="every segment is empty"):
+        export.export_case(volume, seg, str(tmp_path))
