@@ -81,11 +81,12 @@ class ClaraWebApp:
         s.clara_saved = {}
         s.clara_tag = DEFAULT_TAG
         s.clara_click_models = self.annotation.model_names(annotator.CLICK_KINDS)
-        s.clara_click_model = self.annotation.models["click"]
+        pn = self.annotation.logic.getParameterNode()
+        s.clara_click_model = pn.clickModel
         s.clara_extreme_models = self.annotation.model_names(annotator.EXTREME_KINDS)
-        s.clara_extreme_model = self.annotation.models["extreme"]
+        s.clara_extreme_model = pn.extremeModel
         s.clara_auto_models = self.annotation.model_names(annotator.AUTO_KINDS)
-        s.clara_auto_model = self.annotation.models["auto"]
+        s.clara_auto_model = pn.autoModel
         s.clara_center_on = None
         s.clara_image_loaded = False
         self.state.change("clara_image")(self._on_image_selected)
@@ -182,6 +183,7 @@ class ClaraWebApp:
             s.clara_results = int(s.clara_results or 0) + 1
             s.clara_last = {**{k: (round(v, 4) if isinstance(v, float) else v) for k, v in data.items()},
                             "voxels": s.clara_voxels}
+            log.info("%s: %.3f s (engine %.3f s)", data["what"], data["seconds"], data["engine_seconds"])
         s.flush()
 
     async def _poll(self) -> None:
@@ -190,7 +192,7 @@ class ClaraWebApp:
                 self.annotation.poll()
             except Exception:  # a callback failed: keep serving, say so
                 log.exception("delivering a result failed")
-            await asyncio.sleep(0.01 if self.annotation.queue.busy else 0.05)
+            await asyncio.sleep(0.01 if self.annotation.busy else 0.05)
 
     def _on_ready(self, **_kwargs) -> None:
         self._poll_task = asyncio.ensure_future(self._poll())
@@ -247,8 +249,7 @@ class ClaraWebApp:
             self._notify("status", message=annotator.user_message(e, "Tool"), level="error")
 
     def _on_models(self, clara_click_model=None, clara_extreme_model=None, clara_auto_model=None, **_kwargs) -> None:
-        self.annotation.models.update(click=clara_click_model or "", extreme=clara_extreme_model or "",
-                                      auto=clara_auto_model or "")
+        self.annotation.set_models(clara_click_model or "", clara_extreme_model or "", clara_auto_model or "")
 
     def _on_center_on(self, clara_center_on=None, **_kwargs) -> None:
         """Centre every slice view on a world RAS point (``[r, a, s]``): what the tests and the benchmark
