@@ -75,7 +75,7 @@ class AppProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - the child writes to it until stop()
         self.proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 300.0) -> None:
         import urllib.request
 
         deadline = time.monotonic() + timeout
