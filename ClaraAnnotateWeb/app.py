@@ -77,6 +77,7 @@ class ClaraWebApp:
         s.clara_results = 0
         s.clara_voxels = 0
         s.clara_points = {}
+        s.clara_placing = ""
         s.clara_last = {}
         s.clara_saved = {}
         s.clara_tag = DEFAULT_TAG
@@ -247,6 +248,8 @@ class ClaraWebApp:
             self.annotation.set_tool(clara_tool or "")
         except Exception as e:
             self._notify("status", message=annotator.user_message(e, "Tool"), level="error")
+            return
+        self.state.clara_placing = clara_tool or ""  # the views place this tool's points from now on
 
     def _on_models(self, clara_click_model=None, clara_extreme_model=None, clara_auto_model=None, **_kwargs) -> None:
         self.annotation.set_models(clara_click_model or "", clara_extreme_model or "", clara_auto_model or "")

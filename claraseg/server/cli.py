@@ -43,7 +43,8 @@ def register(sub) -> None:
     p.add_argument("--ssl-certfile")
     p.add_argument("--ssl-keyfile")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
-    p.add_argument("--web-port", type=int, help="Clara Annotate Web's port (default: --port + 1; 0: do not start it)")
+    p.add_argument("--web-port", type=int, default=0,
+                   help="also start Clara Annotate Web on this port (./clara serve: 8001); 0: do not")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("bench-server", help="measure bytes per click, transport overhead, session open, load")
@@ -110,7 +111,7 @@ def _serve(args) -> int:
     configure_logging(args.log_format)
     backend = load_backend(args.backend, args.models, args.device)
     scheme = "https" if settings.ssl_certfile else "http"
-    web_port = settings.port + 1 if args.web_port is None else args.web_port
+    web_port = args.web_port
     api_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     web = webapp.start(f"{scheme}://{api_host}:{settings.port}", web_port, settings.token)
     settings.web_url = web.url if web else None

@@ -19,6 +19,7 @@ from webtest_support import (
     SAMPLE,
     AppProcess,
     axial_view,
+    choose_tool,
     click_view_center,
     deepest_point_ras,
     extreme_points_ras,
@@ -132,19 +133,22 @@ def test_open_sample_ct_from_the_datastore(page):
 def test_click_in_the_spleen_segments_it(page, workdir, truth):
     ras = deepest_point_ras(truth.array == SPLEEN, truth)
     set_state(page, "clara_center_on", ras)
-    page.click("#clara-tool-foreground")
+    choose_tool(page, "foreground")
     before = state(page, "clara_results")
     view = axial_view(page)
     pixel_before = _pixel(page, view, 12, 12)
     click_view_center(page, view)
-    wait_state(page, "(s('clara_points') || {}).foreground === 1", 60)  # the view took the click
+    wait_state(page, "(s('clara_points') || {}).foreground === 1", 120)  # the view took the click
     last = _wait_result(page, before)
     assert last["what"] == "click" and last["voxels"] > 1000
     # the browser click landed on the voxel under the view's centre: the spleen's deepest voxel
     assert last["ijk"] == _ijk(truth, ras)
-    screenshot(page, "02-click-spleen")
-    # the segment is drawn around the click (beside the point's marker): that pixel changed colour
+    # the segment is drawn around the click (beside the point's marker): that pixel changes colour
+    deadline = time.monotonic() + 60
+    while _pixel(page, view, 12, 12) == pixel_before and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert _pixel(page, view, 12, 12) != pixel_before
+    screenshot(page, "02-click-spleen")
     version = _save(page, 0)
     label, record = _saved_label(workdir, version)
     dice = _dice(label.array == 1, truth.array == SPLEEN)
@@ -164,7 +168,7 @@ def test_undo_removes_the_click_result(page):
 
 
 def test_six_extreme_points(page, workdir, truth):
-    page.click("#clara-tool-extreme")
+    choose_tool(page, "extreme")
     before = state(page, "clara_results")
     for n, ras in enumerate(extreme_points_ras(truth.array == SPLEEN, truth)[:-1], start=1):
         set_state(page, "clara_center_on", ras)
@@ -186,8 +190,9 @@ def test_six_extreme_points(page, workdir, truth):
 
 
 def test_paint_adds_to_the_segment(page, workdir, truth):
-    page.click("#clara-tool-foreground")  # back to clicking ...
+    choose_tool(page, "foreground")  # back to clicking ...
     page.click("#clara-tool-foreground")  # ... and off again: no point placing while painting
+    wait_state(page, "s('clara_placing') === ''", 60)
     voxels_before = int((_saved_label(workdir, 2)[0].array == 1).sum())
     set_state(page, "clara_center_on", deepest_point_ras(truth.array == SPLEEN, truth))
     page.locator(".v-navigation-drawer .mdi-brush").first.click()

@@ -14,6 +14,7 @@ from webtest_support import (
     SAMPLE,
     AppProcess,
     axial_view,
+    choose_tool,
     click_view_center,
     deepest_point_ras,
     launch,
@@ -69,9 +70,9 @@ def test_upload_click_and_save_in_process(page, workdir):
     truth, _ = sample_label()
     ras = deepest_point_ras(truth.array == 1, truth)
     set_state(page, "clara_center_on", ras)
-    page.click("#clara-tool-foreground")
+    choose_tool(page, "foreground")
     click_view_center(page, axial_view(page))
-    wait_state(page, "(s('clara_points') || {}).foreground === 1", 60)
+    wait_state(page, "(s('clara_points') || {}).foreground === 1", 120)
     wait_state(page, "s('clara_results') > 0 || s('clara_status_level') === 'error'", 300)
     assert state(page, "clara_status_level") != "error", state(page, "clara_status")
     last = state(page, "clara_last")

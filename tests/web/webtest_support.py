@@ -163,6 +163,12 @@ def extreme_points_ras(mask_kji: np.ndarray, image) -> list[list[float]]:
     return pts
 
 
+def choose_tool(page, tool: str) -> None:
+    """Press a Clara tool button and wait until the server has put the views in its placing mode."""
+    page.click(f"#clara-tool-{tool}")
+    wait_state(page, f"s('clara_placing') === '{tool}'", 60)
+
+
 def click_view_center(page, locator) -> None:
     box = locator.bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
