@@ -12,7 +12,8 @@ import slicer
 from ClaraAnnotateLib.annotator import status_style, user_message
 from ClaraAnnotateLib.settings import BackendSettings
 from ClaraTrainModuleLib import automl, jobs
-from ClaraTrainModuleLib.trainer import TrainLogic
+from ClaraTrainModuleLib.desktop import DesktopTrainLogic
+from ClaraTrainModuleLib.federated import FederatedPanel
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
@@ -24,7 +25,6 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 log = logging.getLogger(__name__)
-POLL_MS = 1000
 
 
 class ClaraTrainModule(ScriptedLoadableModule):
@@ -79,9 +79,12 @@ class ClaraTrainModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refreshModels()
         self.onWhereChanged(0)
         self.onJobChanged(None)
+        self.federated = FederatedPanel(self.layout, self.selectedPairs)  # export as a federated site, follow a job
 
     def cleanup(self) -> None:
         self.removeObservers()
+        if getattr(self, "federated", None):
+            self.federated.stop()
         if self.logic:
             self.logic.listener = None
 
@@ -191,11 +194,11 @@ class ClaraTrainModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyBestButton.enabled = bool(summary)
 
 
-class ClaraTrainModuleLogic(ScriptedLoadableModuleLogic, TrainLogic):
+class ClaraTrainModuleLogic(ScriptedLoadableModuleLogic, DesktopTrainLogic):
     """Starts, follows, stops and resumes fine-tune jobs and AutoML searches: see ClaraTrainModuleLib.trainer."""
 
     def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)  # initialises TrainLogic too (cooperative super())
+        ScriptedLoadableModuleLogic.__init__(self)  # initialises the train logic too (cooperative super())
 
 
 class ClaraTrainModuleTest(ScriptedLoadableModuleTest):

@@ -196,7 +196,7 @@ class InteractionLogic(VTKObservationMixin):
         if cls is None:
             return None
         editorNode = editorNode or self.segmentEditorNode()
-        key = editorNode.GetID()
+        key = editorNode.GetID() or id(editorNode)
         logic = self._editorLogics.get(key)
         if logic is None or logic.GetSegmentEditorNode() is not editorNode:
             logic = cls()

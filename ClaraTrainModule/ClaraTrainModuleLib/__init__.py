@@ -1,7 +1,8 @@
 """Pure-Python helpers of the ClaraTrainModule module: importable and tested without Slicer.
 
 ``jobs`` (settings -> job overrides, datalists, local and server jobs), ``progress`` (events -> state,
-curves, time left), ``automl`` (the AutoML tab's process and report files). ``export`` (the scene's
+curves, time left), ``automl`` (the AutoML tab's process and report files), ``federated`` (this scene as
+a federated site's datalist, a federated job's rounds from its events; its panel needs Slicer). ``export`` (the scene's
 volumes and segmentations as training pairs) and ``trainer`` (the panel's logic) need Slicer.
 """
 

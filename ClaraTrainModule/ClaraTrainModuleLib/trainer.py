@@ -1,21 +1,23 @@
-"""The Slicer side of the fine-tuning panel: export the scene's data, start and follow jobs, plot curves,
-run the AutoML search process. Needs Slicer (imported only inside it); job control and network calls
-run on a :class:`~ClaraAnnotateLib.worker.TaskQueue`, MRML and Qt are touched on the main thread only.
+"""The fine-tuning panel's logic: export the scene's data, start and follow jobs, plot curves, run the
+AutoML search process. Needs Slicer's MRML libraries, not Qt (the desktop application's timers, cursor
+and settings are added by :mod:`.desktop`). Job control and network calls run on a
+:class:`~ClaraAnnotateLib.worker.TaskQueue`; MRML is touched on the owner's thread only. The owner calls
+:meth:`TrainLogic.pollQueue` while the queue is busy and :meth:`TrainLogic.poll` about every second while
+a job runs (:meth:`TrainLogic.wait` does both).
 """
 
+import contextlib
 import logging
 import os
 import subprocess
 import tempfile
 import time
 
-import qt
 import slicer
 from ClaraAnnotateLib import nodes
 from ClaraAnnotateLib.annotator import user_message
-from ClaraAnnotateLib.settings import BackendSettings
+from ClaraAnnotateLib.i18n import tr as _
 from ClaraAnnotateLib.worker import TaskQueue
-from slicer.i18n import tr as _
 
 from claraseg.errors import ConfigError
 from claraseg.io import read_image
@@ -27,10 +29,13 @@ POLL_MS = 1000
 
 
 class TrainLogic:
-    """Mixed into ``ClaraTrainModuleLogic``. Without a widget it is driven from scripts and the self-test;
-    ``listener`` (the widget) receives ``onStatus``, ``onJobChanged`` and ``onTrialsChanged``."""
+    """Mixed into ``ClaraTrainModuleLogic`` (through :class:`.desktop.DesktopTrainLogic`). Without a widget it
+    is driven from scripts, the self-test and tests; ``listener`` (the widget) receives ``onStatus``,
+    ``onJobChanged`` and ``onTrialsChanged``. ``annotate``: the annotation logic whose backend and models
+    are used (default: Clara Annotate's shared logic); ``scene``: where the curves go (default:
+    ``slicer.mrmlScene``); ``workRoot``: where exported data and local jobs live."""
 
-    def __init__(self) -> None:
+    def __init__(self, annotate=None, scene=None, workRoot=None) -> None:
         super().__init__()  # cooperative: ScriptedLoadableModuleLogic.__init__ reaches here through super()
         self.listener = None
         self.job = None
@@ -38,15 +43,49 @@ class TrainLogic:
         self.automlDir = None
         self.appliedOverrides = {}
         self.plotNodes = {}
-        self.workRoot = os.path.join(slicer.app.temporaryPath, "ClaraTrain")
+        self._annotate = annotate
+        self._scene = scene
+        self.workRoot = workRoot or os.path.join(tempfile.gettempdir(), "ClaraTrain")
         self.queue = TaskQueue("ClaraTrainWorker")
         self._polling = None
-        self._timer = qt.QTimer()
-        self._timer.setInterval(POLL_MS)
-        self._timer.connect("timeout()", self.poll)
-        self._queueTimer = qt.QTimer()
-        self._queueTimer.setInterval(50)
-        self._queueTimer.connect("timeout()", self._pollQueue)
+
+    # ----- what the application provides (Slicer: Qt timers, the wait cursor, QSettings) ---------
+    def startJobPolling(self):
+        """Called when a job starts or resumes: arrange for :meth:`poll` about every second."""
+
+    def stopJobPolling(self):
+        """Called when the job ended."""
+
+    def startQueuePolling(self):
+        """Called when work is queued: arrange for :meth:`pollQueue` until the queue is idle."""
+
+    def stopQueuePolling(self):
+        """Called when the queue went idle."""
+
+    def startAutoMLPolling(self):
+        """Called when an AutoML search starts: arrange for :meth:`pollAutoML` every few seconds."""
+
+    def stopAutoMLPolling(self):
+        """Called when the AutoML search process ended."""
+
+    def pumpEvents(self):
+        """Called while :meth:`wait` blocks."""
+
+    def busyCursor(self):
+        """A context shown while the data is exported."""
+        return contextlib.nullcontext()
+
+    def serverToken(self):
+        """The annotation server's token (the desktop module reads it from the settings)."""
+        backend = self.annotateLogic().controller.backend
+        return getattr(backend, "token", None) or None
+
+    def showChart(self, chart):
+        """Put the curves' chart where the user sees it (Slicer: the plot view of the layout)."""
+
+    @property
+    def scene(self):
+        return self._scene if self._scene is not None else slicer.mrmlScene
 
     def _notify(self, method, *args):
         fn = getattr(self.listener, method, None) if self.listener else None
@@ -58,6 +97,8 @@ class TrainLogic:
         self._notify("onStatus", message, level)
 
     def annotateLogic(self):
+        if self._annotate is not None:
+            return self._annotate
         from ClaraAnnotate import ClaraAnnotateLogic
 
         return ClaraAnnotateLogic.shared()
@@ -100,7 +141,7 @@ class TrainLogic:
                 folder = tempfile.mkdtemp(prefix="clara-upload-")
                 uploads = [(case, nodes.image_from_volume(volume))
                            for case, (volume, _seg) in zip(self.exportCases(pairs, folder), pairs)]
-                token = BackendSettings.load(qt.QSettings()).token or None
+                token = self.serverToken()
                 job = jobs.RemoteJob(info.url, token, settings.model, settings, list(datastoreImages))
                 backend = self.annotateLogic().controller.backend
 
@@ -113,7 +154,7 @@ class TrainLogic:
                     return job.start()
             else:
                 jobs.check_enough_cases(len(pairs), model.kind, settings.val_split)
-                with slicer.util.WaitCursor():
+                with self.busyCursor():
                     cases = self.exportCases(pairs, os.path.join(workdir, "data"))
                 datalist = jobs.write_datalist(cases, os.path.join(workdir, "data"))
                 bundle, registry = self.bundleAndRegistry(model)
@@ -130,7 +171,7 @@ class TrainLogic:
         def started(_job):
             self.status(_("Job {id} started").format(id=job.id), "ok")
             self._notify("onJobChanged", job.progress)
-            self._timer.start()
+            self.startJobPolling()
 
         return self.submit(_("Starting the job"), create, started)
 
@@ -141,23 +182,22 @@ class TrainLogic:
         return jobs.bundle_for(model, publishDir), publishDir
 
     def submit(self, label, fn, onDone=None):
-        """Run job and network calls off the GUI thread; results come back through :meth:`_pollQueue`."""
+        """Run job and network calls off the owner's thread; results come back through :meth:`pollQueue`."""
         task = self.queue.submit(fn, label=label, on_done=onDone,
                                  on_error=lambda e: self.status(user_message(e, label), "error"))
-        if not self._queueTimer.isActive():
-            self._queueTimer.start()
+        self.startQueuePolling()
         return task
 
-    def _pollQueue(self):
+    def pollQueue(self):
         self.queue.poll()
         if not self.queue.busy:
             self.queue.poll()
-            self._queueTimer.stop()
+            self.stopQueuePolling()
 
     def poll(self):
-        """Timer tick: read the job's new events (off the GUI thread), then update the panel and the plot."""
+        """Timer tick: read the job's new events (off the owner's thread), then update the panel and the plot."""
         if self.job is None:
-            self._timer.stop()
+            self.stopJobPolling()
             return
         if self._polling is not None and not self._polling.finished:
             return
@@ -169,7 +209,7 @@ class TrainLogic:
                 self.updatePlot(progress)
             self._notify("onJobChanged", progress)
             if progress.finished:
-                self._timer.stop()
+                self.stopJobPolling()
                 if progress.state == "completed":
                     self.annotateLogic().refreshModels()  # the new version is selectable at once
 
@@ -186,25 +226,31 @@ class TrainLogic:
         job = self.job
 
         def resumed(_job):
-            self._timer.start()
+            self.startJobPolling()
             self._notify("onJobChanged", job.progress)
 
         self.submit(_("Resuming the job"), lambda tok: job.resume(), resumed)
 
     def wait(self, timeout=900.0):
-        """Pump events until the job ends (scripts and self-tests)."""
+        """Follow the job until it ends and its last events are shown (scripts, self-tests, tests)."""
         deadline = time.time() + timeout
+        nextPoll = 0.0
         while self.job is not None and not self.job.progress.finished:
             if time.time() > deadline:
                 raise TimeoutError(f"job {self.job.id} did not finish in {timeout} s")
-            slicer.app.processEvents()
+            if time.time() >= nextPoll:
+                self.poll()
+                nextPoll = time.time() + POLL_MS / 1000.0
+            self.pollQueue()
+            self.pumpEvents()
             time.sleep(0.05)
-        return self.job.progress
+        self.queue.wait_idle(max(1.0, deadline - time.time()), pump=self.pumpEvents)
+        self.pollQueue()
+        return self.job.progress if self.job is not None else None
 
     def updatePlot(self, progress):
         """Live curves in a Slicer plot: loss and validation Dice against iteration."""
-        self.plotNodes = plots.update_curves(slicer.mrmlScene, self.plotNodes, progress,
-                                             show=slicer.modules.plots.logic().ShowChartInLayout)
+        self.plotNodes = plots.update_curves(self.scene, self.plotNodes, progress, show=self.showChart)
 
     # ----- AutoML --------------------------------------------------------------------------------
     def startAutoML(self, settings, pairs, trials, workers):
@@ -233,10 +279,7 @@ class TrainLogic:
             self.status(user_message(e, _("Cannot start AutoML")), "error")
             return None
         self.status(_("AutoML search started ({n} trials, {w} workers)").format(n=trials, w=workers), "ok")
-        self._automlTimer = qt.QTimer()
-        self._automlTimer.setInterval(2 * POLL_MS)
-        self._automlTimer.connect("timeout()", self.pollAutoML)
-        self._automlTimer.start()
+        self.startAutoMLPolling()
         return self.automlProcess
 
     def pollAutoML(self):
@@ -244,7 +287,7 @@ class TrainLogic:
         summary = automl.summary_line(self.automlDir)
         self._notify("onTrialsChanged", rows, summary)
         if self.automlProcess is not None and self.automlProcess.poll() is not None:
-            self._automlTimer.stop()
+            self.stopAutoMLPolling()
             code = self.automlProcess.returncode
             if code == 0:
                 self.status(summary or _("AutoML ended"), "ok")

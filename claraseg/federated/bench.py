@@ -32,7 +32,7 @@ SITES: dict[str, tuple[str, list[str], list[str]]] = {
                  ["left_hippocampus", "right_thalamus", "left_putamen"]),
 }
 #: Job settings of every site (one crop per image and step, so a round is cheap on one CPU thread).
-OVERRIDES = {"training#batch_size": 1, "crops_per_image": 1, "validation_samples": 4}
+OVERRIDES = {"training#batch_size": 1, "crops_per_image": 1, "validation_samples": 8}
 
 
 def write_site_data(data_dir: Path, out: Path, sites: dict[str, tuple[str, list[str], list[str]]] = SITES) -> dict[str, str]:

@@ -70,7 +70,7 @@ def register(sub) -> None:
     bench.add_argument("--bundle", default=str(Path(__file__).resolve().parents[1] / "models" / "bundles" / "deepgrow3d"))
     bench.add_argument("--workdir", default="bench-federated")
     bench.add_argument("--rounds", type=int, default=5)
-    bench.add_argument("--local-iterations", type=int, default=10)
+    bench.add_argument("--local-iterations", type=int, default=30)
     bench.add_argument("--threads", type=int, default=1)
     bench.add_argument("--no-he", action="store_true")
     bench.add_argument("--no-alone", action="store_true")

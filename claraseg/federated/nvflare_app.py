@@ -59,7 +59,8 @@ class ClarasegExecutor(Executor):
     Args:
         bundle: the model bundle folder (the same bundle at every site).
         datalist: this site's datalist (a path on this site's machine).
-        site_dir: this site's job folder (round job folders, events); relative: to the site's workspace.
+        site_dir: this site's job folder (round job folders, events).
+        Relative paths (bundle, datalist, site_dir, registry) are taken from the site's NVFlare workspace.
         local_iterations: optimizer steps per round.
         overrides, structures, device, threads: of the site's fine-tune jobs.
         seed: training seed; round ``r`` of the site with index ``i`` uses ``seed + 1000 * i + r``.
@@ -97,6 +98,10 @@ class ClarasegExecutor(Executor):
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == EventType.START_RUN:
+            self.bundle = str(_resolve(self.bundle, fl_ctx))
+            self.datalist = str(_resolve(self.datalist, fl_ctx))
+            if self.registry:
+                self.registry = str(_resolve(self.registry, fl_ctx))
             self.site_dir = _resolve(self.site_dir_arg, fl_ctx)
             self.site_dir.mkdir(parents=True, exist_ok=True)
             self.events = FedEventWriter(self.site_dir / "events.jsonl")
@@ -221,7 +226,8 @@ class BundlePersistor(ModelPersistor):
     def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
         from claraseg.federated.local import read_state_dict, to_numpy
 
-        return make_model_learnable(to_numpy(read_state_dict(Path(self.bundle) / "models" / "model.pt")), {})
+        bundle = _resolve(self.bundle, fl_ctx)
+        return make_model_learnable(to_numpy(read_state_dict(bundle / "models" / "model.pt")), {})
 
     def save_model(self, learnable: ModelLearnable, fl_ctx: FLContext) -> None:
         weights = learnable.get("weights") or {}

@@ -153,3 +153,10 @@ class SceneBuilder:
 @pytest.fixture
 def build(scene) -> SceneBuilder:
     return SceneBuilder(scene)
+
+
+@pytest.fixture
+def build_in_app(slicer_app) -> SceneBuilder:
+    """A builder on the application's scene that leaves the scene as it is after the test (for tests that
+    share module-scoped nodes, such as the loaded sample CT)."""
+    return SceneBuilder(slicer_app.scene)

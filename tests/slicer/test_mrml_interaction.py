@@ -82,6 +82,32 @@ def test_selftest_auto_segment(logic, ct):
     assert seg.GetSegmentIdBySegmentName(segments.display_name("kidney_left"))
 
 
+def test_a_click_under_a_non_linear_transform_logs_nothing(logic, ct, build_in_app, capfd):
+    """The volume and its segmentation under a warp: the click lands on the voxel under the point and
+    neither the click nor the write logs an ERR or WARN line."""
+    from ClaraAnnotateLib import nodes, selftest
+
+    volume, labels, names = ct
+    warp = build_in_app.warp_transform(5.0)
+    seg, segment_id = selftest.segmentation_for(logic.segmentEditorNode(), volume, "warped")
+    truth = labels == selftest.label_value(names, selftest.SELFTEST_STRUCTURE)
+    ijk = selftest.protocol_click(np.zeros_like(truth), truth)[0]
+    logic.getParameterNode().clickModel = "deepgrow3d"
+    for node in (volume, seg):
+        node.SetAndObserveTransformNodeID(warp.GetID())
+    try:
+        world = nodes.ijk_to_world(volume, ijk)
+        assert nodes.world_points_to_ijk(volume, [world])[0].tolist() == ijk
+        capfd.readouterr()
+        assert logic.wait(logic.clickAt(world, True), 300).state == "done"
+        err = capfd.readouterr().err
+    finally:
+        for node in (volume, seg):
+            node.SetAndObserveTransformNodeID(None)
+    assert nodes.segment_array(seg, segment_id, volume)[ijk[2], ijk[1], ijk[0]] == 1
+    assert "ERR|" not in err and "WARN|" not in err, err
+
+
 def test_auto_segment_without_nibabel_says_what_to_install(logic, ct, monkeypatch):
     from ClaraAnnotateLib import selftest
 

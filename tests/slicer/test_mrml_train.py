@@ -73,3 +73,56 @@ def test_export_refuses_a_segmentation_with_only_empty_segments(build, tmp_path)
     seg, _a = build.segmentation(volume, "nothing drawn", ["a"])
     with pytest.raises(TrainingDataError, match="every segment is empty"):
         export.export_case(volume, seg, str(tmp_path))
+
+
+def test_fine_tune_job_from_the_scene_is_followed_plotted_and_published(phantom_pair, build, tmp_path):
+    """The panel's logic without Qt: a drawn segmentation is exported, a two-iteration DeepGrow 3D job runs
+    in its own process, its events fill the panel and the curves, and the new version is published into
+    the user's models folder and offered by the annotation logic."""
+    from ClaraAnnotateLib import selftest
+    from ClaraAnnotateLib.interaction import InteractionLogic
+    from ClaraAnnotateLib.settings import BackendSettings
+    from ClaraTrainModuleLib import jobs
+    from ClaraTrainModuleLib.trainer import TrainLogic
+
+    image, label = phantom_pair
+    volume = build.image_volume(image, "phantom ct")
+    names = {str(v): info.name for v, info in label.labels.items()}
+    seg = selftest.draw_segments(volume, label.array, names, {info.name for info in label.labels.values()})
+    annotate = InteractionLogic(build.scene)
+    try:
+        selftest.connect(_Check(), annotate, BackendSettings(mode="local", device="cpu",
+                                                             models_dir=str(tmp_path / "models")))
+        seen = []
+        logic = TrainLogic(annotate=annotate, scene=build.scene, workRoot=str(tmp_path / "work"))
+        logic.listener = type("W", (), {"onStatus": lambda self, m, level: seen.append((level, m)),
+                                        "onJobChanged": lambda self, p: seen.append(("job", p and p.panel()))})()
+        assert [m.name for m in logic.trainableModels()] and "deepgrow3d" in {m.name for m in logic.trainableModels()}
+        settings = jobs.settings_from_panel(logic.trainableModels(), "deepgrow3d", iterations=2, epochs=0,
+                                            learning_rate=1e-4, val_split=0.25, amp=False, smart_cache=False,
+                                            device="cpu", on_server=False, extra={"training#val_interval": 1})
+        # the server is not connected: a message, nothing started
+        assert logic.start(jobs.FineTuneSettings(**{**settings.__dict__, "where": "server"}), [(volume, seg)]) is None
+        assert seen[-1][0] == "error" and "connect Clara Annotate to it (Remote)" in seen[-1][1]
+        task = logic.start(settings, [(volume, seg)])
+        assert task is not None
+        progress = logic.wait(timeout=600)
+        assert progress.state == "completed", progress.summary()
+        assert progress.iteration == 2 and progress.losses and progress.dices
+        panel = [p for kind, p in seen if kind == "job" and p][-1]
+        assert panel["percent"] == 100 and not panel["running"] and panel["status"].startswith("Done")
+        chart = logic.plotNodes["chart"]
+        assert chart.GetScene() is build.scene and logic.plotNodes["loss"].GetTable().GetNumberOfRows() == 2
+        assert progress.published == "deepgrow3d"
+        annotate.waitIdle(60)  # the refresh the job's end asked for: the fine-tuned version is offered
+        offered = {m.name: m for m in annotate.connectionInfo.models}["deepgrow3d"]
+        assert offered.extra["bundle"] == str(tmp_path / "models" / "deepgrow3d")
+        assert offered.extra["fine_tune"]["best_iteration"] == 2
+        assert (tmp_path / "models").is_dir() and any((tmp_path / "models").iterdir())
+    finally:
+        annotate.close()
+
+
+class _Check:
+    def assertEqual(self, a, b, msg=None):
+        assert a == b, msg
