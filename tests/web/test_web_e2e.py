@@ -125,7 +125,7 @@ def test_open_sample_ct_from_the_datastore(page):
     assert state(page, "clara_image") == IMAGE_ID
     for n in range(4):  # axial, 3D, coronal and sagittal views each show a frame
         page.locator("img.image-display-area").nth(n).wait_for(state="visible", timeout=60_000)
-    shot = screenshot(page, "01-open")
+    shot = screenshot(page, "open-before-clicks")
     assert shot.stat().st_size > 20_000  # four views drawn, not an empty page
 
 
@@ -148,7 +148,6 @@ def test_click_in_the_spleen_segments_it(page, workdir, truth):
     while _pixel(page, view, 12, 12) == pixel_before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _pixel(page, view, 12, 12) != pixel_before
-    screenshot(page, "02-click-spleen")
     version = _save(page, 0)
     label, record = _saved_label(workdir, version)
     dice = _dice(label.array == 1, truth.array == SPLEEN)
@@ -164,7 +163,6 @@ def test_undo_removes_the_click_result(page):
     wait_state(page, "s('clara_voxels') === 0 || s('clara_status_level') === 'error'", 60)
     assert state(page, "clara_status_level") != "error", state(page, "clara_status")
     assert state(page, "clara_results") == before
-    screenshot(page, "03-undo")
 
 
 def test_six_extreme_points(page, workdir, truth):
@@ -180,7 +178,6 @@ def test_six_extreme_points(page, workdir, truth):
     last = _wait_result(page, before)
     assert last["what"] == "extreme_points"
     assert last["points"] == [_ijk(truth, r) for r in extreme_points_ras(truth.array == SPLEEN, truth)]
-    screenshot(page, "04-extreme-points")
     version = _save(page, 1)
     label, _ = _saved_label(workdir, version)
     dice = _dice(label.array == 1, truth.array == SPLEEN)
@@ -195,17 +192,21 @@ def test_paint_adds_to_the_segment(page, workdir, truth):
     wait_state(page, "s('clara_placing') === ''", 60)
     voxels_before = int((_saved_label(workdir, 2)[0].array == 1).sum())
     set_state(page, "clara_center_on", deepest_point_ras(truth.array == SPLEEN, truth))
-    page.locator(".v-navigation-drawer .mdi-brush").first.click()
+    page.locator("button", has=page.locator("i.mdi-brush")).first.click()  # Slicer's Paint effect
+    wait_state(page, "String(s('SegmentEditorState__active_effect_name')).endsWith('Paint')", 60)
     view = axial_view(page)
     box = view.bounding_box()
-    x0, y = box["x"] + box["width"] / 2 + 60, box["y"] + box["height"] / 2
+    x0, y = box["x"] + box["width"] / 2 - 60, box["y"] + box["height"] / 2  # towards the body's middle
+    pixel_before = _pixel(page, view, -100, 0)
     page.mouse.move(x0, y)
     page.mouse.down()
     for n in range(1, 11):
-        page.mouse.move(x0 + n * 8, y, steps=2)
+        page.mouse.move(x0 - n * 8, y, steps=2)
     page.mouse.up()
-    time.sleep(1.0)
-    screenshot(page, "05-paint")
+    deadline = time.monotonic() + 60  # the stroke is drawn: the pixel under its middle changes colour
+    while _pixel(page, view, -100, 0) == pixel_before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _pixel(page, view, -100, 0) != pixel_before
     version = _save(page, 2)
     label, _ = _saved_label(workdir, version)
     assert int((label.array == 1).sum()) > voxels_before
@@ -228,7 +229,6 @@ def test_saved_label_geometry_and_download(page, workdir, truth):
     path = workdir / "segmentation.seg.nrrd"
     dl.value.save_as(str(path))
     seg = read_image(path, label=True)
-    screenshot(page, "06-download")
     # Slicer's writer crops to the segments' extent: compare in world space through the voxel count
     assert int((seg.array != 0).sum()) == int((label.array != 0).sum())
     np.testing.assert_allclose(seg.spacing, image.spacing, atol=1e-5)

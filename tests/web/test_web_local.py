@@ -20,7 +20,6 @@ from webtest_support import (
     launch,
     missing,
     sample_label,
-    screenshot,
     set_state,
     state,
     wait_state,
@@ -77,7 +76,6 @@ def test_upload_click_and_save_in_process(page, workdir):
     assert state(page, "clara_status_level") != "error", state(page, "clara_status")
     last = state(page, "clara_last")
     assert last["ijk"] == np.rint(physical_to_index(truth, ras, ras=True)).astype(int).ravel().tolist()
-    screenshot(page, "local-01-upload-click")
 
     page.click("#clara-save")
     wait_state(page, "(s('clara_saved') || {}).version === 1 || s('clara_status_level') === 'error'", 60)
@@ -95,4 +93,3 @@ def test_upload_click_and_save_in_process(page, workdir):
     dice = 2.0 * np.logical_and(label.array == 1, truth.array == 1).sum() / ((label.array == 1).sum() + (truth.array == 1).sum())
     print(f"Dice of one in-process click in the spleen: {dice:.3f}")
     assert dice > 0.5, dice
-    screenshot(page, "local-02-saved")
