@@ -114,9 +114,9 @@ class ClaraWebApp:
                 self.upload_ui = LoadVolumeUI()
                 v3.VTextField(label="Label tag", v_model=("clara_tag",), density="compact", hide_details=True,
                               variant="outlined", style="max-width: 120px;", classes="mx-2")
-                v3.VBtn("Save to datastore", id="clara-save", prepend_icon="mdi-content-save", variant="tonal",
+                v3.VBtn("Save", id="clara-save", prepend_icon="mdi-content-save", variant="tonal",
                         disabled=("!clara_image_loaded",), click=self.save, classes="mx-1")
-                v3.VBtn("Download .seg.nrrd", id="clara-download", prepend_icon="mdi-download", variant="tonal",
+                v3.VBtn(".seg.nrrd", id="clara-download", prepend_icon="mdi-download", variant="tonal",
                         classes="mx-1",
                         click=(f"utils.download('segmentation.seg.nrrd', trigger('{self.ctrl.trigger_name(self.download)}'),"
                                " 'application/octet-stream')"))
@@ -270,7 +270,8 @@ class ClaraWebApp:
 
     # ----- save and download -----------------------------------------------------------------------
     def _upload_id(self) -> str:
-        base = _ID_CHARS.sub("_", self.image_name or "upload").strip("._-")[:60] or "upload"
+        name = re.sub(r"(\.nii\.gz|\.nii|\.nrrd|\.nhdr|\.mha|\.mhd|\.dcm)$", "", self.image_name or "", flags=re.I)
+        base = _ID_CHARS.sub("_", name or "upload").strip("._-")[:60] or "upload"
         taken = {i["id"] for i in self.source.images()}
         n, candidate = 1, base
         while candidate in taken:
