@@ -20,6 +20,16 @@ from typing import Any, Protocol, runtime_checkable
 from claraseg.errors import InvalidPointsError
 from claraseg.io import Image, MaskDelta, check_points_inside
 
+
+def pick_device(device: str = "auto") -> str:
+    """The torch device name of a setting: ``auto`` -> ``cuda`` when available, else ``cpu``; any other
+    name as given (the one place that decides; the engine, jobs and AutoML trials call it)."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
 #: Version of the remote protocol and of this interface; client and server must agree on the major part.
 API_VERSION = "1.0"
 

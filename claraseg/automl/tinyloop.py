@@ -50,7 +50,9 @@ def run_trial(spec: dict[str, Any]) -> float:
         settings.update({k: v for k, v in parser.get_parsed_content("training").items() if k in _SETTINGS})
     seed = int(settings["seed"])
     set_determinism(seed=seed)
-    device = torch.device(os.environ.get("CLARASEG_TRIAL_DEVICE") or spec.get("device") or "cpu")
+    from claraseg.backend import pick_device
+
+    device = torch.device(pick_device(os.environ.get("CLARASEG_TRIAL_DEVICE") or spec.get("device") or "cpu"))
     events.state("preparing")
     net = parser.get_parsed_content("network_def").to(device)
     optimizer = parser.get_parsed_content("optimizer")

@@ -6,20 +6,11 @@ import os
 import threading
 from collections.abc import Sequence
 
-from claraseg.backend import ModelDescriptor, share_malloc_arena
+from claraseg.backend import ModelDescriptor, pick_device, share_malloc_arena
 from claraseg.engine.session import LocalSession
 from claraseg.errors import SessionExpiredError, SessionNotFoundError
 from claraseg.io import Image
 from claraseg.models.registry import ModelRegistry
-
-
-def pick_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class LocalBackend:

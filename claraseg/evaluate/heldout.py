@@ -1,6 +1,6 @@
 """Held-out evaluation of the default interactive models (``claraseg eval --heldout``).
 
-Each default bundle records in its metadata (``claraseg.training.heldout``) the structures and cases of
+Each default bundle records in its metadata (``claraseg.heldout``) the structures and cases of
 the sample data kept out of its training, and the fresh phantom seeds it never saw. This module turns
 that record into the structures to evaluate (at least ``min_voxels`` voxels), runs the click protocol
 on them with the model and with the classical baseline, and writes one JSON and one PNG per model.
@@ -43,7 +43,7 @@ def heldout_record(descriptor: ModelDescriptor) -> dict[str, Any]:
     record = training.get("heldout") or descriptor.extra.get("heldout")
     if not record:
         raise ClarasegError(
-            f"model {descriptor.name!r} records no held-out structures (claraseg.training.heldout in its "
+            f"model {descriptor.name!r} records no held-out structures (claraseg.heldout in its "
             "configs/metadata.json); train it with `claraseg pretrain` or evaluate explicit files with "
             "`claraseg eval --image ... --label ...`"
         )
@@ -55,6 +55,12 @@ def heldout_structures(record: dict[str, Any], data_dir: str | Path, *, min_voxe
     """The held-out structures of the sample data (``data_dir``) and the fresh phantoms."""
     data = Path(data_dir)
     out: list[Structure] = []
+    if record.get("split"):
+        # Trained on the train split of the scan-level split: every validation and test scan is held out.
+        from claraseg.evaluate.scans import split_structures
+
+        for split in ("validation", "test"):
+            out += split_structures(split, data, min_voxels=min_voxels)
     for folder in NAMED_FOLDERS:
         wanted = record.get(folder) or []
         if not wanted:

@@ -1,34 +1,31 @@
 """One site's part of a round: the project's own fine-tune training, started from the global weights.
 
 This is the only module that reaches into :mod:`claraseg.train`; everything else of the federation
-exchanges plain ``{name: numpy array}`` weights. A round is a real fine-tune job (``job.json``,
-``events.jsonl``, checkpoints, the same datalists, label mapping, held-out split and validation as
-``claraseg train run``) in ``<site dir>/round_<k>``, run inside the site's NVFlare process so torch and
-MONAI are imported once per site:
+exchanges plain ``{name: numpy array}`` weights. A round is the training part's in-process fine-tune
+(:func:`claraseg.train.api.fine_tune`: the same config layering, datalists, label mapping, held-out split,
+validation and events as ``claraseg train run``) in ``<site dir>/round_<k>``, run inside the site's NVFlare
+process so torch and MONAI are imported once per site:
 
-- the global weights are staged as the bundle's ``models/model.pt`` (:func:`stage_weights`),
-- the job trains ``iterations`` steps and validates once, at the end, so ``checkpoints/best.pt`` holds the
-  final local weights; its baseline validation is the global model's Dice on the site's held-out split,
-- the site's split is prepared in its first round and reused by the later ones (same cases, no re-reading).
+- it starts from the global weights and trains ``iterations`` steps, validating the received model first
+  (the global model's Dice on the site's held-out split) and its own weights once, at the end;
+- the site's split is made in its first round; the later rounds train and validate on the very same
+  cases (:func:`site_split`), while their seed, hence their crops and clicks, changes from round to round.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import threading
 import time
-import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from claraseg.errors import CancelledError, ClarasegError, ConfigError, ModelError, TrainingDataError
+from claraseg.errors import ModelError
 
 Weights = dict[str, np.ndarray]
 
@@ -99,48 +96,6 @@ def to_state_dict(weights: Mapping[str, Any], reference: Mapping[str, Any]) -> d
     return out
 
 
-def stage_weights(bundle: Path, state: Mapping[str, Any], out: Path) -> Path:
-    """A copy of ``bundle`` (configs, ``scripts/``, metadata) in ``out`` whose ``models/model.pt`` is ``state``."""
-    import torch
-
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(bundle, out, ignore=shutil.ignore_patterns("*.pt", "*.ts", "__pycache__", "eval", ".*"))
-    (out / "models").mkdir(parents=True, exist_ok=True)
-    tmp = out / "models" / "model.pt.tmp"
-    torch.save(dict(state), tmp)
-    os.replace(tmp, out / "models" / "model.pt")
-    return out
-
-
-@contextlib.contextmanager
-def _job_process_signals() -> Iterator[None]:
-    """The runner installs a SIGTERM handler, which Python allows in the main thread only; NVFlare calls
-    executors from worker threads, where cancellation goes through the job's ``cancel`` file instead."""
-    if threading.current_thread() is threading.main_thread():
-        yield
-        return
-    import claraseg.train.runner as runner_module
-
-    real = runner_module.signal
-    runner_module.signal = types.SimpleNamespace(signal=lambda *args: None, SIGTERM=real.SIGTERM)
-    try:
-        yield
-    finally:
-        runner_module.signal = real
-
-
-_ERRORS = {"config_error": ConfigError, "training_data_error": TrainingDataError, "model_error": ModelError}
-
-
-def _raise_job_error(events: list[dict[str, Any]], workdir: Path) -> None:
-    error = next((e for e in reversed(events) if e.get("event") == "error"), None)
-    if error is None:
-        raise ClarasegError(f"the site's fine-tune job in {workdir} did not complete (see its worker.log)")
-    cls = _ERRORS.get(error.get("code"), ClarasegError)
-    raise cls(f"site training failed: {error.get('message')}")
-
-
 def round_overrides(overrides: Mapping[str, Any], iterations: int, seed: int) -> dict[str, Any]:
     """The job's overrides for one round: ``iterations`` steps, one validation at the end, no publishing."""
     out = dict(overrides)
@@ -153,78 +108,55 @@ def round_overrides(overrides: Mapping[str, Any], iterations: int, seed: int) ->
 def fine_tune_round(bundle: str | os.PathLike, datalist: Any, weights: Mapping[str, Any] | None, iterations: int,
                     workdir: str | os.PathLike, *, overrides: Mapping[str, Any] | None = None,
                     structures: list[str] | None = None, device: str = "cpu", threads: int | None = 1,
-                    seed: int = 0, prepared: str | os.PathLike | None = None,
-                    should_stop: Any = None) -> LocalRound:
+                    seed: int = 0, should_stop: Any = None) -> LocalRound:
     """Fine-tune ``bundle`` from ``weights`` (None: the bundle's own) on ``datalist`` for ``iterations`` steps.
 
     Args:
-        workdir: the round's job folder (created; must not hold a job yet).
-        prepared: a ``data/prepared.json`` of an earlier round of this site, to reuse its split.
+        datalist: a datalist file or its content; later rounds pass :func:`site_split` of the first.
+        workdir: the round's job folder (new or empty).
         should_stop: a callable polled while training; when it returns true the job is cancelled.
 
     Returns the final weights and figures; raises the job's typed error when it fails
     (:class:`~claraseg.errors.CancelledError` when stopped).
     """
+    from claraseg.train.api import fine_tune
     from claraseg.train.config import load_overrides
     from claraseg.train.events import read_events
-    from claraseg.train.runner import Runner
-    from claraseg.train.spec import JobSpec
 
     bundle = Path(bundle).resolve()
     workdir = Path(workdir).resolve()
-    if (workdir / "events.jsonl").exists():
-        raise ConfigError(f"{workdir}: already holds a round's job")
-    workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    start = bundle
+    state = None
     if weights is not None:
-        reference = read_state_dict(bundle / "models" / "model.pt")
-        start = stage_weights(bundle, to_state_dict(weights, reference), workdir / "bundle")
-    if prepared is not None and Path(prepared).is_file():
-        (workdir / "data").mkdir(exist_ok=True)
-        shutil.copyfile(prepared, workdir / "data" / "prepared.json")
-    if isinstance(datalist, (str, os.PathLike)):
-        datalist = str(Path(datalist).resolve())
-    spec = JobSpec(str(start), datalist, round_overrides(load_overrides(overrides), iterations, seed), None, None,
-                   structures, device, threads, 1)
-    spec.save(workdir / "job.json")
-
+        state = to_state_dict(weights, read_state_dict(bundle / "models" / "model.pt"))
     done = threading.Event()
     watcher = None
     if should_stop is not None:
         def watch() -> None:
             while not done.wait(0.5):
-                if should_stop():
+                if should_stop() and workdir.is_dir():
                     (workdir / "cancel").write_text(str(time.time()))
                     return
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
     try:
-        with _job_process_signals():
-            code = Runner(workdir).run()
+        result = fine_tune(bundle, datalist, workdir, weights=state, iterations=iterations,
+                           overrides=round_overrides(load_overrides(dict(overrides or {})), iterations, seed),
+                           structures=structures, device=device, threads=threads, keep="last")
     finally:
         done.set()
         if watcher is not None:
             watcher.join()
     events = read_events(workdir / "events.jsonl")
-    if code == 3:
-        raise CancelledError("the site's round was cancelled")
-    if code != 0:
-        _raise_job_error(events, workdir)
-
-    vals = [e for e in events if e.get("event") == "validation"]
-    baseline = next((e for e in vals if e.get("baseline")), None)
-    final = next((e for e in reversed(vals) if not e.get("baseline")), None)
+    final = next((e for e in reversed(events) if e.get("event") == "validation" and not e.get("baseline")), {})
     losses = [e["loss"] for e in events if e.get("event") == "iteration" and e.get("loss") is not None]
     training = next((e for e in events if e.get("event") == "state" and e.get("state") == "training"), {})
-    completed = next(e for e in reversed(events) if e.get("event") == "state" and e.get("state") == "completed")
-    state = read_state_dict(workdir / "checkpoints" / "best.pt")
-    return LocalRound(weights=to_numpy(state), iterations=int(completed.get("iteration") or iterations),
-                      global_dice=baseline.get("dice") if baseline else None,
-                      local_dice=final.get("dice") if final else None,
-                      loss=float(np.mean(losses)) if losses else None,
-                      per_label=(final or {}).get("per_label") or {}, train_items=int(training.get("train_items") or 0),
-                      val_cases=int((final or {}).get("cases") or 0), time_s=time.time() - t0)
+    m = result.metrics
+    return LocalRound(weights=to_numpy(result.weights), iterations=int(m.get("iteration") or iterations),
+                      global_dice=m.get("baseline_dice"), local_dice=m.get("dice"),
+                      loss=float(np.mean(losses)) if losses else None, per_label=m.get("per_label") or {},
+                      train_items=int(training.get("train_items") or 0), val_cases=int(final.get("cases") or 0),
+                      time_s=time.time() - t0)
 
 
 def evaluate_weights(bundle: str | os.PathLike, weights: Mapping[str, Any], prepared: str | os.PathLike, *,
@@ -264,9 +196,25 @@ def evaluate_weights(bundle: str | os.PathLike, weights: Mapping[str, Any], prep
     return float(score), {k: float(v) for k, v in per_label.items()}
 
 
+def site_split(site_dir: Path) -> dict[str, list[dict[str, Any]]] | None:
+    """The first round's training and held-out cases as a ``{"training", "validation"}`` datalist (its label
+    maps are already on the model's labels), or None before the first round prepared them."""
+    path = prepared_path(site_dir)
+    if path is None:
+        return None
+    data = json.loads(path.read_text())
+
+    def entries(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"image": c["image"], "label": c["label"], "labels": {str(k): v for k, v in c["structures"].items()}}
+                for c in cases]
+
+    return {"training": entries(data["train"]), "validation": entries(data["val"])}
+
+
 def prepared_path(site_dir: Path) -> Path | None:
     """The ``prepared.json`` of the site's first round that has one (its split), or None."""
-    for path in sorted(site_dir.glob("round_*/data/prepared.json"), key=lambda p: int(p.parent.parent.name[6:])):
+    rounds = [p for p in site_dir.glob("round_*/data/prepared.json") if p.parent.parent.name[6:].isdigit()]
+    for path in sorted(rounds, key=lambda p: int(p.parent.parent.name[6:])):
         try:
             json.loads(path.read_text())
         except (OSError, ValueError):

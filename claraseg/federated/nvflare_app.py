@@ -138,7 +138,7 @@ class ClarasegExecutor(Executor):
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
 
     def _train(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
-        from claraseg.federated.local import fine_tune_round, prepared_path
+        from claraseg.federated.local import fine_tune_round, site_split
 
         dxo = from_shareable(shareable)
         round_ = int(shareable.get_header(AppConstants.CURRENT_ROUND) or 0)
@@ -146,10 +146,11 @@ class ClarasegExecutor(Executor):
         workdir = self.site_dir / f"round_{round_}"
         if workdir.exists():  # the task came again (a restarted round): keep the earlier attempt aside
             workdir.rename(workdir.with_name(f"{workdir.name}.{int(time.time())}"))
-        result = fine_tune_round(self.bundle, self.datalist, received, self.local_iterations, workdir,
+        split = site_split(self.site_dir)  # the first round's cases, from the second round on
+        result = fine_tune_round(self.bundle, split or self.datalist, received, self.local_iterations, workdir,
                                  overrides=self.overrides, structures=self.structures, device=self.device,
                                  threads=self.threads, seed=self.seed + 1000 * self.site_index + round_,
-                                 prepared=prepared_path(self.site_dir), should_stop=lambda: abort_signal.triggered)
+                                 should_stop=lambda: abort_signal.triggered)
         diff = {k: (result.weights[k].astype(np.float32) - received[k]).astype(np.float32) for k in received}
         metrics = {"round": round_, **result.metrics()}
         self.events.emit("site_round", site=fl_ctx.get_identity_name(), **metrics)
@@ -343,16 +344,17 @@ class FinalizeController(Controller):
             results[client_task.client.name] = from_shareable(result).get_meta_prop(METRICS_KEY) or {}
 
         task = Task(name=FINALIZE_TASK, data=data, timeout=self.timeout, result_received_cb=received)
-        clients = self._engine.get_clients() if hasattr(self, "_engine") else fl_ctx.get_engine().get_clients()
+        clients = fl_ctx.get_engine().get_clients()
         self.broadcast_and_wait(task=task, fl_ctx=fl_ctx, min_responses=len(clients), abort_signal=abort_signal)
         published = (results.get(self.publish_site) or {}).get("published")
         per_site = {s: {k: v for k, v in r.items() if k != "published"} for s, r in results.items()}
         dices = [r["dice"] for r in per_site.values() if r.get("dice") is not None]
         evaluation = {"sites": per_site, "dice": float(np.mean(dices)) if dices else None}
-        errors = {s: r["error"] for s, r in per_site.items() if "error" in r}
-        ok = bool(published) and not errors
-        self.recorder.finished({"ok": ok, "evaluation": evaluation, "published": published,
-                                "error": None if ok else (errors or "the publishing site did not publish")})
+        # A site that could not evaluate is reported in the evaluation; the job's outcome is the publication.
+        error = None if published else (per_site.get(self.publish_site, {}).get("error")
+                                         or f"the publishing site {self.publish_site} did not publish")
+        self.recorder.finished({"ok": bool(published), "evaluation": evaluation, "published": published,
+                                "error": error})
 
     def stop_controller(self, fl_ctx: FLContext) -> None:
         pass

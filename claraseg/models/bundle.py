@@ -23,11 +23,15 @@ from typing import Any
 
 from claraseg.backend import MODEL_KINDS, ModelDescriptor
 from claraseg.errors import ConfigError, ModelError
+from claraseg.models.schema import DEXTR_CHANNELS, check_settings  # noqa: F401 (DEXTR_CHANNELS re-exported)
 
 METADATA = Path("configs") / "metadata.json"
 INFERENCE = Path("configs") / "inference.json"
 TRAIN = Path("configs") / "train.json"
 WEIGHTS = Path("models") / "model.pt"
+#: The training history (``claraseg pretrain``'s record of every stage), beside the metadata: clients
+#: download metadata.json with every model list, the history only when they ask for it.
+HISTORY = Path("configs") / "training_history.json"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -89,7 +93,10 @@ class Bundle:
         else:
             labels = {1: "object"}
         extra = {k: self.metadata[k] for k in ("data_source", "intended_use", "eval_metrics") if k in self.metadata}
-        extra.update({k: s[k] for k in ("training", "metrics", "heldout", "demo_grade") if k in s})
+        extra.update({k: s[k] for k in ("metrics", "heldout", "demo_grade") if k in s})
+        legacy = s.get("training")  # a bundle written before the history moved to its own file
+        if "heldout" not in extra and isinstance(legacy, dict) and legacy.get("heldout"):
+            extra["heldout"] = legacy["heldout"]
         if isinstance(s.get("fine_tune"), dict):
             # Before/after validation Dice of the fine-tune that made this version, for every client (remote too).
             extra["fine_tune"] = {k: s["fine_tune"][k] for k in (
@@ -139,67 +146,6 @@ class Bundle:
         return net.float().to(device).eval()
 
 
-def _number(value: Any, *, integer: bool = False) -> bool:
-    if isinstance(value, bool):
-        return False
-    if integer:
-        return isinstance(value, int)
-    return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
-
-
-def _boundary_spec_ok(spec: Any) -> bool:
-    """A ``boundary_refine`` object (:func:`~claraseg.engine.boundary.refine_boundary`'s keywords)."""
-    if not isinstance(spec, dict) or not set(spec) <= {"band", "tau", "ring", "bins"}:
-        return False
-    if any(not (_number(spec[k]) and spec[k] > 0) for k in ("band", "tau", "ring") if k in spec):
-        return False
-    return "bins" not in spec or (_number(spec["bins"], integer=True) and spec["bins"] >= 2)
-
-
-#: The ``claraseg`` constants the engine reads: key -> (description, test). Absent optional keys are fine.
-_CHECKS: dict[str, tuple[str, Any]] = {
-    "tta_flips": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
-    "click_radius_mm": ("a number >= 0", lambda v: _number(v) and v >= 0),
-    "threshold": ("a number between 0 and 1 (exclusive)", lambda v: _number(v) and 0 < v < 1),
-    "fill": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
-    "correction_fill": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
-    "first_click_spacing_mm": ("a number > 0", lambda v: _number(v) and v > 0),
-    "margin_mm": ("a number >= 0", lambda v: _number(v) and v >= 0),
-    "margin_rel": ("a number >= 0", lambda v: _number(v) and v >= 0),
-    "correction_radius_rel": ("a number >= 0 (0: off)", lambda v: _number(v) and v >= 0),
-    "shape_refit_model": ("a model name (a string)", lambda v: isinstance(v, str)),
-    "shape_refit_min_agreement": ("a number between 0 and 1", lambda v: _number(v) and 0 <= v <= 1),
-    "shape_refit_passes": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
-    "shape_refit_tta_flips": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
-    "shape_refit_threshold": ("a number between 0 and 1 (exclusive)", lambda v: _number(v) and 0 < v < 1),
-    "shape_refit_contradiction": ('"refuse", "honour" or "merge"', lambda v: v in ("refuse", "honour", "merge")),
-    "keep_mask_detail": ("true or false", lambda v: isinstance(v, bool)),
-    "boundary_refine": ('null or an object of "band", "tau", "ring" (numbers > 0) and "bins" (an integer >= 2), '
-                        'each optional', lambda v: v is None or _boundary_spec_ok(v)),
-    "first_click_grow_passes": ("an integer >= 0", lambda v: _number(v, integer=True) and v >= 0),
-    "min_points": ("an integer >= 1", lambda v: _number(v, integer=True) and v >= 1),
-    "spacing_range_mm": ("[low, high] with 0 < low <= high",
-                         lambda v: isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v)
-                         and 0 < v[0] <= v[1]),
-    "roi_size": ("three positive integers [i, j, k]",
-                 lambda v: isinstance(v, list) and len(v) == 3 and all(_number(x, integer=True) and x >= 1 for x in v)),
-}
-#: Guidance constants: key -> (description, test).
-_GUIDANCE_CHECKS: dict[str, tuple[str, Any]] = {
-    "sigma_mm": ("a number > 0", lambda v: _number(v) and v > 0),
-    "sigma_vox": ("a number > 0", lambda v: _number(v) and v > 0),
-    "min_sigma_vox": ("a number >= 0", lambda v: _number(v) and v >= 0),
-}
-#: The input channels a DEXTR3D network may have: the points alone, or also clicks and the current mask.
-DEXTR_CHANNELS = (["image", "extreme_points"], ["image", "extreme_points", "foreground", "background", "mask"])
-#: Keys each interactive kind cannot run without.
-_REQUIRED: dict[str, tuple[str, ...]] = {
-    "deepgrow3d": ("roi_size", "fill", "spacing_range_mm", "first_click_spacing_mm", "threshold", "guidance", "intensity"),
-    "deepgrow2d": ("roi_size", "fill", "spacing_range_mm", "first_click_spacing_mm", "threshold", "guidance", "intensity"),
-    "dextr3d": ("roi_size", "margin_mm", "threshold", "guidance", "intensity"),
-}
-
-
 #: Earlier names of ``claraseg`` settings -> the names that say which stage they set (first click,
 #: correction clicks, shape re-fit). A bundle written with an earlier name is read under the new one.
 RENAMED_SETTINGS = {
@@ -224,30 +170,27 @@ def rename_settings(settings: dict[str, Any], where: Path) -> dict[str, Any]:
     return out
 
 
-def check_settings(settings: dict[str, Any], kind: str, where: Path) -> None:
-    """Refuse a ``claraseg`` section whose constants the engine could not use (a missing key, a string
-    where a number belongs, a threshold of 2 ...), naming the key, when the bundle is read rather than
-    inside a click."""
-    missing = [k for k in _REQUIRED.get(kind, ()) if k not in settings]
-    if missing:
-        raise ConfigError(f"{where}: claraseg section of a {kind} model lacks {', '.join(missing)}")
-    for key, (want, ok) in _CHECKS.items():
-        if key in settings and not ok(settings[key]):
-            raise ConfigError(f"{where}: claraseg.{key} must be {want}, got {settings[key]!r}")
-    channels = settings.get("channels")
-    if kind == "dextr3d" and channels is not None and channels not in DEXTR_CHANNELS:
-        raise ConfigError(f"{where}: claraseg.channels of a dextr3d model must be one of "
-                          f"{' or '.join(map(str, DEXTR_CHANNELS))}, got {channels!r}")
-    guidance = settings.get("guidance")
-    if guidance is not None:
-        if not isinstance(guidance, dict):
-            raise ConfigError(f"{where}: claraseg.guidance must be an object, got {guidance!r}")
-        for key, (want, ok) in _GUIDANCE_CHECKS.items():
-            if key in guidance and not ok(guidance[key]):
-                raise ConfigError(f"{where}: claraseg.guidance.{key} must be {want}, got {guidance[key]!r}")
-        need = "sigma_vox" if kind == "dextr3d" else "sigma_mm" if kind in ("deepgrow3d", "deepgrow2d") else None
-        if need and need not in guidance:
-            raise ConfigError(f"{where}: claraseg.guidance of a {kind} model lacks {need}")
+def read_training_history(path: str | os.PathLike) -> dict[str, Any]:
+    """The training record of a bundle folder (``configs/training_history.json``; a bundle written
+    before the history moved there keeps it under ``claraseg.training`` of its metadata); {} if none."""
+    path = Path(path)
+    if (path / HISTORY).is_file():
+        return _read_json(path / HISTORY).get("training") or {}
+    meta = _read_json(path / METADATA)
+    return (meta.get("claraseg") or {}).get("training") or {}
+
+
+def write_training_history(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Write a bundle's training record to ``configs/training_history.json`` and keep in the metadata
+    only what clients use: the held-out structures (``claraseg.heldout``, for evaluation)."""
+    path = Path(path)
+    write_json_atomic(path / HISTORY, {"training": record})
+    meta = _read_json(path / METADATA)
+    section = meta.setdefault("claraseg", {})
+    section.pop("training", None)
+    if record.get("heldout"):
+        section["heldout"] = record["heldout"]
+    write_json_atomic(path / METADATA, meta)
 
 
 def read_bundle(path: str | os.PathLike, name: str | None = None) -> Bundle:

@@ -231,17 +231,19 @@ def create_bundle(path: str | Path, kind: str, *, network: dict[str, Any] | None
         raise ConfigError(f"unknown model kind {kind!r}")
     net = copy.deepcopy(network or NETWORKS[kind])
     versions = monai_torch_numpy_versions()
+    from claraseg import __version__ as claraseg_version
     meta: dict[str, Any] = {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
         "version": version,
         "changelog": {version: "default weights trained by claraseg pretrain"},
         **versions,
+        "optional_packages_version": {"claraseg": claraseg_version},
         "name": kind,
         "task": DESCRIPTIONS[kind],
         "description": DESCRIPTIONS[kind],
         "authors": "claraseg",
         "copyright": "Apache-2.0",
-        "data_source": "see claraseg.training (filled in by claraseg pretrain)",
+        "data_source": "see configs/training_history.json (written by claraseg pretrain)",
         "data_type": "nifti",
         "intended_use": "Research and annotation assistance; not for diagnostic use",
     }

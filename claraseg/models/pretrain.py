@@ -4,7 +4,7 @@ Data: ../shared/data (CT abdomen, MR abdomen, MR brain structures, MSD hippocamp
 phantoms. Whole structures and cases listed in :data:`HELDOUT` never reach training, so the evaluation
 on them is honest; fresh phantom seeds (:data:`EVAL_PHANTOM_SEEDS`) are never trained on either.
 Everything that made the weights (data, held-out lists, settings, seed, iterations, wall time, final
-loss and validation Dice) is written into the bundle's ``configs/metadata.json`` (``claraseg.training``).
+loss and validation Dice) is written into the bundle's ``configs/training_history.json``.
 
 The training length is a wall-time budget (``--minutes``) or, to reproduce a run exactly on CPU, the
 number of iterations the run recorded (``--iterations``).
@@ -26,7 +26,15 @@ import torch
 from claraseg.errors import TrainingDataError
 from claraseg.evaluate.protocol import dice
 from claraseg.io import read_image, read_labels_json
-from claraseg.models.bundle import METADATA, TRAIN, read_bundle, save_weights, write_json_atomic
+from claraseg.models.bundle import (
+    METADATA,
+    TRAIN,
+    read_bundle,
+    read_training_history,
+    save_weights,
+    write_json_atomic,
+    write_training_history,
+)
 from claraseg.models.defaults import create_bundle
 from claraseg.models.sources import (
     EVAL_PHANTOM_SEEDS,
@@ -127,9 +135,10 @@ def _validate(net, kind: str, samples) -> float:
 
 
 def _update_metadata(bundle_dir: Path, training: dict[str, Any], data_source: str) -> None:
+    """The stage's record into ``configs/training_history.json``; the data source into the metadata."""
+    write_training_history(bundle_dir, training)
     meta_path = bundle_dir / METADATA
     meta = json.loads(meta_path.read_text())
-    meta.setdefault("claraseg", {})["training"] = training
     meta["data_source"] = data_source
     write_json_atomic(meta_path, meta)
 
@@ -203,7 +212,7 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
     if warm_start:
         state = torch.load(bundle.weights_path, map_location="cpu", weights_only=True)
         net.load_state_dict(widen_input_channels({k: v.float() for k, v in state.items()}, net.state_dict()))
-        old = settings.get("training") or {}
+        old = read_training_history(bundle_dir)
         previous = list(old.get("previous_stages", [])) + [{k: old.get(k) for k in (
             "recipe", "seed", "iterations", "minutes", "learning_rate", "validation_dice_roi", "p_model_in_loop",
             "max_loop_clicks", "p_correction", "box_scale_range", "roi_scale_range", "settings_at_training")

@@ -189,7 +189,9 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
         raise RuntimeError(f"the fine-tune job did not complete: {status}")
     backend = LocalBackend(models, device="cpu", idle_timeout=None)
     base = start.name
-    published = status["published"]
+    # Nothing published (no checkpoint kept every structure within training#max_label_drop): the user
+    # keeps the starting model, which is then what "after" measures.
+    published = status["published"] or f"{base}@v1"
     per: dict[str, Any] = {}
     for name, mid, hi in tests:
         sub = read_image(workdir / f"heldout_{name}_image.nii.gz")
@@ -216,7 +218,13 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
                         "modified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(weights.stat().st_mtime))},
             "budget_s": budget_s, "train_wall_s": round(train_wall, 1), "iterations": final["iteration"],
             "its_per_s": final.get("its_per_s"), "peak_memory_mb": final.get("peak_memory_mb"),
-            "validation_dice": {"baseline": final.get("baseline_dice"), "best": final.get("best_dice")},
+            "validation_dice": {"baseline": final.get("baseline_dice"), "best": final.get("best_dice"),
+                                "best_iteration": final.get("best_iteration"),
+                                "per_structure": [{"iteration": e["iteration"], **{k: round(v, 4) for k, v in
+                                                                                 e["per_label"].items()}}
+                                                  for e in events if e["event"] == "validation"],
+                                "refused_as_best": [{"iteration": e["iteration"], "lost": e["lost"]} for e in events
+                                                    if e.get("message", "").startswith("not kept as best")]},
             "published": published, "interactions": interactions,
             "mean_dice_at_last_interaction": {"before": round(before, 4), "after": round(after, 4)},
             "mean_dice_curve": {t: [round(float(np.mean([v[t][i] for v in per.values()])), 4) for i in range(interactions)]

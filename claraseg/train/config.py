@@ -46,6 +46,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "min_val_cases": 1,
     "publish": True,              # publish the best model as a new version on success
     "require_improvement": False, # publish only when the best Dice beats the starting model's
+    "max_label_drop": None,       # a validation counts as best only if no label/structure lost more Dice than this
     "sw_batch_size": 1,           # sliding-window validation
 }
 _SETTING_TYPES: dict[str, tuple[type, ...]] = {
@@ -54,6 +55,7 @@ _SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "val_interval": (int,), "checkpoint_interval": (int,), "log_interval": (int,), "amp": (bool,),
     "deterministic": (bool,), "seed": (int,), "val_fraction": (float, int), "min_val_cases": (int,),
     "publish": (bool,), "require_improvement": (bool,), "sw_batch_size": (int,),
+    "max_label_drop": (float, int, type(None)),
 }
 DATASET_TYPES = ("plain", "cache", "smart", "persistent")
 #: Config ids a job instantiates; ``lr_scheduler`` and ``loss`` are optional (see :func:`validate`).
@@ -209,6 +211,9 @@ def settings_from(parser) -> dict[str, Any]:
         raise ConfigError(f"training#dataset = {settings['dataset']!r}; choose one of {list(DATASET_TYPES)}")
     if not 0 < settings["val_fraction"] < 1:
         raise ConfigError(f"training#val_fraction must lie in (0, 1), got {settings['val_fraction']}")
+    drop = settings["max_label_drop"]
+    if drop is not None and not 0 <= drop <= 1:
+        raise ConfigError(f"training#max_label_drop must be null or lie in [0, 1], got {drop}")
     if not 0 < settings["cache_rate"] <= 1 or not 0 < settings["replace_rate"] <= 1:
         raise ConfigError("training#cache_rate and training#replace_rate must lie in (0, 1]")
     return settings

@@ -340,14 +340,17 @@ class TensorBoardHandler(Handler):
 
 
 class ValidationHandler(Handler):
-    """``validate(model) -> score`` every ``every`` iterations (and/or every ``every_s`` seconds) and once at
-    the end; keeps the best score (``best``: dice, iteration) and calls ``on_best(score)`` when it improves.
-    ``before`` validates before the first step too (the starting model; not counted as best)."""
+    """``validate(loop) -> score`` every ``every`` iterations (and/or every ``every_s`` seconds) and once at
+    the end; keeps the best score (``best``: dice, iteration) and calls ``on_best(loop, score)`` when it
+    improves. ``eligible(loop, score)`` (optional) can refuse a validation as best (early stopping under a
+    constraint, e.g. no structure worse than the starting model's by more than a margin)."""
 
     def __init__(self, validate: Callable[[TrainingLoop], float], every: int | None = None,
                  every_s: float | None = None, on_best: Callable[[TrainingLoop, float], None] | None = None,
-                 best: dict[str, Any] | None = None, final: bool = True, barrier: Callable[[], None] | None = None) -> None:
+                 best: dict[str, Any] | None = None, final: bool = True, barrier: Callable[[], None] | None = None,
+                 eligible: Callable[[TrainingLoop, float], bool] | None = None) -> None:
         self.validate, self.every, self.every_s, self.on_best = validate, every, every_s, on_best
+        self.eligible = eligible
         self.best = best or {"dice": None, "iteration": None}
         self.final, self.barrier = final, barrier
         self.last_t = time.time()
@@ -359,7 +362,8 @@ class ValidationHandler(Handler):
         if score is not None:
             self.history.append({"iteration": loop.state.iteration, "minutes": round(loop.state.elapsed_s / 60, 1),
                                  "val_dice": round(float(score), 4)})
-            if self.best["dice"] is None or score > self.best["dice"]:
+            if (self.best["dice"] is None or score > self.best["dice"]) and (
+                    self.eligible is None or self.eligible(loop, score)):
                 self.best = {"dice": score, "iteration": loop.state.iteration}
                 if self.on_best is not None:
                     self.on_best(loop, score)

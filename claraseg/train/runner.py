@@ -77,8 +77,8 @@ class Dist:
 
 
 def job_device(name: str, dist: Dist) -> torch.device:
-    """The job's device (:func:`claraseg.engine.backend.pick_device`); a DDP rank on CUDA takes its local GPU."""
-    from claraseg.engine.backend import pick_device
+    """The job's device (:func:`claraseg.backend.pick_device`); a DDP rank on CUDA takes its local GPU."""
+    from claraseg.backend import pick_device
 
     name = pick_device(name)
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -139,8 +139,9 @@ class Runner:
         """Run the job; returns the process exit code (0 completed, 1 internal error, 2 bad input, 3 cancelled)."""
         if self.spec.threads:
             torch.set_num_threads(self.spec.threads)
-        device_type = "cuda" if self.spec.device.startswith("cuda") or (
-            self.spec.device == "auto" and torch.cuda.is_available()) else "cpu"
+        from claraseg.backend import pick_device
+
+        device_type = "cuda" if pick_device(self.spec.device).startswith("cuda") else "cpu"
         self.dist = Dist(device_type)
         self.events = EventWriter(self.workdir / "events.jsonl", enabled=self.dist.rank == 0)
         self.error: BaseException | None = None
@@ -224,6 +225,8 @@ class Runner:
         self.iteration = resume.get("iteration", 0)
         best = resume.get("best", {"dice": None, "iteration": None})
         baseline = resume.get("baseline")
+        if resume.get("baseline_per_label"):
+            self.baseline_per_label = resume["baseline_per_label"]
 
         val_items = self._val_items(comps["validate#preprocessing"], data)
         if baseline is None and self.dist.rank == 0:
@@ -261,6 +264,9 @@ class Runner:
     def _validate(self, network, val_items, data: PreparedData, baseline: bool = False) -> float:
         t0 = time.time()
         score, per_label = self.task.validate(network, val_items, data.val, self.device, self.settings["sw_batch_size"])
+        self.last_per_label = per_label
+        if baseline:
+            self.baseline_per_label = per_label
         self.events.emit("validation", iteration=self.iteration, dice=score, per_label=per_label, baseline=baseline,
                          cases=len(val_items), time_s=round(time.time() - t0, 3))
         if getattr(self, "tb", None) is not None:
@@ -296,7 +302,8 @@ class Runner:
                  "lr_scheduler": sched.state_dict() if sched is not None else None,
                  "scaler": loop.scaler.state_dict() if loop.scaler is not None else None,
                  "iteration": s.iteration, "epoch": s.epoch, "cursor": s.cursor, "best": self.validation.best,
-                 "baseline": baseline, "rng": rngs, "settings": self.settings}
+                 "baseline": baseline, "baseline_per_label": getattr(self, "baseline_per_label", None),
+                 "rng": rngs, "settings": self.settings}
         path = self.ckpt_dir / "last.pt"
         atomic_torch_save(state, path)
         self.events.emit("checkpoint", path=str(path), iteration=s.iteration, epoch=s.epoch, cursor=s.cursor)
@@ -325,8 +332,18 @@ class Runner:
         def on_best(loop: TrainingLoop, score: float) -> None:
             self._save_best(network, score)
 
+        def eligible(loop: TrainingLoop, score: float) -> bool:
+            drop, base = s["max_label_drop"], getattr(self, "baseline_per_label", None)
+            if drop is None or not base:
+                return True
+            worse = {k: round(base[k] - v, 4) for k, v in self.last_per_label.items() if k in base and v < base[k] - drop}
+            if worse:
+                ev.emit("info", message="not kept as best: structures lost more than training#max_label_drop",
+                        iteration=loop.state.iteration, dice=score, lost=worse)
+            return not worse
+
         self.validation = ValidationHandler(validate, every=s["val_interval"], on_best=on_best, best=best,
-                                            barrier=dist.barrier)
+                                            barrier=dist.barrier, eligible=eligible)
         handlers: list[Handler] = [EventsHandler(ev, s["log_interval"])]
         if self.tb is not None:
             handlers.append(self.tb)
@@ -360,6 +377,9 @@ class Runner:
         improved = baseline is None or (self.best["dice"] is not None and self.best["dice"] > baseline)
         if not s["publish"]:
             result["publish_skipped"] = "training#publish is false"
+        elif self.best["dice"] is None:
+            result["publish_skipped"] = (f"no validation kept every label within training#max_label_drop "
+                                         f"({s['max_label_drop']}) of the starting model's Dice")
         elif s["require_improvement"] and not improved:
             result["publish_skipped"] = (f"best Dice {self.best['dice']:.4f} does not beat the starting model's "
                                          f"{baseline:.4f} (training#require_improvement)")

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from claraseg.errors import ConfigError
-from claraseg.evaluate.protocol import dice
 
 
 class SegmentationTask:
@@ -43,6 +42,8 @@ class SegmentationTask:
                  device: torch.device, sw_batch_size: int = 1) -> tuple[float, dict[str, float]]:
         """Mean Dice over (case, label held by the case), and the mean per label name."""
         from monai.inferers import sliding_window_inference
+
+        from claraseg.evaluate.protocol import dice
 
         per_label: dict[str, list[float]] = {}
         network.eval()

@@ -24,9 +24,11 @@ def weights(path: Path) -> dict[str, np.ndarray]:
 
 
 def site_round(job: Path, site: str, r: int) -> tuple[dict, dict]:
-    """(global weights the site received, its weights after local training) in round ``r``."""
+    """(global weights the site received, its weights after local training) in round ``r``: the round's job
+    started from a copy of the bundle holding the received weights and validated once, at its end, so its
+    best checkpoint holds its last weights."""
     folder = job / "sites" / site / f"round_{r}"
-    received = folder / "bundle" / "models" / "model.pt"
+    received = folder / "start" / "deepgrow3d" / "models" / "model.pt"
     return weights(received), weights(folder / "checkpoints" / "best.pt")
 
 

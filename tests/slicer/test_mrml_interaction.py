@@ -34,14 +34,16 @@ def ct(slicer_app, data_dir):
 
 
 @pytest.fixture(scope="module")
-def logic(slicer_app, ct):
-    """The Qt-free tools on the session's scene, connected to the in-process engine (default models)."""
+def logic(slicer_app, ct, tmp_path_factory):
+    """The Qt-free tools on the session's scene, connected to the in-process engine with the packaged
+    default models only (an empty user models folder: nothing fine-tuned elsewhere is picked up)."""
     from ClaraAnnotateLib import selftest
     from ClaraAnnotateLib.interaction import InteractionLogic
     from ClaraAnnotateLib.settings import BackendSettings
 
     lg = InteractionLogic(slicer_app.scene)
-    selftest.connect(Check(), lg, BackendSettings(mode="local", device="cpu"))
+    selftest.connect(Check(), lg, BackendSettings(mode="local", device="cpu",
+                                                  models_dir=str(tmp_path_factory.mktemp("user-models"))))
     yield lg
     lg.close()
 

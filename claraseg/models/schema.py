@@ -1,0 +1,163 @@
+"""The schema of a bundle's ``claraseg`` settings (``configs/metadata.json``), one pydantic model per kind.
+
+:func:`check_settings` validates a section when the bundle is read (so a bad constant is reported with the
+key it is under, not inside a click) and leaves the section as it is: the engine and training read the
+plain dict. Keys the schema does not name (``intensity`` details, ``labels``, ``training``...) pass
+through; a key it names must have the type and range given in its ``description``, which is also what the
+error message says.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
+
+from claraseg.errors import ConfigError
+
+#: The input channels a DEXTR3D network may have: the points alone, or also clicks and the current mask.
+DEXTR_CHANNELS = (["image", "extreme_points"], ["image", "extreme_points", "foreground", "background", "mask"])
+
+
+def _num(description: str, **limits) -> Any:
+    """A finite number (an int or a float, never a bool or a string) within ``limits``; optional (an
+    absent key is fine, an explicit null is not)."""
+    return Annotated[float, Strict(), Field(default=None, allow_inf_nan=False, description=description, **limits)]
+
+
+def _int(description: str, **limits) -> Any:
+    return Annotated[int, Strict(), Field(default=None, description=description, **limits)]
+
+
+class BoundaryRefine(BaseModel):
+    """:func:`claraseg.engine.boundary.refine_boundary`'s keywords, each optional."""
+
+    model_config = ConfigDict(extra="forbid")
+    band: _num("a number > 0", gt=0)
+    tau: _num("a number > 0", gt=0)
+    ring: _num("a number > 0", gt=0)
+    bins: _int("an integer >= 2", ge=2)
+
+
+class Guidance(BaseModel):
+    """How clicks are encoded: Gaussian heat maps of ``sigma_mm`` (DeepGrow) or ``sigma_vox`` (DEXTR3D)."""
+
+    model_config = ConfigDict(extra="allow")
+    sigma_mm: _num("a number > 0", gt=0)
+    sigma_vox: _num("a number > 0", gt=0)
+    min_sigma_vox: _num("a number >= 0", ge=0)
+
+
+class Settings(BaseModel):
+    """The constants every kind may set (all optional here; the kinds below require some)."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: Annotated[str, Strict(), Field(default=None, description="a model kind")]
+    tta_flips: _int("an integer >= 1", ge=1)
+    click_radius_mm: _num("a number >= 0", ge=0)
+    threshold: _num("a number between 0 and 1 (exclusive)", gt=0, lt=1)
+    fill: _num("a number in (0, 1]", gt=0, le=1)
+    correction_fill: _num("a number in (0, 1]", gt=0, le=1)
+    first_click_spacing_mm: _num("a number > 0", gt=0)
+    margin_mm: _num("a number >= 0", ge=0)
+    margin_rel: _num("a number >= 0", ge=0)
+    correction_model: Annotated[str, Strict(), Field(default=None, description="a model name (a string)")]
+    correction_radius_rel: _num("a number >= 0 (0: off)", ge=0)
+    shape_refit_model: Annotated[str, Strict(), Field(default=None, description="a model name (a string)")]
+    shape_refit_min_agreement: _num("a number between 0 and 1", ge=0, le=1)
+    shape_refit_passes: _int("an integer >= 1", ge=1)
+    shape_refit_tta_flips: _int("an integer >= 1", ge=1)
+    shape_refit_threshold: _num("a number between 0 and 1 (exclusive)", gt=0, lt=1)
+    shape_refit_contradiction: Annotated[Literal["refuse", "honour", "merge"],
+                                   Field(default=None, description='"refuse", "honour" or "merge"')]
+    keep_mask_detail: Annotated[bool, Strict(), Field(default=None, description="true or false")]
+    boundary_refine: Annotated[Optional[BoundaryRefine], Field(
+        default=None, description='null or an object of "band", "tau", "ring" (numbers > 0) and "bins" '
+                                  '(an integer >= 2), each optional')]
+    first_click_grow_passes: _int("an integer >= 0", ge=0)
+    first_click_grow: Annotated[Literal["wider", "from_result"],
+                                Field(default=None, description='"wider" or "from_result"')]
+    min_points: _int("an integer >= 1", ge=1)
+    spacing_range_mm: Annotated[list[Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]],
+                                Field(default=None, min_length=2, max_length=2,
+                                      description="[low, high] with 0 < low <= high")]
+    roi_size: Annotated[list[Annotated[int, Strict(), Field(ge=1)]],
+                        Field(default=None, min_length=3, max_length=3, description="three positive integers [i, j, k]")]
+    guidance: Annotated[Guidance, Field(default=None, description="an object")]
+    intensity: Annotated[dict[str, Any], Field(default=None, description="an object (per modality)")]
+
+    @field_validator("spacing_range_mm")
+    @classmethod
+    def _ordered(cls, v):
+        if v is not None and v[0] > v[1]:
+            raise ValueError("low > high")
+        return v
+
+
+class DeepGrowSettings(Settings):
+    """DeepGrow 2D/3D: these keys are required."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("roi_size", "fill", "spacing_range_mm", "first_click_spacing_mm",
+                                           "threshold", "guidance", "intensity")
+    GUIDANCE: ClassVar[Optional[str]] = "sigma_mm"
+
+
+class DextrSettings(Settings):
+    """DEXTR3D: these keys are required; ``channels`` is one of :data:`DEXTR_CHANNELS`."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("roi_size", "margin_mm", "threshold", "guidance", "intensity")
+    GUIDANCE: ClassVar[Optional[str]] = "sigma_vox"
+    channels: Annotated[list[str], Field(
+        default=None, description=" or ".join(map(str, DEXTR_CHANNELS)))]
+
+    @field_validator("channels")
+    @classmethod
+    def _known(cls, v):
+        if v is not None and v not in [list(c) for c in DEXTR_CHANNELS]:
+            raise ValueError("unknown channel list")
+        return v
+
+
+class SegmentationSettings(Settings):
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+    GUIDANCE: ClassVar[Optional[str]] = None
+
+
+SCHEMAS: dict[str, type[Settings]] = {"deepgrow3d": DeepGrowSettings, "deepgrow2d": DeepGrowSettings,
+                                      "dextr3d": DextrSettings, "segmentation": SegmentationSettings}
+
+
+def _description(model: type[BaseModel], key: str) -> str:
+    info = model.model_fields.get(key)
+    return (info.description if info is not None else None) or "valid"
+
+
+def check_settings(settings: dict[str, Any], kind: str, where: str | Path) -> None:
+    """Refuse a ``claraseg`` section whose constants the engine could not use (a missing key, a string
+    where a number belongs, a threshold of 2 ...) with a :class:`ConfigError` naming the key."""
+    schema = SCHEMAS.get(kind, Settings)
+    missing = [k for k in getattr(schema, "REQUIRED", ()) if k not in settings]
+    if missing:
+        raise ConfigError(f"{where}: claraseg section of a {kind} model lacks {', '.join(missing)}")
+    try:
+        schema.model_validate(settings)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = [str(p) for p in err["loc"]]
+        key = loc[0]
+        if key == "guidance" and len(loc) > 1:
+            sub = loc[1]
+            raise ConfigError(f"{where}: claraseg.guidance.{sub} must be {_description(Guidance, sub)}, "
+                              f"got {settings['guidance'].get(sub)!r}") from None
+        if key == "channels":
+            raise ConfigError(f"{where}: claraseg.channels of a {kind} model must be one of "
+                              f"{_description(schema, key)}, got {settings.get(key)!r}") from None
+        raise ConfigError(f"{where}: claraseg.{key} must be {_description(schema, key)}, "
+                          f"got {settings.get(key)!r}") from None
+    need = getattr(schema, "GUIDANCE", None)
+    if need and need not in settings["guidance"]:
+        raise ConfigError(f"{where}: claraseg.guidance of a {kind} model lacks {need}")
+
+
+__all__ = ["DEXTR_CHANNELS", "SCHEMAS", "check_settings"]
