@@ -52,6 +52,7 @@ class ServerSettings:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     name: str = "claraseg"
+    web_url: str | None = None  # Clara Annotate Web beside the API (linked from the status page)
 
     def check(self) -> None:
         """Refuse unsafe or inconsistent settings with a message that says what to change."""
