@@ -24,7 +24,7 @@ from claraseg.errors import ClarasegError
 from .context import ServerContext
 from .datastore import Datastore
 from .middleware import AuthMiddleware, BodyLimitMiddleware, RequestContextMiddleware
-from .routes import datastore, infer, info, jobs, session
+from .routes import activelearning, datastore, infer, info, jobs, session
 from .sessions import SessionRegistry, WorkPool
 from .settings import ServerSettings
 
@@ -77,7 +77,8 @@ def create_app(backend: Backend, settings: ServerSettings | None = None, *, jobs
                   description=f"API version {API_VERSION}. Interactive segmentation sessions, one-shot "
                               "inference, datastore, training jobs. Interaction answers are MaskDelta bodies.")
     app.state.ctx = ctx
-    for r in (info.router, session.router, infer.router, datastore.router, jobs.train_router, jobs.automl_router):
+    for r in (info.router, session.router, infer.router, datastore.router, jobs.train_router, jobs.automl_router,
+              activelearning.router):
         app.include_router(r)
     _add_error_handlers(app)
     _add_pages(app, ctx)
@@ -155,6 +156,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             detail = f"method {request.method} is not allowed on {request.url.path}; see /docs"
         return _answer(request, exc.status_code, "http_error", detail, getattr(exc, "headers", None))
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        return _answer(request, 400, "invalid_request", "the request nests its data too deeply")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

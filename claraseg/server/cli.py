@@ -38,7 +38,7 @@ def register(sub) -> None:
     p.add_argument("--max-session-mb", type=int, default=8192,
                    help="memory all open sessions may hold together; beyond it idle sessions are evicted, else 503")
     p.add_argument("--max-upload-mb", type=int, default=2048, help="largest image/label upload")
-    p.add_argument("--max-body-mb", type=int, default=64, help="largest body of other requests")
+    p.add_argument("--max-body-mb", type=int, default=16, help="largest body of other requests (JSON, MaskDelta)")
     p.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin (repeatable)")
     p.add_argument("--ssl-certfile")
     p.add_argument("--ssl-keyfile")
