@@ -202,8 +202,9 @@ _M_ARENA_MAX = -8
 
 def share_malloc_arena() -> bool:
     """Make glibc's worker threads allocate from the main malloc arena (``mallopt(M_ARENA_MAX, 1)``);
-    called by :class:`~claraseg.engine.LocalBackend` and the server's work pool, whose clicks run on
-    worker threads (the server's pool, the Slicer module's background task).
+    called by the server's work pool, whose clicks run on worker threads. It changes the allocator of the
+    whole process, so the in-process engine (:class:`~claraseg.engine.LocalBackend`, e.g. inside Slicer)
+    never calls it; a program that hosts the engine on threads may call it itself, before they allocate.
 
     A thread's own arena hands out the engine's large, short-lived arrays through fresh memory maps,
     page-faulted in on every click: measured in one process, the same DeepGrow 3D click took 626 ms

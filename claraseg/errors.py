@@ -130,6 +130,14 @@ class AuthenticationError(ClarasegError):
     code = "unauthorized"
 
 
+class StorageFullError(ImageWriteError):
+    """A file could not be written completely: the disk (or the quota, or the file size limit) is full.
+    Nothing partial is kept; free space and save again."""
+
+    http_status = 507
+    code = "insufficient_storage"
+
+
 class RequestTooLargeError(ClarasegError):
     """The request body exceeds the server's size limit."""
 

@@ -26,4 +26,7 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.version.cuda el
 fi
 echo "bootstrap: installing claraseg[dev] (editable)"
 .venv/bin/python -m pip install -q -e ".[dev]"
+# MONAI Label's own pip client for the compatibility tests (tests/server/test_monailabel.py), without its
+# dependencies: they would replace torch, monai, numpy and fastapi. Its client needs only requests.
+.venv/bin/python -m pip install -q --no-deps "monailabel==0.8.5"
 echo "$want" > "$stamp"

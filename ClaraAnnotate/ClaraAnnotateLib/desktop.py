@@ -1,6 +1,6 @@
 """What only Slicer's desktop application adds to the annotation tools: a Qt timer that delivers the
-worker's results, the status bar, Qt event pumping while waiting, the install dialog, and the undo of
-Slicer versions before 5.10 (no Qt-free segment editor logic: the module panel's embedded editor)."""
+worker's results, the status bar, Qt event pumping while waiting, the install dialog, and the undo step
+in the module panel's embedded Segment Editor (its Undo button; the only undo before Slicer 5.10)."""
 
 import logging
 
@@ -38,10 +38,16 @@ class DesktopInteractionLogic(InteractionLogic):
         slicer.util.showStatusMessage(message, 5000)
 
     def saveStateForUndo(self, editorNode=None) -> None:
-        if self.editorLogic(editorNode) is not None:
-            super().saveStateForUndo(editorNode)
-        else:  # Slicer < 5.10: the module panel's embedded Segment Editor keeps the history
-            slicer.util.getModuleWidget(self.moduleName).ui.embeddedSegmentEditorWidget.saveStateForUndo()
+        """The Qt-free step (Slicer >= 5.10), and a step in the module panel's embedded Segment Editor
+        when the result is for its editor node, so that its Undo button and Ctrl+Z revert it."""
+        super().saveStateForUndo(editorNode)
+        try:
+            editor = slicer.util.getModuleWidget(self.moduleName).ui.embeddedSegmentEditorWidget
+        except Exception as e:  # no panel (e.g. a script without the module's GUI)
+            log.info("no module panel to record the undo step in: %s", e)
+            return
+        if editorNode is None or editorNode is editor.mrmlSegmentEditorNode():
+            editor.saveStateForUndo()
 
     def installLocalRequirements(self, confirm: bool = True) -> bool:
         """Install PyTorch and MONAI into Slicer's Python (explicit user action only)."""

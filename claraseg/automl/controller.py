@@ -170,7 +170,7 @@ class AutoMLController:
             storage = RDBStorage(url, engine_kwargs=kwargs)
         except ImportError:
             raise ConfigError(f"no database driver for {_safe_url(url)}: PostgreSQL needs psycopg "
-                              "(pip install 'psycopg[binary]', part of claraseg[automl])") from None
+                              "(pip install 'psycopg[binary]', part of claraseg[automl-multi])") from None
         except Exception as e:  # sqlalchemy/driver errors of many types
             raise ConfigError(f"cannot open the study storage {_safe_url(url)}: {e}") from None
         self.study = optuna.create_study(storage=storage, study_name=self.settings.study, direction="maximize",

@@ -327,9 +327,14 @@ class RemoteBackend:
         r = self._call("GET", "/datastore/label", "downloading a label", timeout=self.upload_timeout, params=params)
         image = _image_from_bytes(r.content, label=True)
         try:
-            names = json.loads(r.headers.get("X-Label-Names", "{}"))
+            if "X-Label-Names" in r.headers:
+                names = json.loads(r.headers["X-Label-Names"])
+            else:  # a long list of names travels in the version's record, not in a header
+                params["version"] = int(r.headers.get("X-Label-Version", version or 0)) or version
+                names = self._call("GET", "/datastore/label/info", "reading label names",
+                                   params={k: v for k, v in params.items() if v is not None}).json()["label_names"]
             image.labels = {int(k): LabelInfo(str(v)) for k, v in names.items()}
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, KeyError, TypeError):
             pass
         return image
 
@@ -403,7 +408,7 @@ class RemoteSession:
                     self._pending = (fut, op, payload)
             try:
                 r = self._post(op, payload, on_cancel)
-            except SessionExpiredError:
+            except (SessionExpiredError, SessionNotFoundError):  # expired, or the server restarted
                 self._reopen()
                 r = self._post(op, payload, on_cancel)
             self._log.append((op, payload))

@@ -6,7 +6,7 @@ import os
 import threading
 from collections.abc import Sequence
 
-from claraseg.backend import ModelDescriptor, pick_device, share_malloc_arena
+from claraseg.backend import ModelDescriptor, pick_device
 from claraseg.engine.session import LocalSession
 from claraseg.errors import SessionExpiredError, SessionNotFoundError
 from claraseg.io import Image
@@ -28,7 +28,6 @@ class LocalBackend:
 
     def __init__(self, models: ModelRegistry | str | os.PathLike | Sequence | None = None, *, device: str = "auto",
                  idle_timeout: float | None = 1800.0, memory_factor: float = 2.0):
-        share_malloc_arena()  # clicks often run on worker threads (server pool, Slicer background task)
         self.registry = models if isinstance(models, ModelRegistry) else ModelRegistry(models)
         self.device = pick_device(device)
         self.idle_timeout = idle_timeout

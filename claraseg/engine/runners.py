@@ -147,14 +147,15 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
 
     keep = bool(settings.get("keep_clicked_components", False))
 
-    def run_at(spacing: float, centre_ijk: np.ndarray):
+    def run_at(spacing: float, centre_ijk: np.ndarray, current=None):
         spv = np.array([spacing, spacing, sp[slice_axis]]) if two_d else np.array([spacing] * 3)
         c = centre_ijk.copy()
         if two_d:
             c[slice_axis] = slice_index
         roi = square_roi(c, sp, spv, size, axes)
         img = sample_roi(vol.array, sp, roi, transform=vol.normalise)
-        m = sample_roi(mask, sp, roi, mode="nearest") if has_mask else torch.zeros(img.shape)
+        current = mask if current is None and has_mask else current
+        m = sample_roi(current, sp, roi, mode="nearest") if current is not None else torch.zeros(img.shape)
         fg_roi = roi.index_to_roi(fg, sp) if len(fg) else np.zeros((0, 3))
         x = interactive_input(img, fg_roi, roi.index_to_roi(bg, sp) if len(bg) else [], m,
                               deepgrow_sigma(settings, roi.spacing))
@@ -164,13 +165,30 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
         return roi, prob, m
 
     roi, prob, m = run_at(s, centre)
-    # A first result cut off by the ROI runs once more with a larger field of view.
+    # A first result cut off by the ROI runs again with a larger field of view: the same click at 1.8x
+    # the spacing ("wider"), or ("from_result") with the cut result as the current mask, in an ROI centred
+    # on it and sized from it as for a correction click (at least 1.8x the spacing).
+    grow = settings.get("first_click_grow", "wider")
     for _ in range(int(settings.get("first_click_grow_passes", 1)) if first else 0):
         info = _roi_mask_extent(prob.numpy() > settings["threshold"], roi)
         if info is None or not info[2] or s >= srange[1]:
             break
-        s = min(s * 1.8, srange[1])
-        roi, prob, m = run_at(s, centre)
+        if grow == "from_result":
+            start, crop = _paste_roi(prob, roi, vol, settings["threshold"])
+            if not crop.size:
+                break
+            current = BoxMask(vol.size, start, crop)
+            if current.is_empty:
+                break
+            box = np.concatenate([clicks, np.array([current.start, current.stop - 1], dtype=np.float64)])
+            b_lo, b_hi = box.min(axis=0), box.max(axis=0)
+            ext = float(((b_hi - b_lo + 1) * sp)[plane].max())
+            s = min(max(object_spacing(ext, size[0], correction_fill, srange), s * 1.8), srange[1])
+            centre = (b_lo + b_hi) / 2.0
+            roi, prob, m = run_at(s, centre, current)
+        else:
+            s = min(s * 1.8, srange[1])
+            roi, prob, m = run_at(s, centre)
     detail = bool(settings.get("keep_mask_detail", False)) and has_mask and not two_d
     start, crop = _paste_roi(prob, roi, vol, settings["threshold"], *((mask, m) if detail else ()))
     if local_rel > 0 and not two_d and has_mask and new_clicks is not None and crop.size:

@@ -55,6 +55,12 @@ def heldout_structures(record: dict[str, Any], data_dir: str | Path, *, min_voxe
     """The held-out structures of the sample data (``data_dir``) and the fresh phantoms."""
     data = Path(data_dir)
     out: list[Structure] = []
+    if record.get("split"):
+        # Trained on the train split of the scan-level split: every validation and test scan is held out.
+        from claraseg.evaluate.scans import split_structures
+
+        for split in ("validation", "test"):
+            out += split_structures(split, data, min_voxels=min_voxels)
     for folder in NAMED_FOLDERS:
         wanted = record.get(folder) or []
         if not wanted:

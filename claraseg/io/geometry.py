@@ -93,14 +93,17 @@ def world_to_voxel(image: Image, points_world, world_to_node: np.ndarray | None 
 
 def check_points_inside(size_ijk: Sequence[int], points_ijk, what: str = "point") -> np.ndarray:
     """Validate integer voxel points ``[[i, j, k], ...]`` against a volume size; return them as int64 (N, 3)."""
-    p = np.asarray(points_ijk)
+    try:
+        p = np.asarray(points_ijk)
+    except (ValueError, TypeError, OverflowError):  # ragged lists, mixed types, huge integers
+        raise InvalidPointsError(f"each {what} must be an [i, j, k] voxel index of three numbers") from None
     if p.size == 0:
         return np.zeros((0, 3), dtype=np.int64)
     if p.ndim == 1:
         p = p[None]
     if p.ndim != 2 or p.shape[1] != 3:
         raise InvalidPointsError(f"each {what} must be an [i, j, k] voxel index; got shape {p.shape}")
-    if not np.issubdtype(p.dtype, np.number) or not np.all(np.isfinite(p.astype(np.float64))):
+    if p.dtype == np.bool_ or not np.issubdtype(p.dtype, np.number) or not np.all(np.isfinite(p.astype(np.float64))):
         raise InvalidPointsError(f"{what}s must be finite numbers")
     q = np.rint(p.astype(np.float64)).astype(np.int64)
     size = np.asarray(size_ijk, dtype=np.int64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from claraseg.errors import ImageReadError, ImageWriteError, InvalidImageError
+from claraseg.errors import ImageReadError, ImageWriteError, InvalidImageError, StorageFullError
 from claraseg.io.dicom import list_dicom_series, read_dicom_series, write_dicom_series  # noqa: F401 (re-exported)
 from claraseg.io.geometry import from_sitk, to_sitk
 from claraseg.io.image import Image, LabelInfo, check_finite
@@ -256,14 +257,22 @@ def write_image(image: Image, path: str | os.PathLike, *, compress: bool = True)
         elif ext in (".nrrd", ".mha"):
             img.SetMetaData("claraseg_labels", json.dumps(
                 {str(k): {"name": v.name, "color": list(v.color) if v.color else None} for k, v in image.labels.items()}))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
     os.close(fd)
     try:
         sitk.WriteImage(img, tmp, useCompression=compress)
+        _check_written(Path(tmp), path)
+        _fsync(tmp)
         _chmod_default(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     except RuntimeError as e:
-        raise ImageWriteError(f"{path}: cannot write ({_first_line(e)})") from None
+        raise _write_error(path, e) from None
+    except OSError as e:
+        raise _write_error(path, e) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -294,17 +303,60 @@ def _chmod_default(path: str) -> None:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically (temporary file in the same folder, then rename)."""
+    """Write a text file atomically and durably (temporary file in the same folder, fsync, rename, fsync of
+    the folder); a full disk raises :class:`StorageFullError` and leaves nothing behind."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         _chmod_default(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _write_error(path: Path, e: BaseException) -> ImageWriteError:
+    """The typed error of a failed write: :class:`StorageFullError` when space ran out."""
+    text = str(e).lower()
+    if getattr(e, "errno", None) in _FULL or isinstance(e, StorageFullError) or any(
+            w in text for w in ("no space", "file too large", "quota", "incomplete")):
+        return StorageFullError(f"{path}: the disk is full (or a size limit was reached); nothing was saved. Free "
+                                "some space and save again")
+    return ImageWriteError(f"{path}: cannot write ({_first_line(e) if isinstance(e, RuntimeError) else e})")
+
+
+def _check_written(tmp: Path, final: Path) -> None:
+    """Raise :class:`StorageFullError` when a file just written is not complete (a writer that did not
+    report a failed write, e.g. on a full disk)."""
+    try:
+        if extension(final) in (".nii", ".nii.gz"):
+            _check_nifti_complete(tmp)
+        else:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(tmp))
+            reader.ReadImageInformation()
+    except (ImageReadError, RuntimeError):
+        raise StorageFullError(f"{final}: the file was written incompletely") from None
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush a file or a folder (the rename of a file in it) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _segment_metadata(image: Image) -> dict[str, str]:

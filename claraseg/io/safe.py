@@ -27,7 +27,13 @@ import zlib
 
 import numpy as np
 
-from claraseg.errors import ImageReadError, InvalidImageError, RequestTooLargeError, UnsupportedMediaTypeError
+from claraseg.errors import (
+    ImageReadError,
+    InvalidImageError,
+    RequestTooLargeError,
+    StorageFullError,
+    UnsupportedMediaTypeError,
+)
 from claraseg.io.image import MAX_VOXELS, Image
 
 #: Upload formats and the SimpleITK reader each must be read with.
@@ -308,10 +314,16 @@ def read_upload(data: bytes | bytearray | memoryview, filename: str, max_bytes: 
         _check_nrrd(raw, name, max_bytes)
     else:
         _check_mha(raw, name, max_bytes)
-    fd, tmp = tempfile.mkstemp(prefix="claraseg-upload-", suffix=ext)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
+        fd, tmp = tempfile.mkstemp(prefix="claraseg-upload-", suffix=ext)
+    except OSError as e:
+        raise StorageFullError(f"{name}: no room for the upload's temporary file ({e.strerror})") from None
+    try:
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(raw)
+        except OSError as e:
+            raise StorageFullError(f"{name}: no room for the upload's temporary file ({e.strerror})") from None
         del raw
         try:
             image = read_image(tmp, label=label, imageio=UPLOAD_FORMATS[ext], sidecar=False)

@@ -76,6 +76,8 @@ class Settings(BaseModel):
         default=None, description='null or an object of "band", "tau", "ring" (numbers > 0) and "bins" '
                                   '(an integer >= 2), each optional')]
     first_click_grow_passes: _int("an integer >= 0", ge=0)
+    first_click_grow: Annotated[Literal["wider", "from_result"],
+                                Field(default=None, description='"wider" or "from_result"')]
     min_points: _int("an integer >= 1", ge=1)
     spacing_range_mm: Annotated[list[Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]],
                                 Field(default=None, min_length=2, max_length=2,

@@ -24,7 +24,7 @@ from claraseg.errors import ClarasegError
 from .context import ServerContext
 from .datastore import Datastore
 from .middleware import AuthMiddleware, BodyLimitMiddleware, RequestContextMiddleware
-from .routes import datastore, infer, info, jobs, session
+from .routes import activelearning, datastore, infer, info, jobs, session
 from .sessions import SessionRegistry, WorkPool
 from .settings import ServerSettings
 
@@ -77,7 +77,8 @@ def create_app(backend: Backend, settings: ServerSettings | None = None, *, jobs
                   description=f"API version {API_VERSION}. Interactive segmentation sessions, one-shot "
                               "inference, datastore, training jobs. Interaction answers are MaskDelta bodies.")
     app.state.ctx = ctx
-    for r in (info.router, session.router, infer.router, datastore.router, jobs.train_router, jobs.automl_router):
+    for r in (info.router, session.router, infer.router, datastore.router, jobs.train_router, jobs.automl_router,
+              activelearning.router):
         app.include_router(r)
     _add_error_handlers(app)
     _add_pages(app, ctx)
@@ -156,6 +157,10 @@ def _add_error_handlers(app: FastAPI) -> None:
             detail = f"method {request.method} is not allowed on {request.url.path}; see /docs"
         return _answer(request, exc.status_code, "http_error", detail, getattr(exc, "headers", None))
 
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        return _answer(request, 400, "invalid_request", "the request nests its data too deeply")
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
@@ -203,11 +208,13 @@ def _status_html(ctx: ServerContext, store: dict | None, docs: bool) -> str:
         f"<tr><td>{e(s.id[:8])}…</td><td>{'×'.join(map(str, s.image_size))}</td><td>{s.interactions}</td>"
         f"<td>{now - s.last_used:.0f} s</td></tr>" for s in ctx.sessions.entries()) or "<tr><td colspan=4>none</td></tr>"
     jobs_html = "none attached" if ctx.jobs is None else "attached (GET /train/ lists them)"
+    web_url = ctx.settings.web_url
+    web = f' — <a href="{e(web_url)}">Clara Annotate Web</a> (annotate in the browser)' if web_url else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>claraseg server</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}</style>
 </head><body><h1>claraseg annotation server</h1>
 <p>version {e(claraseg.__version__)}, API {e(API_VERSION)}, up {now - ctx.started:.0f} s,
-queue {ctx.pool.pending} / {ctx.pool.workers + ctx.pool.max_queue}{' — <a href="/docs">API docs</a>' if docs else ''}</p>
+queue {ctx.pool.pending} / {ctx.pool.workers + ctx.pool.max_queue}{' — <a href="/docs">API docs</a>' if docs else ''}{web}</p>
 <h2>Models</h2><table><tr><th>name</th><th>kind</th><th>version</th><th>description</th></tr>{models}</table>
 <h2>Sessions ({len(ctx.sessions)})</h2><table><tr><th>id</th><th>size (i×j×k)</th><th>interactions</th><th>idle</th></tr>{sessions}</table>
 <h2>Jobs</h2><p>{jobs_html}</p>

@@ -38,11 +38,13 @@ def register(sub) -> None:
     p.add_argument("--max-session-mb", type=int, default=8192,
                    help="memory all open sessions may hold together; beyond it idle sessions are evicted, else 503")
     p.add_argument("--max-upload-mb", type=int, default=2048, help="largest image/label upload")
-    p.add_argument("--max-body-mb", type=int, default=64, help="largest body of other requests")
+    p.add_argument("--max-body-mb", type=int, default=16, help="largest body of other requests (JSON, MaskDelta)")
     p.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin (repeatable)")
     p.add_argument("--ssl-certfile")
     p.add_argument("--ssl-keyfile")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
+    p.add_argument("--web-port", type=int, default=0,
+                   help="also start Clara Annotate Web on this port (./clara serve: 8001); 0: do not")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("bench-server", help="measure bytes per click, transport overhead, session open, load")
@@ -101,15 +103,20 @@ def configure_logging(fmt: str) -> None:
 def _serve(args) -> int:
     import uvicorn
 
+    from . import webapp
     from .app import create_app
 
     settings = settings_from_args(args)
     settings.check()
     configure_logging(args.log_format)
     backend = load_backend(args.backend, args.models, args.device)
+    scheme = "https" if settings.ssl_certfile else "http"
+    web_port = args.web_port
+    api_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    web = webapp.start(f"{scheme}://{api_host}:{settings.port}", web_port, settings.token)
+    settings.web_url = web.url if web else None
     try:
         app = create_app(backend, settings)
-        scheme = "https" if settings.ssl_certfile else "http"
         logging.getLogger("claraseg.server").info(
             "listening", extra={"url": f"{scheme}://{settings.host}:{settings.port}", "docs": "/docs",
                                 "auth": bool(settings.token), "datastore": str(settings.datastore)})
@@ -117,6 +124,8 @@ def _serve(args) -> int:
                     ssl_keyfile=settings.ssl_keyfile, log_config=None, access_log=False,
                     timeout_graceful_shutdown=5)
     finally:
+        if web is not None:
+            web.stop()
         backend.close()
     return 0
 

@@ -33,6 +33,10 @@ from claraseg.io import Image, LabelInfo, read_image, read_labels_json, write_im
 #: Image ids, label tags and session ids: letters, digits, ``_ . -``; no leading dot; at most 128 characters.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 DEFAULT_TAG = "final"
+#: A label version's files: ``v0001.nii.gz``, ``v0001.json``, ``v12345.labels.json`` (four digits or more).
+VERSION_FILE = re.compile(r"^v([0-9]{4,9})\.")
+#: Temporary files of writes older than this are left over from a killed process and removed on start.
+STALE_TMP_S = 600.0
 
 
 class InvalidIdError(ClarasegError):
@@ -83,6 +87,21 @@ class Datastore:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._thread_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self.removed_tmp = self.remove_stale_tmp()
+
+    def remove_stale_tmp(self, older_than: float = STALE_TMP_S) -> int:
+        """Delete ``.tmp-*`` files (interrupted atomic writes) older than ``older_than`` seconds."""
+        n = 0
+        now = time.time()
+        for sub in ("images", "labels"):
+            for p in (self.root / sub).rglob(".tmp-*"):
+                try:
+                    if p.is_file() and now - p.stat().st_mtime > older_than:
+                        p.unlink()
+                        n += 1
+                except OSError:
+                    pass
+        return n
 
     # ----- paths and locks ---------------------------------------------------------------------
     def _inside(self, path: Path) -> Path:
@@ -114,10 +133,14 @@ class Datastore:
             if (d / "info.json").is_file():
                 raise DatastoreConflictError(f"image {image_id!r} already exists in the datastore; choose another id")
             d.mkdir(parents=True, exist_ok=True)
-            write_image(image.with_array(image.array, labels={}), d / "image.nii.gz")
-            record = {"id": image_id, "name": name or image_id, "author": author, "time": _now(),
-                      **_geometry(image), "info": dict(info or {})}
-            write_text_atomic(d / "info.json", json.dumps(record, indent=1))
+            try:
+                write_image(image.with_array(image.array, labels={}), d / "image.nii.gz")
+                record = {"id": image_id, "name": name or image_id, "author": author, "time": _now(),
+                          **_geometry(image), "info": dict(info or {})}
+                write_text_atomic(d / "info.json", json.dumps(record, indent=1))
+            except BaseException:
+                shutil.rmtree(d, ignore_errors=True)  # nothing of a failed upload stays
+                raise
         return record
 
     def image_info(self, image_id: str) -> dict[str, Any]:
@@ -140,10 +163,10 @@ class Datastore:
     def _versions(self, tag_dir: Path) -> list[int]:
         """Committed versions (voxels and record present), ascending."""
         out = []
-        for rec in tag_dir.glob("v[0-9][0-9][0-9][0-9].json"):
-            n = int(rec.stem[1:])
-            if (tag_dir / f"v{n:04d}.nii.gz").is_file():
-                out.append(n)
+        for rec in tag_dir.glob("v*.json"):
+            m = VERSION_FILE.match(rec.name)
+            if m and rec.name == f"v{m.group(1)}.json" and (tag_dir / f"v{int(m.group(1)):04d}.nii.gz").is_file():
+                out.append(int(m.group(1)))
         return sorted(out)
 
     def save_label(self, image_id: str, label: Image, *, tag: str = DEFAULT_TAG, author: str = "",
@@ -175,7 +198,7 @@ class Datastore:
         tag_dir = self._tag_dir(image_id, tag)
         with self._lock(image_id):
             tag_dir.mkdir(parents=True, exist_ok=True)
-            taken = [int(p.name[1:5]) for p in tag_dir.glob("v[0-9][0-9][0-9][0-9].*")]
+            taken = [int(m.group(1)) for p in tag_dir.glob("v*") if (m := VERSION_FILE.match(p.name))]
             n = max(taken, default=0) + 1
             path = write_image(out, tag_dir / f"v{n:04d}.nii.gz")
             record = {
@@ -185,7 +208,12 @@ class Datastore:
                 "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                 "info": dict(info or {}),
             }
-            write_text_atomic(tag_dir / f"v{n:04d}.json", json.dumps(record, indent=1))
+            try:
+                write_text_atomic(tag_dir / f"v{n:04d}.json", json.dumps(record, indent=1))
+            except BaseException:  # no voxels without their record (the number stays taken by nothing)
+                for p in tag_dir.glob(f"v{n:04d}.*"):
+                    p.unlink(missing_ok=True)
+                raise
         return record
 
     def label_record(self, image_id: str, tag: str = DEFAULT_TAG, version: int | None = None) -> dict[str, Any]:
@@ -232,7 +260,7 @@ class Datastore:
         for image_id in self.list_images():
             objects[image_id] = {
                 "image": self.image_info(image_id),
-                "labels": {tag: self.label_record(image_id, tag) for tag in self.label_tags(image_id)},
+                "labels": {tag: _monai_label(self.label_record(image_id, tag)) for tag in self.label_tags(image_id)},
             }
         return {"name": self.root.name, "objects": objects}
 
@@ -259,6 +287,15 @@ class Datastore:
                 if (src / "labels.json").is_file() else {}
             self.save_label(image_id, label, tag="original", author="TotalSegmentator", label_names=names)
         return [image_id]
+
+
+def _monai_label(record: dict[str, Any]) -> dict[str, Any]:
+    """A label record as MONAI Label's clients read it too: ``info.params.label_names`` is {name: value}."""
+    info = dict(record.get("info") or {})
+    params = info.get("params") if isinstance(info.get("params"), dict) else {}
+    names = {str(v): int(k) for k, v in (record.get("label_names") or {}).items()}
+    info["params"] = {**params, "label_names": names}
+    return {**record, "info": info}
 
 
 class _BothLocks:

@@ -40,6 +40,13 @@ class TrainJobs:
         self.datastore = datastore
         self.manager = JobManager(root)
         self.automl_root = Path(root).resolve() / "automl"
+        self._procs: dict[str, Any] = {}  # started job and search processes, reaped as they exit
+
+    def reap(self) -> None:
+        """Collect the exit status of finished job processes, so none stays a zombie."""
+        for key, proc in list(self._procs.items()):
+            if proc.poll() is not None:
+                del self._procs[key]
 
     def _bundle(self, model: str) -> Path:
         base = model.split("@")[0]
@@ -49,6 +56,14 @@ class TrainJobs:
             known = sorted(d.name for d in self.models_dir.iterdir() if (d / "configs").is_dir())
             raise UnknownModelError(f"no bundle for model {model!r} in {self.models_dir}; bundles: {known}")
         return p
+
+    def trainable(self, model: str) -> bool:
+        """Whether the models folder holds a bundle for ``model`` (its base name)."""
+        try:
+            self._bundle(model)
+            return True
+        except Exception:
+            return False
 
     def _datalist(self, images: list[str] | None, tag: str) -> list[dict[str, Any]]:
         ids = images or [i for i in self.datastore.list_images() if tag in self.datastore.label_tags(i)]
@@ -64,6 +79,7 @@ class TrainJobs:
         return out
 
     def list(self, kind: str) -> list[dict[str, Any]]:
+        self.reap()
         if kind == "automl":
             dirs = sorted(self.automl_root.iterdir()) if self.automl_root.is_dir() else []
             return [self._automl_status(d.name) for d in dirs if d.is_dir()]
@@ -76,16 +92,19 @@ class TrainJobs:
         if kind == "automl":
             return self._start_automl(model, body)
         if body.get("resume"):
-            job = self.manager.get(check_id(str(body["resume"]), "job id")).resume()
+            job = self._get(check_id(str(body["resume"]), "job id")).resume()
         else:
             tag = check_id(str(body.get("tag") or DEFAULT_TAG), "label tag")
             job = self.manager.create(self._bundle(model), self._datalist(body.get("images"), tag),
                                       body["overrides"], name=body.get("name"),
                                       registry=self.models_dir, device=str(body.get("device") or "auto"))
             job.start()
+        if job._proc is not None:
+            self._procs[job.id] = job._proc
         return {"job_id": job.id, "id": job.id, "model": model, "state": job.status()["state"]}
 
     def status(self, job_id: str) -> dict[str, Any]:
+        self.reap()
         if job_id.startswith(AUTOML_PREFIX):
             return self._automl_status(job_id)
         return self._get(job_id).status()
@@ -140,7 +159,7 @@ class TrainJobs:
             d = self._automl_dir(str(body["resume"]))
             saved = json.loads((d / "settings.json").read_text())
             settings = AutoMLSettings(**saved["settings"])
-            start_search(settings)
+            self._procs[d.name] = start_search(settings)
             return {"job_id": d.name, "id": d.name, "model": saved["model"], "state": "starting"}
         options = dict(body.get("automl") or {})
         bundle = self._bundle(model)
@@ -159,7 +178,7 @@ class TrainJobs:
             shutil.rmtree(d, ignore_errors=True)
             raise
         (d / "settings.json").write_text(json.dumps({"model": model, "settings": vars(settings)}, indent=1))
-        start_search(settings)
+        self._procs[job_id] = start_search(settings)
         return {"job_id": job_id, "id": job_id, "model": model, "state": "starting"}
 
     def _get(self, job_id: str):

@@ -47,11 +47,12 @@ class ServerSettings:
     max_sessions: int = 32
     max_session_bytes: int = 8192 * MB
     max_upload_bytes: int = 2048 * MB
-    max_body_bytes: int = 64 * MB
+    max_body_bytes: int = 16 * MB
     cors_origins: list[str] = field(default_factory=list)
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     name: str = "claraseg"
+    web_url: str | None = None  # Clara Annotate Web beside the API (linked from the status page)
 
     def check(self) -> None:
         """Refuse unsafe or inconsistent settings with a message that says what to change."""

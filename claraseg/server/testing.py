@@ -27,12 +27,14 @@ class ServerProcess:
         log_path: where the server's JSON log lines go.
         env: extra environment variables (e.g. PYTHONPATH for a test backend).
         wrapper: a command the server runs under, e.g. ``["prlimit", "--as=2000000000", "--"]``.
+        port: the port (default: a free one), e.g. to restart a server where its clients expect it.
     """
 
     def __init__(self, args: list[str], datastore: str | Path, log_path: str | Path, *,
                  env: dict[str, str] | None = None, token: str | None = None, startup_timeout: float = 120.0,
-                 scheme: str = "http", verify: bool | str = True, wrapper: list[str] | None = None) -> None:
-        self.port = free_port()
+                 scheme: str = "http", verify: bool | str = True, wrapper: list[str] | None = None,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.verify = verify
         self.token = token

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,13 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 
 from claraseg.client.wire import VOLUME_MEDIA_TYPE, decode_volume
-from claraseg.errors import ImageReadError, InvalidImageError, RequestTooLargeError, UnsupportedMediaTypeError
+from claraseg.errors import (
+    ImageReadError,
+    InvalidImageError,
+    InvalidPointsError,
+    RequestTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from claraseg.io import Image
 from claraseg.io.safe import UPLOAD_FORMATS, gunzip_bounded, read_upload, upload_format
 
@@ -24,7 +31,8 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-CHUNK_LIMIT = 1 << 20
+#: Largest text field of a multipart form (``params``).
+MAX_FIELD_BYTES = 1 << 20
 
 
 async def read_body(request: Request, limit: int, run: Callable[..., Awaitable[Any]] | None = None) -> bytearray:
@@ -66,21 +74,21 @@ def image_from_file_bytes(data: bytes | bytearray, filename: str, limit: int, *,
     return read_upload(data, check_filename(filename), limit, label=label)
 
 
-async def form_file(request: Request, names: tuple[str, ...]) -> tuple[UploadFile, dict]:
+async def form_file(request: Request, names: tuple[str, ...], *, required: bool = True) -> tuple[UploadFile | None, dict]:
     """The first file among form fields ``names`` and the other (text) fields of a multipart body."""
     try:
-        form = await request.form(max_files=4, max_fields=32)
+        form = await request.form(max_files=4, max_fields=32, max_part_size=MAX_FIELD_BYTES)
     except RequestTooLargeError:
         raise
     except Exception as e:  # starlette raises its own parse errors for malformed multipart bodies
-        raise InvalidImageError(f"the multipart form is malformed ({e})") from None
+        raise InvalidImageError(f"the multipart form is malformed ({str(e)[:200]})") from None
     file = None
     for n in names:
         v = form.get(n)
         if isinstance(v, UploadFile):
             file = v
             break
-    if file is None:
+    if file is None and required:
         raise ImageReadError(f"the form has no file field named {' or '.join(repr(n) for n in names)}")
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     return file, fields
@@ -111,6 +119,21 @@ async def image_from_request(request: Request, limit: int, run: Callable[..., Aw
         f"content type {mt or 'none'!r} is not accepted here; send multipart/form-data with a file, "
         f"{VOLUME_MEDIA_TYPE}, or application/octet-stream with ?filename="
     )
+
+
+def parse_params(raw, what: str = "params", error: type = InvalidPointsError) -> dict:
+    """A JSON object from a form field; malformed, deeply nested or non-object input is a 400."""
+    if raw is None or raw == "":
+        return {}
+    if not isinstance(raw, str) or len(raw) > MAX_FIELD_BYTES:
+        raise error(f"'{what}' must be a JSON object of at most {MAX_FIELD_BYTES:,} characters")
+    try:
+        params = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise error(f"'{what}' is not valid JSON ({type(e).__name__})") from None
+    if not isinstance(params, dict):
+        raise error(f"'{what}' must be a JSON object")
+    return params
 
 
 def gzip_bytes(data: bytes) -> bytes:

@@ -217,8 +217,11 @@ class FineTuneJob:
         status["id"] = self.id
         status["workdir"] = str(self.workdir)
         status["running"] = self.running()
-        if not status["running"] and status["state"] not in FINAL_STATES and self.events_path.exists():
-            status["state"] = "interrupted"
+        if not status["running"] and status["state"] not in FINAL_STATES:
+            if self.events_path.exists():
+                status["state"] = "interrupted"
+            elif (self.workdir / "process.json").exists():  # stopped before its first event
+                status["state"] = "cancelled" if (self.workdir / "cancel").exists() else "interrupted"
         if self._proc is not None:
             status["returncode"] = self._proc.poll()
         curves = self.workdir / "curves.png"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -54,6 +55,24 @@ def stage_bundle(bundle: Path, meta: dict[str, Any], state: dict[str, torch.Tens
     return out
 
 
+def published_by(registry_root: Path, name: str, workdir: Path) -> str | None:
+    """The version of ``name`` (``name`` or ``name@vN``) in the registry folder that this job published, if any."""
+    root = Path(registry_root)
+    if not root.is_dir():
+        return None
+    for d in sorted(root.iterdir()):
+        if d.name != name and not re.fullmatch(re.escape(name) + r"@v[0-9]+", d.name):
+            continue
+        try:
+            meta = json.loads((d / "configs" / "metadata.json").read_text())
+        except (OSError, ValueError):
+            continue
+        ft = (meta.get("claraseg") or {}).get("fine_tune") or {}
+        if ft.get("workdir") == str(workdir) and ft.get("job") == workdir.name:
+            return d.name
+    return None
+
+
 def publish_best(bundle: Path, meta: dict[str, Any], state: dict[str, torch.Tensor], spec, workdir: Path,
                  baseline: float | None, best: dict[str, Any]) -> dict[str, Any]:
     """Stage the new version and publish it through :class:`claraseg.models.registry.ModelRegistry`.
@@ -71,8 +90,10 @@ def publish_best(bundle: Path, meta: dict[str, Any], state: dict[str, torch.Tens
               "best_iteration": best["iteration"], "train_cases": [c["source_label"] for c in prepared["train"]],
               "val_cases": [c["source_label"] for c in prepared["val"]], "overrides": spec.overrides,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    staged = stage_bundle(bundle, meta, state, workdir / "publish" / name, record)
     registry = ModelRegistry(registry_root)
-    version = registry.publish(name, staged)
+    version = published_by(registry_root, name, workdir)
+    if version is None:  # else a run of this job killed after its rename already published it: exactly once
+        staged = stage_bundle(bundle, meta, state, workdir / "publish" / name, record)
+        version = registry.publish(name, staged)
     return {"name": version, "path": str(registry.get(version).path), "registry": str(registry_root),
             "baseline_dice": baseline, "best_dice": best["dice"]}

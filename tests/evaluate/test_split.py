@@ -77,3 +77,26 @@ def test_a_label_map_on_other_voxels_is_still_refused():
     cropped = Image(lab[:, :, :6], origin=img.origin, spacing=img.spacing, direction=img.direction)
     with pytest.raises(GeometryMismatchError, match="size"):
         align_label(img, cropped)
+
+
+def test_cli_eval_split_reports_per_source_and_the_baseline(data_dir, tmp_path, capsys):
+    from claraseg.cli import main
+    from claraseg.models.testing import make_tiny_bundle
+
+    models = tmp_path / "models"
+    make_tiny_bundle("deepgrow2d", models / "deepgrow2d")
+    out = tmp_path / "out"
+    code = main(["eval", "--split", "validation", "--model", "deepgrow2d", "--models-dir", str(models),
+                 "--sources", "mr_spine_t1", "--clicks", "2", "--data", str(data_dir), "--out", str(out),
+                 "--tag", "tiny", "--quiet"])
+    assert code == 0
+    report = json.loads((out / "split_validation_deepgrow2d_tiny.json").read_text())
+    assert [s["case"] for s in report["per_structure"]] == ["mr_spine_t1"]
+    assert set(report["summary_by_source"]) == {"ours", "baseline"}
+    assert "mr_spine_t1" in report["summary_by_source"]["baseline"]
+    assert (out / "split_validation_baseline_deepgrow2d_random_walker.json").is_file()
+    summary = json.loads((out / "split_validation_summary.json").read_text())
+    assert list(summary) == ["deepgrow2d_tiny"]
+    assert "mr_spine_t1: 1 structures" in capsys.readouterr().out
+    assert main(["eval", "--split", "test", "--heldout"]) != 0
+    assert "--split and --heldout" in capsys.readouterr().err

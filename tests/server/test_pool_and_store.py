@@ -119,3 +119,34 @@ def test_settings_refuse_unsafe_binds():
         ServerSettings(host="0.0.0.0", token="abc").check()
     ServerSettings(host="0.0.0.0", token="long-enough-token").check()
     ServerSettings(host="::1").check()
+
+
+def test_local_backend_leaves_the_process_allocator_alone(tmp_path):
+    """``mallopt`` changes the allocator of the whole process: the server's pool calls it, the in-process
+    engine (inside Slicer) must not."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("claraseg.engine", reason="the engine (claraseg[engine]) is not installed")
+    code = (
+        "import claraseg.backend as b\n"
+        "calls = []\n"
+        "b.share_malloc_arena = lambda: calls.append(1) or True\n"
+        "from claraseg.models.testing import make_tiny_bundle\n"
+        f"make_tiny_bundle('deepgrow3d', {str(tmp_path / 'deepgrow3d')!r})\n"
+        "from claraseg.engine import LocalBackend\n"
+        f"LocalBackend({str(tmp_path)!r}, device='cpu').close()\n"
+        "assert not calls, 'LocalBackend called share_malloc_arena'\n"
+        "from claraseg.server.sessions import WorkPool\n"
+        "WorkPool(1, 0).shutdown()\n"
+        "assert calls == [1], calls\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_tokens_of_whitespace_are_refused():
+    for bad in ("        ", "tab\ttoken-123", "space token 123", "tökén-123456"):
+        with pytest.raises(ConfigError):
+            ServerSettings(host="127.0.0.1", token=bad).check()
+    ServerSettings(host="127.0.0.1", token="Abc-123_xyz.~").check()

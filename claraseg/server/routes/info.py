@@ -13,11 +13,14 @@ from claraseg.backend import API_VERSION, ModelDescriptor
 
 from ..context import ServerContext, get_ctx, require_token
 from ..schemas import ERROR_RESPONSES
+from .activelearning import STRATEGIES
+from .jobs import trainers
 
 router = APIRouter(prefix="/info", tags=["info"], dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
 
 #: MONAI Label's model "type" for each claraseg kind (its Slicer plugin picks tools by it).
-MONAI_TYPES = {"deepgrow2d": "deepgrow", "deepgrow3d": "deepgrow", "dextr3d": "dextr3d", "segmentation": "segmentation"}
+#: DEXTR3D answers clicks placed on the object's extremes, so it is listed as MONAI Label's click-driven "deepedit".
+MONAI_TYPES = {"deepgrow2d": "deepgrow", "deepgrow3d": "deepgrow", "dextr3d": "deepedit", "segmentation": "segmentation"}
 
 
 def model_info(d: ModelDescriptor) -> dict[str, Any]:
@@ -51,8 +54,8 @@ def info_dict(ctx: ServerContext, datastore_status: dict[str, Any]) -> dict[str,
         "api_version": API_VERSION,
         "labels": labels,
         "models": models,
-        "trainers": {},
-        "strategies": {},
+        "trainers": trainers(ctx),
+        "strategies": {name: {"description": d} for name, d in STRATEGIES.items()} if ctx.datastore else {},
         "scoring": {},
         "train_stats": {},
         "datastore": datastore_status,
@@ -68,5 +71,7 @@ def info_dict(ctx: ServerContext, datastore_status: dict[str, Any]) -> dict[str,
 @router.get("/", summary="Server and API version, models, devices, datastore summary")
 async def app_info(ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
     # A thread of its own (not the inference pool), so /info answers while every worker is busy.
-    status = await asyncio.to_thread(ctx.datastore.status) if ctx.datastore else {}
-    return info_dict(ctx, status)
+    def build() -> dict[str, Any]:
+        return info_dict(ctx, ctx.datastore.status() if ctx.datastore else {})
+
+    return await asyncio.to_thread(build)

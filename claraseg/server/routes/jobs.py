@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
-from claraseg.errors import NotAvailableError
+from claraseg.errors import DatastoreNotFoundError, NotAvailableError
 
 from ..context import ServerContext, get_ctx, require_token
 from ..datastore import check_id
@@ -35,12 +35,57 @@ def _jobs(ctx: ServerContext, kind: str) -> Any:
     return ctx.jobs
 
 
+#: MONAI Label's task status for each claraseg job state.
+MONAI_STATUS = {"queued": "RUNNING", "starting": "RUNNING", "running": "RUNNING", "completed": "DONE",
+                "cancelled": "STOPPED", "stopped": "STOPPED", "failed": "ERROR", "interrupted": "STOPPED"}
+
+
+def monai_status(job: dict | None) -> str:
+    if job is None:
+        return "NONE"
+    if job.get("running"):
+        return "RUNNING"
+    return MONAI_STATUS.get(str(job.get("state")), str(job.get("state", "")).upper() or "NONE")
+
+
+def trainers(ctx: ServerContext) -> dict[str, dict]:
+    """MONAI Label's ``trainers`` of /info: the base models a fine-tune job can start from."""
+    if ctx.jobs is None:
+        return {}
+    names = sorted({n.split("@")[0] for n in ctx.descriptors})
+    available = getattr(ctx.jobs, "trainable", None)
+    if callable(available):
+        names = [n for n in names if available(n)]
+    return {n: {"description": f"fine-tune {n} on the datastore's labels (POST /train/{n})",
+                "config": {"tag": "final", "device": "auto", "overrides": {"training#max_iterations": 100}}}
+            for n in names}
+
+
 def _router(kind: str, prefix: str, target: str) -> APIRouter:
     r = APIRouter(prefix=prefix, tags=[kind], dependencies=[Depends(require_token)], responses=JOB_RESPONSES)
 
-    @r.get("/", summary=f"List {kind} jobs and their states")
-    async def list_jobs(ctx: ServerContext = Depends(get_ctx)) -> dict:
-        return {"jobs": await asyncio.to_thread(_jobs(ctx, kind).list, kind)}
+    @r.get("/", summary=f"List {kind} jobs and their states (MONAI Label's status)")
+    async def list_jobs(check_if_running: bool = Query(False, description="404 unless a job is running (MONAI Label)"),
+                        ctx: ServerContext = Depends(get_ctx)) -> dict:
+        """``status`` is MONAI Label's word for the latest job (RUNNING, DONE, STOPPED, ERROR; NONE without
+        jobs); with ``check_if_running=true`` the answer is 404 when nothing runs, as MONAI Label's clients expect."""
+        jobs = await asyncio.to_thread(_jobs(ctx, kind).list, kind)
+        running = [j for j in jobs if j.get("running") or (kind == "automl" and j.get("state") in ("running", "starting"))]
+        if check_if_running and not running:
+            raise DatastoreNotFoundError(f"no {kind} job is running")
+        latest = (running or jobs or [None])[-1]
+        return {"status": monai_status(latest), "jobs": jobs, "running": [j.get("id") for j in running],
+                **({"id": latest.get("id"), "state": latest.get("state")} if latest else {})}
+
+    if kind == "train":
+        @r.post("/", summary="Start a fine-tune job (MONAI Label's route: body.model, default the first trainer)")
+        async def start_default(req: JobStart, ctx: ServerContext = Depends(get_ctx)) -> dict:
+            body = req.model_dump()
+            name = body.pop("model", None) or next(iter(trainers(ctx)), None)
+            if not isinstance(name, str) or not name:
+                raise DatastoreNotFoundError("no trainable model on this server")
+            check_id(name.split("@")[0], target)
+            return await asyncio.to_thread(_jobs(ctx, kind).start, kind, name, body)
 
     @r.post("/{name}", summary=f"Start a {kind} job on a {target}")
     async def start(name: str, req: JobStart, ctx: ServerContext = Depends(get_ctx)) -> dict:

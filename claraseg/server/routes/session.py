@@ -10,6 +10,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from claraseg.backend import check_object_state
+from claraseg.client.wire import VOLUME_MEDIA_TYPE
 from claraseg.errors import (
     DatastoreNotFoundError,
     InvalidPointsError,
@@ -59,7 +60,19 @@ def open_backend_session(ctx: ServerContext, image: Image, expiry: float | None,
     return entry
 
 
-@router.put("/", response_model=SessionCreated, summary="Upload an image once and open a session")
+SESSION_BODY = {"requestBody": {"required": False, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "files": {"type": "string", "format": "binary", "description": "NIfTI, NRRD or MetaImage (MONAI Label's field)"},
+        "file": {"type": "string", "format": "binary", "description": "the same, under this name"},
+        "params": {"type": "string", "description": "JSON object (accepted, not used)"},
+    }}},
+    VOLUME_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+}}}
+
+
+@router.put("/", response_model=SessionCreated, summary="Upload an image once and open a session",
+            openapi_extra=SESSION_BODY)
 async def create_session(request: Request, expiry: int = Query(0, ge=0, le=7 * 86400,
                                                                 description="idle seconds before expiry (0: server default)"),
                          image: Optional[str] = Query(None, description="open a datastore image instead of uploading"),
