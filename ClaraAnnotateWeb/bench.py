@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -118,7 +119,8 @@ def run(clicks: int, threads: int, workdir: Path) -> dict:
         "click_to_render": c2r, "engine": eng, "server": summary("server_s"),
         "engine_share_of_median": round(eng["median_ms"] / c2r["median_ms"], 3),
         "first_click_with_session_open_ms": round(1000 * first["click_to_render_s"], 1),
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+                    "cores": os.cpu_count(), "load_average_1_5_15_at_end": [round(v, 1) for v in os.getloadavg()]},
         "rows": steady,
     }
 

@@ -76,7 +76,7 @@ def run_job(bundle: Path, datalist, overrides: dict, workdir: Path, timeout: flo
     return job, status
 
 
-def wait_for_event(job, predicate, timeout: float = 60.0) -> dict:
+def wait_for_event(job, predicate, timeout: float = 180.0) -> dict:
     """Poll a job's events until one satisfies ``predicate``."""
     deadline = time.time() + timeout
     while time.time() < deadline:
