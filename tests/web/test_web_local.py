@@ -1,5 +1,6 @@
 """Clara Annotate Web with the in-process engine (``python -m ClaraAnnotateWeb``, no server) on a datastore
-folder: upload an image from the browser, click the spleen, save (the upload goes into the datastore first).
+folder: upload an image from the browser, click the spleen, save (the upload goes into the datastore first),
+paint with Slicer's Paint effect and save again.
 Debian's Chromium driven by Playwright; a screenshot per test under artifacts/web/ (path printed).
 """
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -93,3 +95,36 @@ def test_upload_click_and_save_in_process(page, workdir):
     dice = 2.0 * np.logical_and(label.array == 1, truth.array == 1).sum() / ((label.array == 1).sum() + (truth.array == 1).sum())
     print(f"Dice of one in-process click in the spleen: {dice:.3f}")
     assert dice > 0.5, dice
+
+
+def test_paint_adds_to_the_segment(page, workdir):
+    """Slicer's own Paint effect, driven through the page: a stroke beside the clicked spleen, saved."""
+    from claraseg.io import read_image
+
+    store = workdir / "datastore" / "labels" / "image" / "final"
+    before = int((read_image(store / "v0001.nii.gz", label=True).array == 1).sum())
+    page.click("#clara-tool-foreground")  # stop placing points: the views go to the effect
+    wait_state(page, "s('clara_placing') === ''", 60)
+    page.locator("button", has=page.locator("i.mdi-brush")).first.click()
+    wait_state(page, "String(s('SegmentEditorState__active_effect_name')).endsWith('Paint')", 60)
+    view = axial_view(page)
+    box = view.bounding_box()
+    x0, y = box["x"] + box["width"] / 2 - 60, box["y"] + box["height"] / 2  # towards the body's middle
+    page.mouse.move(x0 + 20, y)  # hover first: the effect takes the view's focus
+    time.sleep(0.5)
+    page.mouse.move(x0, y)
+    time.sleep(0.5)
+    page.mouse.down()
+    time.sleep(0.5)
+    for n in range(1, 21):
+        page.mouse.move(x0 - 4 * n, y)
+        time.sleep(0.1)
+    time.sleep(0.5)
+    page.mouse.up()
+    time.sleep(2.0)
+    page.click("#clara-save")
+    wait_state(page, "(s('clara_saved') || {}).version === 2 || s('clara_status_level') === 'error'", 60)
+    assert state(page, "clara_status_level") != "error", state(page, "clara_status")
+    after = int((read_image(store / "v0002.nii.gz", label=True).array == 1).sum())
+    print(f"paint stroke: {before} -> {after} voxels")
+    assert after > before
