@@ -8,7 +8,6 @@ Engine: in-process (``--local``, the default without ``--server``) or an annotat
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import sys
@@ -37,15 +36,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wait", type=float, default=0.0,
                    help="with --server: seconds to wait for the server to answer (it may be starting)")
     return p.parse_args(argv)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def wait_for_server(url: str, seconds: float) -> None:
@@ -100,7 +90,9 @@ def main(argv=None) -> int:
         print(f"Clara Annotate Web needs the web extra (missing: {', '.join(missing)}): "
               "pip install 'claraseg[web]'", file=sys.stderr)
         return 2
-    if not _is_loopback(args.host) and not args.public:
+    from claraseg.client.remote import is_loopback_host
+
+    if not is_loopback_host(args.host) and not args.public:
         print(f"--host {args.host}: the page has no login of its own; add --public to serve it beyond this "
               "machine (behind a proxy that authenticates)", file=sys.stderr)
         return 2

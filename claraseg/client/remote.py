@@ -104,7 +104,7 @@ class RemoteBackend:
             raise ServerUnavailableError(f"{url!r} is not a server address; use e.g. http://127.0.0.1:8000")
         self.url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
         self.timeout, self.infer_timeout, self.upload_timeout = float(timeout), float(infer_timeout), float(upload_timeout)
-        self.compress = (not _is_local(parts.hostname)) if compress is None else bool(compress)
+        self.compress = (not is_loopback_host(parts.hostname)) if compress is None else bool(compress)
         self._http = requests.Session()
         retry = Retry(total=3, connect=3, read=2, status=2, other=0, backoff_factor=0.2, raise_on_status=False,
                       allowed_methods=frozenset({"GET", "HEAD", "DELETE"}), status_forcelist=(502, 504),
@@ -480,11 +480,12 @@ def _pts(points: Sequence[Point]) -> list[list[int]]:
     return out
 
 
-def _is_local(host: str) -> bool:
+def is_loopback_host(host: str | None) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host or "").is_loopback
     except ValueError:
         return False
 

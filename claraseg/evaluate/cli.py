@@ -154,6 +154,17 @@ def _eval(args) -> int:
     return 0
 
 
+def _models_to_evaluate(backend, model: str | None) -> list[str]:
+    """``model`` if given, else the default interactive models the backend serves."""
+    if model:
+        return [model]
+    names = {d.name for d in backend.models()}
+    models = [m for m in DEFAULT_HELDOUT_MODELS if m in names]
+    if not models:
+        raise ClarasegError(f"none of the default models {DEFAULT_HELDOUT_MODELS} is on the backend")
+    return models
+
+
 def _split(args) -> int:
     from claraseg.evaluate.scans import evaluate_split
 
@@ -162,10 +173,7 @@ def _split(args) -> int:
     _set_threads(args.threads)
     backend, backend_name = _backend(args)
     try:
-        kinds = {d.name: d.kind for d in backend.models()}
-        models = [args.model] if args.model else [m for m in DEFAULT_HELDOUT_MODELS if m in kinds]
-        if not models:
-            raise ClarasegError(f"none of the default models {DEFAULT_HELDOUT_MODELS} is on the backend")
+        models = _models_to_evaluate(backend, args.model)
         sources = [s for s in (args.sources or "").replace(" ", "").split(",") if s] or None
         summaries = evaluate_split(
             backend, models, args.split, args.data, args.out,
@@ -197,10 +205,7 @@ def _heldout(args) -> int:
     _set_threads(args.threads)
     backend, backend_name = _backend(args)
     try:
-        kinds = {d.name: d.kind for d in backend.models()}
-        models = [args.model] if args.model else [m for m in DEFAULT_HELDOUT_MODELS if m in kinds]
-        if not models:
-            raise ClarasegError(f"none of the default models {DEFAULT_HELDOUT_MODELS} is on the backend")
+        models = _models_to_evaluate(backend, args.model)
         summaries = evaluate_heldout(
             backend, models, args.data, args.out, method=None if args.no_baseline else (args.method or "random_walker"),
             interactions=args.clicks, min_voxels=args.min_voxels or MIN_VOXELS, hippocampus_cases=args.hippocampus_cases,

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from claraseg.errors import ModelError
+from claraseg.models.bundle import read_weights
 
 Weights = dict[str, np.ndarray]
 
@@ -48,24 +49,6 @@ class LocalRound:
         return {"iterations": self.iterations, "global_dice": self.global_dice, "local_dice": self.local_dice,
                 "loss": self.loss, "per_label": self.per_label, "train_items": self.train_items,
                 "val_cases": self.val_cases, "time_s": round(self.time_s, 3)}
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """A bundle's weights file as a state dict (unwrapping ``model``/``state_dict``/``network``)."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelError(f"{path}: cannot read the weights ({e})") from None
-    if isinstance(state, dict):
-        for key in ("model", "state_dict", "network"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not state:
-        raise ModelError(f"{path}: not a state dict of weights")
-    return state
 
 
 def to_numpy(state: Mapping[str, Any]) -> Weights:
@@ -128,7 +111,7 @@ def fine_tune_round(bundle: str | os.PathLike, datalist: Any, weights: Mapping[s
     t0 = time.time()
     state = None
     if weights is not None:
-        state = to_state_dict(weights, read_state_dict(bundle / "models" / "model.pt"))
+        state = to_state_dict(weights, read_weights(bundle / "models" / "model.pt"))
     done = threading.Event()
     watcher = None
     if should_stop is not None:
@@ -181,7 +164,7 @@ def evaluate_weights(bundle: str | os.PathLike, weights: Mapping[str, Any], prep
     comps = cfg.validate(parser)
     task = make_task(cmeta.get("kind"), comps, cmeta)
     network = comps["network_def"].to(dev)
-    network.load_state_dict(to_state_dict(weights, read_state_dict(bundle / "models" / "model.pt")))
+    network.load_state_dict(to_state_dict(weights, read_weights(bundle / "models" / "model.pt")))
     if "validation_samples" in parser and hasattr(task, "validation_samples"):
         task.validation_samples = int(cfg.parsed(parser, "validation_samples"))
     if hasattr(task, "attach"):

@@ -107,10 +107,10 @@ class ClarasegExecutor(Executor):
             self.events = FedEventWriter(self.site_dir / "events.jsonl")
 
     def _reference_state(self) -> dict[str, Any]:
-        from claraseg.federated.local import read_state_dict
+        from claraseg.models.bundle import read_weights
 
         if self._reference is None:
-            self._reference = read_state_dict(Path(self.bundle) / "models" / "model.pt")
+            self._reference = read_weights(Path(self.bundle) / "models" / "model.pt")
         return self._reference
 
     def _weights(self, data: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -225,10 +225,11 @@ class BundlePersistor(ModelPersistor):
         self.save_path = save_path
 
     def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
-        from claraseg.federated.local import read_state_dict, to_numpy
+        from claraseg.federated.local import to_numpy
+        from claraseg.models.bundle import read_weights
 
         bundle = _resolve(self.bundle, fl_ctx)
-        return make_model_learnable(to_numpy(read_state_dict(bundle / "models" / "model.pt")), {})
+        return make_model_learnable(to_numpy(read_weights(bundle / "models" / "model.pt")), {})
 
     def save_model(self, learnable: ModelLearnable, fl_ctx: FLContext) -> None:
         weights = learnable.get("weights") or {}

@@ -128,17 +128,10 @@ class Bundle:
 
     def load_network(self, device: str = "cpu"):
         """The network with its weights, in eval mode, float32, on ``device``."""
-        import torch
-
         net = self.build_network()
         if not self.weights_path.is_file():
             raise ModelError(f"{self.weights_path}: no weights; train them (claraseg pretrain) or copy model.pt there")
-        try:
-            state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # corrupt or foreign pickle
-            raise ModelError(f"{self.weights_path}: unreadable weights ({type(e).__name__}: {e})") from None
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]
+        state = read_weights(self.weights_path)
         try:
             net.load_state_dict(state)
         except RuntimeError as e:
@@ -212,6 +205,25 @@ def read_bundle(path: str | os.PathLike, name: str | None = None) -> Bundle:
         raise ConfigError(f"{path / INFERENCE}: network_def.in_channels is {in_channels} but claraseg.channels "
                           f"in {METADATA} lists {len(settings['channels'])}: {settings['channels']}")
     return Bundle(path=path, name=name or path.name, metadata=meta, inference=inference, settings=settings)
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, Any]:
+    """A weights file as a state dict (unwrapping ``model`` / ``state_dict`` / ``network``), read without
+    unpickling code (``weights_only``)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or foreign pickle
+        raise ModelError(f"{path}: unreadable weights ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict):
+        for key in ("model", "state_dict", "network"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not state:
+        raise ModelError(f"{path}: not a state dict of weights")
+    return state
 
 
 def save_weights(net, path: str | os.PathLike, half: bool = True) -> Path:

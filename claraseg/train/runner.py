@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from claraseg.errors import CancelledError, ClarasegError, ConfigError, ModelError
+from claraseg.models.bundle import read_weights
 from claraseg.train import config as cfg
 from claraseg.train.data import PreparedData, prepare_data
 from claraseg.train.datasets import make_dataset
@@ -93,15 +94,7 @@ def load_weights(network: torch.nn.Module, bundle: Path) -> bool:
     path = bundle / "models" / "model.pt"
     if not path.is_file():
         return False
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelError(f"{path}: cannot read the weights ({e})") from None
-    if isinstance(state, dict):
-        for key in ("model", "state_dict", "network"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
+    state = read_weights(path)
     try:
         network.load_state_dict(state)
     except (RuntimeError, TypeError) as e:

@@ -28,10 +28,11 @@ def test_a_site_with_bad_data_fails_with_the_jobs_error(site_datalists, tmp_path
 
 
 def test_global_weights_must_fit_the_network(tmp_path):
-    from claraseg.federated.local import read_state_dict, to_numpy, to_state_dict
+    from claraseg.federated.local import to_numpy, to_state_dict
+    from claraseg.models.bundle import read_weights
 
     bundle = tiny_bundle(tmp_path / "models")
-    reference = read_state_dict(bundle / "models" / "model.pt")
+    reference = read_weights(bundle / "models" / "model.pt")
     weights = to_numpy(reference)
     flat = {k: v.ravel().tolist() for k, v in weights.items()}  # what HE decryption gives back
     restored = to_state_dict(flat, reference)

@@ -18,9 +18,10 @@ HE_TOLERANCE = 1e-6
 
 
 def weights(path: Path) -> dict[str, np.ndarray]:
-    from claraseg.federated.local import read_state_dict, to_numpy
+    from claraseg.federated.local import to_numpy
+    from claraseg.models.bundle import read_weights
 
-    return to_numpy(read_state_dict(path))
+    return to_numpy(read_weights(path))
 
 
 def site_round(job: Path, site: str, r: int) -> tuple[dict, dict]:

@@ -10,7 +10,6 @@ a screenshot under artifacts/web/ (path printed).
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import numpy as np
@@ -24,7 +23,7 @@ from webtest_support import (
     deepest_point_ras,
     extreme_points_ras,
     launch,
-    missing,
+    require_browser,
     sample_label,
     screenshot,
     set_state,
@@ -32,11 +31,7 @@ from webtest_support import (
     wait_state,
 )
 
-_missing = missing()
-if _missing:
-    if os.environ.get("CI"):
-        raise RuntimeError("the browser tests need: " + "; ".join(_missing))
-    pytest.skip("the browser tests need: " + "; ".join(_missing), allow_module_level=True)
+require_browser()
 
 SPLEEN = 1
 IMAGE_ID = "ct_abdomen_3mm"

@@ -7,7 +7,6 @@ Debian's Chromium driven by Playwright; a screenshot per test under artifacts/we
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import numpy as np
@@ -20,18 +19,14 @@ from webtest_support import (
     click_view_center,
     deepest_point_ras,
     launch,
-    missing,
+    require_browser,
     sample_label,
     set_state,
     state,
     wait_state,
 )
 
-_missing = missing()
-if _missing:
-    if os.environ.get("CI"):
-        raise RuntimeError("the browser tests need: " + "; ".join(_missing))
-    pytest.skip("the browser tests need: " + "; ".join(_missing), allow_module_level=True)
+require_browser()
 
 
 @pytest.fixture(scope="module")

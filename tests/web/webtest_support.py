@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from claraseg.server.webapp import stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
 #: Debian's Chromium (installed by .ci/run); CLARASEG_CHROMIUM overrides.
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
@@ -46,6 +48,17 @@ def missing() -> list[str]:
     if not (SAMPLE / "image.nii.gz").is_file():
         out.append(f"the sample CT ({SAMPLE})")
     return out
+
+
+def require_browser() -> None:
+    """Skip the calling test module, naming what is missing; under CI (``CI`` set) fail instead."""
+    import pytest
+
+    lacking = missing()
+    if lacking:
+        if os.environ.get("CI"):
+            raise RuntimeError("the browser tests need: " + "; ".join(lacking))
+        pytest.skip("the browser tests need: " + "; ".join(lacking), allow_module_level=True)
 
 
 def free_port() -> int:
@@ -94,13 +107,7 @@ class AppProcess:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self._log.close()
 
 
