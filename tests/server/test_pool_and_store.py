@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import numpy as np
@@ -110,6 +111,23 @@ def test_datastore_guards(tmp_path, phantom_pair):
     assert store.label_record("p1")["version"] == rec["version"] == 1
     assert store.save_label("p1", label)["version"] == 3
     assert np.array_equal(store.read_image("p1").array, image.array)
+
+
+def test_label_versions_go_past_9999(tmp_path, phantom_pair):
+    store = Datastore(tmp_path / "ds")
+    image, label = phantom_pair
+    store.add_image("p1", image)
+    store.save_label("p1", label)
+    tag_dir = tmp_path / "ds" / "labels" / "p1" / "final"
+    rec = json.loads((tag_dir / "v0001.json").read_text())
+    (tag_dir / "v0001.nii.gz").rename(tag_dir / "v9999.nii.gz")
+    (tag_dir / "v9999.json").write_text(json.dumps({**rec, "version": 9999}))
+    (tag_dir / "v0001.json").unlink()
+    assert store.save_label("p1", label, author="b")["version"] == 10000
+    assert store.label_record("p1")["version"] == 10000
+    assert [r["version"] for r in store.label_versions("p1")] == [9999, 10000]
+    assert store.label_path("p1", version=9999).name == "v9999.nii.gz"
+    assert store.save_label("p1", label)["version"] == 10001
 
 
 def test_settings_refuse_unsafe_binds():

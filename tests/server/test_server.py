@@ -193,6 +193,18 @@ def test_datastore_versions_labels_atomically(served, remote, phantom):
     assert not tmp_files
 
 
+def test_thousands_of_label_names_travel_in_the_record_not_a_header(served, remote, phantom):
+    image, label = phantom
+    remote.upload_image(image, "phantom-names")
+    many = {v: f"structure number {v} with a long name" for v in range(1, 3001)}
+    rec = remote.save_label("phantom-names", label, label_names=many)
+    r = requests.get(served.url + "/datastore/label", params={"label": "phantom-names"}, headers=_h(served), timeout=30)
+    assert r.status_code == 200 and "X-Label-Names" not in r.headers
+    assert sum(len(k) + len(v) for k, v in r.headers.items()) < 8192
+    got = remote.download_label("phantom-names", version=rec["version"])
+    assert {k: v.name for k, v in got.labels.items()} == many
+
+
 def test_sample_ct_preloaded_when_datastore_new(served, remote, data_dir):
     listing = remote.datastore()
     assert "ct_abdomen_3mm" in listing["objects"]
