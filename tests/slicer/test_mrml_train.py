@@ -117,7 +117,9 @@ def test_fine_tune_job_from_the_scene_is_followed_plotted_and_published(phantom_
         annotate.waitIdle(60)  # the refresh the job's end asked for: the fine-tuned version is offered
         offered = {m.name: m for m in annotate.connectionInfo.models}["deepgrow3d"]
         assert offered.extra["bundle"] == str(tmp_path / "models" / "deepgrow3d")
-        assert offered.extra["fine_tune"]["best_iteration"] == 2
+        # the published checkpoint is the best validated one of the two iterations (the guard against a
+        # structure losing Dice may pick the first)
+        assert offered.extra["fine_tune"]["best_iteration"] in (1, 2)
         assert (tmp_path / "models").is_dir() and any((tmp_path / "models").iterdir())
     finally:
         annotate.close()
