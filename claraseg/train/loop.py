@@ -16,6 +16,7 @@ tiny task (results/train/engine_benchmark.json, docs/training.md).
 
 from __future__ import annotations
 
+import abc
 import math
 import os
 import random
@@ -86,15 +87,15 @@ def cosine_schedule(lr0: float, floor: float = 0.05) -> Callable[[float], float]
 
 
 # ----- data ----------------------------------------------------------------------------------------------
-class BatchSource:
+class BatchSource(abc.ABC):
     """The batches of an epoch: :meth:`batches` yields them from batch ``cursor`` on; :meth:`epoch_length`
     is their number (None: an endless stream, one epoch)."""
 
-    def epoch_length(self, epoch: int) -> int | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def epoch_length(self, epoch: int) -> int | None: ...
 
-    def batches(self, epoch: int, cursor: int) -> Iterable[Any]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def batches(self, epoch: int, cursor: int) -> Iterable[Any]: ...
 
 
 class LoaderSource(BatchSource):
