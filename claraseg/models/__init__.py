@@ -4,7 +4,9 @@
 - :mod:`~claraseg.models.registry`: :class:`ModelRegistry` (versions, ``publish``, ``reload``).
 - :mod:`~claraseg.models.defaults`: every constant of the default bundles; ``create_bundle``.
 - :mod:`~claraseg.models.training`: one simulated-click training sample per kind (``make_sample``),
-  ``make_loss``, ``volume_from_images`` - what fine-tune jobs reuse.
+  ``make_loss``, ``volume_from_images`` - what fine-tune jobs reuse; its building blocks are
+  :mod:`~claraseg.models.inputs` (network inputs, shared with the engine), :mod:`~claraseg.models.volumes`,
+  :mod:`~claraseg.models.augment` and :mod:`~claraseg.models.click_sampling`.
 - :mod:`~claraseg.models.pretrain`: ``claraseg pretrain``, the recipe of the default weights.
 - :mod:`~claraseg.models.testing`: ``make_tiny_bundle`` for tests.
 
