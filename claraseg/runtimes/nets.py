@@ -364,10 +364,10 @@ def runtime_net(bundle: Bundle, module, device: str):
     torch's at this call (the engine's)."""
     import torch
 
+    if bundle.kind not in EXPORTABLE_KINDS:
+        return module  # a segmentation bundle's pipeline runs the module itself (with its own autocast)
     if device.startswith("cuda"):
         return AutocastNet(module, str(bundle.settings.get("amp_dtype", "float16")))
-    if bundle.kind not in EXPORTABLE_KINDS:
-        return module
     runtime = bundle_runtime(bundle)
     if runtime == "torch":
         return module
