@@ -292,12 +292,12 @@ def _chmod_default(path: str) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path in ``path``'s folder to write the file to; when the block ends it is flushed to the
     disk and renamed over ``path`` (then the folder is flushed), so readers never see half a file. On an
     error the temporary file is removed and nothing is replaced; a failed write raises :class:`ImageWriteError`
     (:class:`StorageFullError` when the disk is full). ``suffix`` ends the temporary name (writers that
-    choose the format from it)."""
+    choose the format from it; torch.save needs one)."""
     path = Path(path)
     tmp = None
     try:
