@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "claraseg.engine.cli",     # predict
     "claraseg.evaluate.cli",   # eval, bench
     "claraseg.models.cli",     # pretrain (default weights)
+    "claraseg.runtimes.cli",   # export, bench-runtimes
     "claraseg.train.cli",      # train
     "claraseg.automl.cli",     # automl
     "claraseg.federated.cli",  # federate

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from claraseg.engine.masks import BoxMask
+from claraseg.engine.profile import count, enabled, stage
 from claraseg.guidance import (
     Roi,
     box_roi,
@@ -64,14 +65,20 @@ def forward(net, x: torch.Tensor, kind: str, device: str, tta: int = 1) -> torch
     precision on CUDA, float32 on CPU (deterministic run to run). ``tta`` > 1 averages the
     probabilities over that many flips of the input (test-time augmentation; the models are trained
     with random flips), one batch."""
-    inp = network_input(x, kind).to(device)
-    flips = flip_sets(inp.ndim - 2, tta)
-    batch = torch.cat([inp.flip(f) if f else inp for f in flips]) if len(flips) > 1 else inp
-    with torch.no_grad(), torch.autocast("cuda", enabled=device.startswith("cuda")):
+    with stage("tta"):
+        inp = network_input(x, kind).to(device)
+        flips = flip_sets(inp.ndim - 2, tta)
+        batch = torch.cat([inp.flip(f) if f else inp for f in flips]) if len(flips) > 1 else inp
+    count("forwards")
+    count("forward_inputs", len(flips))
+    with stage("forward"), torch.no_grad(), torch.autocast("cuda", enabled=device.startswith("cuda")):
         probs = torch.sigmoid(net(batch).float())
-    if len(flips) > 1:
-        probs = torch.stack([p.flip(f) if f else p for p, f in zip(probs[:, None], flips)]).mean(dim=0)
-    out = probs[0, 0].cpu()
+        if device.startswith("cuda") and enabled():
+            torch.cuda.synchronize()
+    with stage("tta"):
+        if len(flips) > 1:
+            probs = torch.stack([p.flip(f) if f else p for p, f in zip(probs[:, None], flips)]).mean(dim=0)
+        out = probs[0, 0].cpu()
     return out[None] if kind == "deepgrow2d" else out
 
 
@@ -153,15 +160,18 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
         if two_d:
             c[slice_axis] = slice_index
         roi = square_roi(c, sp, spv, size, axes)
-        img = sample_roi(vol.array, sp, roi, transform=vol.normalise)
-        current = mask if current is None and has_mask else current
-        m = sample_roi(current, sp, roi, mode="nearest") if current is not None else torch.zeros(img.shape)
-        fg_roi = roi.index_to_roi(fg, sp) if len(fg) else np.zeros((0, 3))
-        x = interactive_input(img, fg_roi, roi.index_to_roi(bg, sp) if len(bg) else [], m,
-                              deepgrow_sigma(settings, roi.spacing))
+        with stage("sample"):
+            img = sample_roi(vol.array, sp, roi, transform=vol.normalise)
+            current = mask if current is None and has_mask else current
+            m = sample_roi(current, sp, roi, mode="nearest") if current is not None else torch.zeros(img.shape)
+        with stage("encode"):
+            fg_roi = roi.index_to_roi(fg, sp) if len(fg) else np.zeros((0, 3))
+            x = interactive_input(img, fg_roi, roi.index_to_roi(bg, sp) if len(bg) else [], m,
+                                  deepgrow_sigma(settings, roi.spacing))
         prob = forward(net, x, kind, device, int(settings.get("tta_flips", 1)))
         if keep:
-            prob = keep_clicked_components(prob, fg_roi, m.numpy(), settings["threshold"])
+            with stage("keep_components"):
+                prob = keep_clicked_components(prob, fg_roi, m.numpy(), settings["threshold"])
         return roi, prob, m
 
     roi, prob, m = run_at(s, centre)
@@ -170,15 +180,15 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
     # on it and sized from it as for a correction click (at least 1.8x the spacing).
     grow = settings.get("first_click_grow", "wider")
     for _ in range(int(settings.get("first_click_grow_passes", 1)) if first else 0):
-        info = _roi_mask_extent(prob.numpy() > settings["threshold"], roi)
+        with stage("grow_check"):
+            info = _roi_mask_extent(prob.numpy() > settings["threshold"], roi)
         if info is None or not info[2] or s >= srange[1]:
             break
         if grow == "from_result":
-            start, crop = _paste_roi(prob, roi, vol, settings["threshold"])
-            if not crop.size:
-                break
-            current = BoxMask(vol.size, start, crop)
-            if current.is_empty:
+            with stage("paste"):
+                start, crop = _paste_roi(prob, roi, vol, settings["threshold"])
+                current = BoxMask(vol.size, start, crop) if crop.size else None
+            if current is None or current.is_empty:
                 break
             box = np.concatenate([clicks, np.array([current.start, current.stop - 1], dtype=np.float64)])
             b_lo, b_hi = box.min(axis=0), box.max(axis=0)
@@ -190,13 +200,16 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
             s = min(s * 1.8, srange[1])
             roi, prob, m = run_at(s, centre)
     detail = bool(settings.get("keep_mask_detail", False)) and has_mask and not two_d
-    start, crop = _paste_roi(prob, roi, vol, settings["threshold"], *((mask, m) if detail else ()))
+    with stage("paste"):
+        start, crop = _paste_roi(prob, roi, vol, settings["threshold"], *((mask, m) if detail else ()))
     if local_rel > 0 and not two_d and has_mask and new_clicks is not None and crop.size:
-        crop = keep_changes_near(crop, start, mask, np.concatenate([np.reshape(new_clicks[0], (-1, 3)),
-                                                                    np.reshape(new_clicks[1], (-1, 3))]),
-                                 local_rel, sp)
+        with stage("keep_near"):
+            crop = keep_changes_near(crop, start, mask, np.concatenate([np.reshape(new_clicks[0], (-1, 3)),
+                                                                        np.reshape(new_clicks[1], (-1, 3))]),
+                                     local_rel, sp)
     if new_clicks is not None and crop.size:
-        honour_all_clicks(crop, start, fg, bg, new_clicks, float(settings.get("click_radius_mm", 0.0)), sp)
+        with stage("honour"):
+            honour_all_clicks(crop, start, fg, bg, new_clicks, float(settings.get("click_radius_mm", 0.0)), sp)
     return start, crop
 
 
@@ -302,21 +315,26 @@ def run_dextr(net, settings: dict, vol: Volume, points: np.ndarray, device: str,
     :class:`~claraseg.engine.masks.BoxMask`); without them those channels are empty, as for a first
     segmentation from the points. A bundle that does not take clicks ignores them."""
     roi = dextr_roi(settings, points, vol.spacing)
-    img = sample_roi(vol.array, vol.spacing, roi, transform=vol.normalise)
-    sigma = settings["guidance"]["sigma_vox"]
-    pts = roi.index_to_roi(points.astype(np.float64), vol.spacing)
-    if dextr_takes_clicks(settings):
-        def to_roi(p):
-            p = np.asarray(p if p is not None else np.zeros((0, 3)), np.float64).reshape(-1, 3)
-            return roi.index_to_roi(p, vol.spacing) if len(p) else p
+    takes_clicks = dextr_takes_clicks(settings)
+    with stage("sample"):
+        img = sample_roi(vol.array, vol.spacing, roi, transform=vol.normalise)
+        m = sample_roi(mask, vol.spacing, roi, mode="nearest") \
+            if takes_clicks and mask is not None and not mask.is_empty else None
+    with stage("encode"):
+        sigma = settings["guidance"]["sigma_vox"]
+        pts = roi.index_to_roi(points.astype(np.float64), vol.spacing)
+        if takes_clicks:
+            def to_roi(p):
+                p = np.asarray(p if p is not None else np.zeros((0, 3)), np.float64).reshape(-1, 3)
+                return roi.index_to_roi(p, vol.spacing) if len(p) else p
 
-        m = sample_roi(mask, vol.spacing, roi, mode="nearest") if mask is not None and not mask.is_empty else None
-        x = dextr_input(img, pts, sigma, True, to_roi(fg), to_roi(bg), m)
-    else:
-        m, x = None, dextr_input(img, pts, sigma)
+            x = dextr_input(img, pts, sigma, True, to_roi(fg), to_roi(bg), m)
+        else:
+            x = dextr_input(img, pts, sigma)
     prob = forward(net, x, "dextr3d", device, int(settings.get("tta_flips", 1)))
     detail = bool(settings.get("keep_mask_detail", False)) and m is not None
-    return _paste_roi(prob, roi, vol, settings["threshold"], *((mask, m) if detail else ()))
+    with stage("paste"):
+        return _paste_roi(prob, roi, vol, settings["threshold"], *((mask, m) if detail else ()))
 
 
 def box_points(points: np.ndarray, fg: np.ndarray) -> np.ndarray:
@@ -346,10 +364,18 @@ def refit_with_dextr(net, settings: dict, vol: Volume, mask, fg: np.ndarray, bg:
     answer (:func:`keep_clicked_changes`), the rest stays the re-fit's."""
     if mask.is_empty or int(mask.crop.sum()) < REFIT_MIN_VOXELS:
         return None
-    points = box_points(extreme_points(mask.crop.astype(bool)) + mask.start, fg).astype(np.float64)
+    with stage("extreme_points"):
+        points = box_points(extreme_points(mask.crop.astype(bool)) + mask.start, fg).astype(np.float64)
     start, crop = run_dextr(net, settings, vol, points, device, fg, bg, mask)
     if not crop.size or not crop.any():
         return None
+    with stage("gate"):
+        return _gate_refit(start, crop, mask, fg, bg, min_agreement, contradiction)
+
+
+def _gate_refit(start, crop, mask, fg, bg, min_agreement: float, contradiction: str):
+    """The tail of :func:`refit_with_dextr`: the re-fit ``(start, crop)`` checked against the clicks and
+    against ``mask`` (Dice agreement), merged or refused as its arguments say."""
     start = np.asarray(start, np.int64)
     shape = np.asarray(crop.shape[::-1], np.int64)
 

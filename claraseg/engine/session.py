@@ -16,6 +16,7 @@ import torch
 
 from claraseg.backend import check_object_state
 from claraseg.engine.masks import BoxMask
+from claraseg.engine.profile import interaction, stage
 from claraseg.engine.runners import (
     Volume,
     box_points,
@@ -160,52 +161,62 @@ class LocalSession:
             raise InvalidPointsError("no clicks given: pass at least one foreground or background point [i, j, k]")
         with self._lock:
             self._touch()
-            bundle = self._backend.registry.get(model)
-            kind = bundle.kind
             obj = self.objects.get(object_id) or ObjectState(BoxMask(self._size))
-            all_fg = np.array([*obj.fg, *fg.tolist()], dtype=np.int64).reshape(-1, 3)
-            all_bg = np.array([*obj.bg, *bg.tolist()], dtype=np.int64).reshape(-1, 3)
-            corrector = self._corrector(model, bundle, obj)
-            if corrector is not None:
-                # The object is corrected by a DEXTR3D model that reads clicks and the current mask.
-                self._check_size(corrector)
-                new = self._correct(corrector, obj, all_fg, all_bg, (fg, bg),
-                                    float(bundle.settings.get("click_radius_mm", 0.0)))
-                return self._commit(object_id, obj, new, fg, bg)
-            if kind == "dextr3d":
-                # DEXTR3D segments from extreme points; its refinement clicks go to its DeepGrow partner.
-                refine = bundle.settings.get("correction_model")
-                if not refine:
-                    raise ModelError(f"model {model!r} takes extreme points; refine its result with a DeepGrow model")
-                model, bundle = refine, self._backend.registry.get(refine)
-                kind = bundle.kind
-            if kind not in ("deepgrow3d", "deepgrow2d"):
-                raise ModelError(f"model {model!r} is a {kind} model; clicks need a deepgrow2d or deepgrow3d model")
-            index = None
-            if kind == "deepgrow2d":
-                index = self._slice_index(slice_axis, np.concatenate([fg, bg]))
-                self._check_size(model, plane_axis=slice_axis)
-                all_fg = all_fg[all_fg[:, slice_axis] == index]
-                all_bg = all_bg[all_bg[:, slice_axis] == index]
-            else:
-                self._check_size(model)
-            net = self._backend.registry.network(model, self._backend.device)
-            start, crop = run_deepgrow(net, kind, bundle.settings, self._volume(bundle), obj.mask, all_fg, all_bg,
-                                       self._backend.device, slice_axis, index, (fg, bg),
-                                       local_rel=obj.local_rel if kind == "deepgrow3d" else 0.0)
+            with interaction("click", model=model, first=obj.mask.is_empty):
+                return self._click(model, obj, object_id, fg, bg, slice_axis)
+
+    def _click(self, model: str, obj: ObjectState, object_id: str, fg: np.ndarray, bg: np.ndarray,
+               slice_axis: int | None) -> MaskDelta:
+        """The body of :meth:`click`, under the session's lock."""
+        bundle = self._backend.registry.get(model)
+        kind = bundle.kind
+        all_fg = np.array([*obj.fg, *fg.tolist()], dtype=np.int64).reshape(-1, 3)
+        all_bg = np.array([*obj.bg, *bg.tolist()], dtype=np.int64).reshape(-1, 3)
+        corrector = self._corrector(model, bundle, obj)
+        if corrector is not None:
+            # The object is corrected by a DEXTR3D model that reads clicks and the current mask.
+            self._check_size(corrector)
+            new = self._correct(corrector, obj, all_fg, all_bg, (fg, bg),
+                                float(bundle.settings.get("click_radius_mm", 0.0)))
+            return self._commit(object_id, obj, new, fg, bg)
+        if kind == "dextr3d":
+            # DEXTR3D segments from extreme points; its refinement clicks go to its DeepGrow partner.
+            refine = bundle.settings.get("correction_model")
+            if not refine:
+                raise ModelError(f"model {model!r} takes extreme points; refine its result with a DeepGrow model")
+            model, bundle = refine, self._backend.registry.get(refine)
+            kind = bundle.kind
+        if kind not in ("deepgrow3d", "deepgrow2d"):
+            raise ModelError(f"model {model!r} is a {kind} model; clicks need a deepgrow2d or deepgrow3d model")
+        index = None
+        if kind == "deepgrow2d":
+            index = self._slice_index(slice_axis, np.concatenate([fg, bg]))
+            self._check_size(model, plane_axis=slice_axis)
+            all_fg = all_fg[all_fg[:, slice_axis] == index]
+            all_bg = all_bg[all_bg[:, slice_axis] == index]
+        else:
+            self._check_size(model)
+        net = self._backend.registry.network(model, self._backend.device)
+        start, crop = run_deepgrow(net, kind, bundle.settings, self._volume(bundle), obj.mask, all_fg, all_bg,
+                                   self._backend.device, slice_axis, index, (fg, bg),
+                                   local_rel=obj.local_rel if kind == "deepgrow3d" else 0.0)
+        with stage("mask_update"):
             new = obj.mask.copy()
             if crop.size:
                 new.write(start, crop)
-            if kind == "deepgrow3d" and not obj.local_rel:
+        if kind == "deepgrow3d" and not obj.local_rel:
+            with stage("refit"):
                 new = self._refit(bundle.settings, new, all_fg, all_bg, (fg, bg)) or new
-            if kind == "deepgrow3d":
-                new = self._refine_boundary(bundle.settings, new, all_fg, all_bg)
-            return self._commit(object_id, obj, new, fg, bg)
+        if kind == "deepgrow3d":
+            new = self._refine_boundary(bundle.settings, new, all_fg, all_bg)
+        return self._commit(object_id, obj, new, fg, bg)
 
     def _commit(self, object_id: str, obj: ObjectState, new: BoxMask, fg: np.ndarray, bg: np.ndarray) -> MaskDelta:
         """Make ``new`` the object's mask after a click (undo-able) and return the change."""
-        obj.snapshot()
-        delta = obj.mask.delta_to(new)
+        with stage("undo_snapshot"):
+            obj.snapshot()
+        with stage("delta"):
+            delta = obj.mask.delta_to(new)
         obj.mask = new
         obj.fg.extend(fg.tolist())
         obj.bg.extend(bg.tolist())
@@ -238,8 +249,9 @@ class LocalSession:
         start, crop = run_dextr(net, bundle.settings, self._volume(bundle), pts, self._backend.device, fg, bg, obj.mask)
         if not crop.size:
             return obj.mask.copy()
-        crop = crop.copy()
-        honour_all_clicks(crop, start, fg, bg, new_clicks, radius_mm, self.geometry.spacing)
+        with stage("honour"):
+            crop = crop.copy()
+            honour_all_clicks(crop, start, fg, bg, new_clicks, radius_mm, self.geometry.spacing)
         return self._refine_boundary(bundle.settings, BoxMask(self._size, start, crop), fg, bg,
                                      dextr_roi(bundle.settings, pts, self.geometry.spacing).spacing)
 
@@ -290,19 +302,27 @@ class LocalSession:
                 raise InvalidPointsError(f"{len(pts)} extreme points given; {model} needs at least {need} "
                                          "(the outermost voxels along i, j and k)")
             self._check_size(model)
-            net = self._backend.registry.network(model, self._backend.device)
-            start, crop = run_dextr(net, bundle.settings, self._volume(bundle), pts, self._backend.device)
+            with interaction("extreme_points", model=model):
+                return self._extreme_points(model, bundle, pts, object_id)
+
+    def _extreme_points(self, model: str, bundle, pts: np.ndarray, object_id: str) -> MaskDelta:
+        """The body of :meth:`extreme_points`, under the session's lock."""
+        net = self._backend.registry.network(model, self._backend.device)
+        start, crop = run_dextr(net, bundle.settings, self._volume(bundle), pts, self._backend.device)
+        with stage("mask_update"):
             new = BoxMask(self._size, start, crop) if crop.size else BoxMask(self._size)
-            new = self._refine_boundary(bundle.settings, new, np.zeros((0, 3)), np.zeros((0, 3)),
-                                        dextr_roi(bundle.settings, pts, self.geometry.spacing).spacing)
-            obj = self.objects.get(object_id) or ObjectState(BoxMask(self._size))
+        new = self._refine_boundary(bundle.settings, new, np.zeros((0, 3)), np.zeros((0, 3)),
+                                    dextr_roi(bundle.settings, pts, self.geometry.spacing).spacing)
+        obj = self.objects.get(object_id) or ObjectState(BoxMask(self._size))
+        with stage("undo_snapshot"):
             obj.snapshot()
+        with stage("delta"):
             delta = obj.mask.delta_to(new)
-            obj.mask, obj.fg, obj.bg, obj.points = new, [], [], pts.tolist()
-            obj.local_rel = float(bundle.settings.get("correction_radius_rel", 0.0))
-            self.objects[object_id] = obj
-            self._bound_memory()
-            return delta
+        obj.mask, obj.fg, obj.bg, obj.points = new, [], [], pts.tolist()
+        obj.local_rel = float(bundle.settings.get("correction_radius_rel", 0.0))
+        self.objects[object_id] = obj
+        self._bound_memory()
+        return delta
 
     def auto_segment(self, model: str) -> MaskDelta:
         with self._lock:

@@ -9,6 +9,7 @@ import numpy as np
 
 from claraseg.engine.boundary import refine_boundary
 from claraseg.engine.masks import BoxMask
+from claraseg.engine.profile import stage
 from claraseg.engine.runners import Volume, dextr_roi, honour_all_clicks, refit_with_dextr
 from claraseg.guidance.roi import object_spacing
 
@@ -45,9 +46,10 @@ def shape_refit(net, settings: dict, refit_settings: dict, vol: Volume, mask: Bo
     if found is None:
         return None
     start, crop = found
-    crop = crop.copy()
-    honour_all_clicks(crop, start, fg, bg, new_clicks, float(settings.get("click_radius_mm", 0.0)), vol.spacing)
-    return BoxMask(mask.size, start, crop)
+    with stage("honour"):
+        crop = crop.copy()
+        honour_all_clicks(crop, start, fg, bg, new_clicks, float(settings.get("click_radius_mm", 0.0)), vol.spacing)
+        return BoxMask(mask.size, start, crop)
 
 
 def boundary_grid(settings: dict, mask: BoxMask, spacing, refit_settings: dict | None = None) -> list[float]:
@@ -71,5 +73,6 @@ def refine_mask_boundary(settings: dict, voxels: np.ndarray, spacing, mask: BoxM
     spec = settings.get("boundary_refine")
     if spec is None or mask.is_empty:
         return mask
-    return refine_boundary(voxels, spacing, mask, roi_spacing, fg, bg,
-                           **{k: spec[k] for k in ("band", "tau", "ring", "bins") if k in spec})
+    with stage("boundary"):
+        return refine_boundary(voxels, spacing, mask, roi_spacing, fg, bg,
+                               **{k: spec[k] for k in ("band", "tau", "ring", "bins") if k in spec})

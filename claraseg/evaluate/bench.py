@@ -22,10 +22,10 @@ from claraseg.io import Image, make_phantom, resample_to
 
 #: Targets of the issue (2 CPU threads, no GPU).
 TARGETS = {
-    "deepgrow3d": {"p50_ms": 500.0, "p95_ms": 1000.0},
-    "deepgrow2d": {"p50_ms": 100.0},
-    "dextr3d": {"p50_ms": 1000.0, "p95_ms": 1000.0},
-    "session_open_s": 3.0,
+    "deepgrow3d": {"p50_ms": 250.0, "p95_ms": 500.0},
+    "deepgrow2d": {"p50_ms": 15.0},
+    "dextr3d": {"p50_ms": 150.0},
+    "session_open_s": 2.0,
     "session_memory_factor": 2.0,
 }
 #: Organs of the phantom used as objects (large abdominal organs, as in the targets).

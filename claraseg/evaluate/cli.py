@@ -67,7 +67,10 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="small volumes, few clicks (CI)")
     p.add_argument("--models-dir", help="models folder (default: packaged bundles + $CLARASEG_MODELS)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto (default %(default)s)")
-    p.add_argument("--json", help="write the report here")
+    p.add_argument("--json", help="write the report here (--profile: default results/bench_profile_<date>.json)")
+    p.add_argument("--profile", action="store_true",
+                   help="time every stage of each click (ROI sampling, forwards, re-fit passes, boundary "
+                        "refinement, paste-back, delta) instead of the targets' run")
     p.set_defaults(func=_bench)
 
 
@@ -233,6 +236,20 @@ def _bench(args) -> int:
     from claraseg.evaluate.report import write_json
 
     backend = LocalBackend(args.models_dir, device=args.device, idle_timeout=None)
+    if args.profile:
+        from claraseg.evaluate.bench_profile import bench_profile, default_path, format_profile
+
+        try:
+            report = bench_profile(backend, size_ijk=(256, 256, 50) if args.quick else (512, 512, 100),
+                                   clicks=3 if args.quick else 5, jitter_runs=1 if args.quick else 2,
+                                   threads=args.threads)
+        finally:
+            backend.close()
+        report["device"], report["quick"] = args.device, args.quick
+        path = write_json(report, args.json or default_path())
+        print(format_profile(report), file=sys.stdout)
+        print(f"wrote {path}")
+        return 0
     try:
         report = run_bench(backend, quick=args.quick, threads=args.threads)
     finally:

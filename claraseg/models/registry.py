@@ -133,7 +133,9 @@ class ModelRegistry:
         return [self.descriptor(n) for n in self.names()]
 
     def network(self, name: str, device: str | None = None):
-        """The model's network with weights (eval mode), loaded once per version and device."""
+        """The model's network with weights (eval mode), loaded once per version and device: the torch module,
+        or the runtime object its bundle's ``runtime`` setting selects (:func:`claraseg.runtimes.nets.runtime_net`;
+        called the same way, a tensor in and a tensor out)."""
         base, n = self.resolve(name)
         dev = device or self.device
         key = (base, n, dev)
@@ -141,7 +143,9 @@ class ModelRegistry:
             net = self._networks.get(key)
             bundle = self._bundles[(base, n)]
         if net is None:
-            net = bundle.load_network(dev)
+            from claraseg.runtimes.nets import runtime_net
+
+            net = runtime_net(bundle, bundle.load_network(dev), dev)
             with self._lock:
                 net = self._networks.setdefault(key, net)
         return net

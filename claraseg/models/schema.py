@@ -86,6 +86,10 @@ class Settings(BaseModel):
                         Field(default=None, min_length=3, max_length=3, description="three positive integers [i, j, k]")]
     guidance: Annotated[Guidance, Field(default=None, description="an object")]
     intensity: Annotated[dict[str, Any], Field(default=None, description="an object (per modality)")]
+    runtime: Annotated[Literal["torch", "onnxruntime", "openvino", "auto"], Field(
+        default=None, description='"torch", "onnxruntime", "openvino" or "auto"')]
+    amp_dtype: Annotated[Literal["float16", "bfloat16"], Field(
+        default=None, description='"float16" or "bfloat16"')]
 
     @field_validator("spacing_range_mm")
     @classmethod

@@ -140,13 +140,36 @@ def heldout_slices(label, value: int) -> tuple[np.ndarray, int, int, int]:
     return mask, lo, (lo + hi) // 2, hi
 
 
+#: Structures of the sample CT that ``bench-adapt`` never tunes and tests for forgetting (several sizes,
+#: organs, a vessel and a bone).
+UNTUNED = ("liver", "kidney_right", "stomach", "aorta", "vertebrae_L3")
+
+
+def _slab(image, label, value: int, name: str, k0: int, k1: int, path_stem: Path) -> dict[str, str]:
+    """Write the slices ``[k0, k1)`` of the image and of one structure's binary label; the datalist entry."""
+    ni, nj, _ = image.size_ijk
+    sub = crop(image, [0, 0, k0], [ni, nj, k1])
+    lab = crop(label, [0, 0, k0], [ni, nj, k1])
+    mask = (lab.array == value).astype(np.uint8)
+    write_image(sub, path_stem.with_name(path_stem.name + "_image.nii.gz"))
+    write_image(lab.with_array(mask, labels={1: LabelInfo(name)}), path_stem.with_name(path_stem.name + "_label.nii.gz"))
+    return {"image": str(path_stem.with_name(path_stem.name + "_image.nii.gz")),
+            "label": str(path_stem.with_name(path_stem.name + "_label.nii.gz"))}
+
+
 def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[str], threads: int = 2,
-                budget_s: float = 540.0, interactions: int = 5, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                budget_s: float | None = 540.0, interactions: int = 5, overrides: dict[str, Any] | None = None,
+                untuned: list[str] | tuple[str, ...] = UNTUNED, iterations: int | None = None,
+                guard: bool = True) -> dict[str, Any]:
     """Fine-tune an interactive bundle on the lower half (in slices) of each structure of the sample CT and
     evaluate the click protocol before and after on the upper half; each part in an image cropped to it.
 
     The lower half is split again: its first two thirds are trained on, the last third is the job's
-    validation (which picks the checkpoint to publish), so the upper half is never seen before the test."""
+    validation (which picks the checkpoint to publish), so the upper half is never seen before the test.
+    The ``untuned`` structures are never trained on: their lower halves are the job's guard cases (no
+    structure may lose more than ``training#max_label_drop`` there), their upper halves are tested
+    before/after like the tuned ones (``guard=False``: tested only, not given to the job). ``iterations`` fixes the number of optimizer steps (reproducible);
+    ``budget_s`` stops the training earlier after that much time."""
     import shutil
 
     from claraseg.engine.backend import LocalBackend
@@ -165,30 +188,30 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
     label = read_image(data_dir / "ct_abdomen_3mm" / "label.nii.gz", label=True)
     names = {v: i.name for v, i in read_labels_json(data_dir / "ct_abdomen_3mm" / "labels.json").items()}
     by_name = {n: v for v, n in names.items()}
-    ni, nj, nk = image.size_ijk
-    # Per structure: the image below the middle of its slice range is trained on, the image above held out;
-    # both are cropped there, so a label never stops inside the image where the organ goes on.
-    train_entries, val_entries, tests = [], [], []
+    overlap = sorted(set(structures) & set(untuned))
+    if overlap:
+        raise ValueError(f"structures {overlap} are both tuned and untuned")
+    nk = image.size_ijk[2]
+    # Per structure: the image below the middle of its slice range is trained on (or guards), the image
+    # above held out; both are cropped there, so a label never stops inside the image where the organ goes on.
+    train_entries, val_entries, guard_entries, tests = [], [], [], []
     for name in structures:
         _mask, lo, mid, hi = heldout_slices(label, by_name[name])
         q = min(lo + max(1, (2 * (mid - lo)) // 3), mid - 1)
-        for part, (k0, k1) in (("train", (0, q)), ("val", (q, mid)), ("heldout", (mid, nk))):
-            sub = crop(image, [0, 0, k0], [ni, nj, k1])
-            lab = crop(label, [0, 0, k0], [ni, nj, k1])
-            mask = (lab.array == by_name[name]).astype(np.uint8)
-            write_image(sub, workdir / f"{part}_{name}_image.nii.gz")
-            write_image(lab.with_array(mask, labels={1: LabelInfo(name)}), workdir / f"{part}_{name}_label.nii.gz")
-            entry = {"image": str(workdir / f"{part}_{name}_image.nii.gz"),
-                     "label": str(workdir / f"{part}_{name}_label.nii.gz")}
-            if part == "train":
-                train_entries.append(entry)
-            elif part == "val":
-                val_entries.append(entry)
-        tests.append((name, mid, nk))
-    # The job validates on the slabs between the trained and the tested slices.
-    datalist = {"training": train_entries, "validation": val_entries}
-    settings = {"training#max_time_s": budget_s, "training#max_iterations": 10**6, "training#val_interval": 50,
-                "training#checkpoint_interval": 25, **(overrides or {})}
+        train_entries.append(_slab(image, label, by_name[name], name, 0, q, workdir / f"train_{name}"))
+        val_entries.append(_slab(image, label, by_name[name], name, q, mid, workdir / f"val_{name}"))
+        _slab(image, label, by_name[name], name, mid, nk, workdir / f"heldout_{name}")
+        tests.append((name, mid, nk, True))
+    for name in untuned:
+        _mask, lo, mid, hi = heldout_slices(label, by_name[name])
+        guard_entries.append(_slab(image, label, by_name[name], name, 0, mid, workdir / f"guard_{name}"))
+        _slab(image, label, by_name[name], name, mid, nk, workdir / f"heldout_{name}")
+        tests.append((name, mid, nk, False))
+    # The job validates on the slabs between the trained and the tested slices, and guards the lower
+    # halves of the untuned structures.
+    datalist = {"training": train_entries, "validation": val_entries, "guard": guard_entries if guard else []}
+    settings = {"training#max_time_s": budget_s, "training#max_iterations": iterations or 10**6,
+                "training#val_interval": 50, "training#checkpoint_interval": 25, **(overrides or {})}
     t0 = time.time()
     job = FineTuneJob(start, datalist, settings, workdir / f"job_{int(t0)}", threads=threads, device="cpu").start()
     status = job.wait()
@@ -201,27 +224,43 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
     # keeps the starting model, which is then what "after" measures.
     published = status["published"] or f"{base}@v1"
     per: dict[str, Any] = {}
-    for name, mid, hi in tests:
+    for name, mid, hi, tuned in tests:
         sub = read_image(workdir / f"heldout_{name}_image.nii.gz")
         truth = read_image(workdir / f"heldout_{name}_label.nii.gz", label=True).array > 0
         session = backend.open_session(sub)
         try:
             row = {}
             for tag, model in (("before", f"{base}@v1"), ("after", published)):
+                if tag == "after" and model == f"{base}@v1":
+                    row[tag] = row["before"]
+                    continue
                 r = run_structure(session, model, kind, truth, name=name, interactions=interactions)
                 row[tag] = [round(float(d), 4) for d in r.dice]
-            per[name] = {"heldout_slices_k": [mid, hi], "voxels": int(truth.sum()), **row}
+            per[name] = {"tuned": tuned, "heldout_slices_k": [mid, hi], "voxels": int(truth.sum()), **row,
+                         "change_at_last": round(row["after"][-1] - row["before"][-1], 4)}
         finally:
             session.close()
     backend.close()
-    before = float(np.mean([v["before"][-1] for v in per.values()]))
-    after = float(np.mean([v["after"][-1] for v in per.values()]))
     events = job.events()
     final = [e for e in events if e["event"] == "state" and e["state"] == "completed"][-1]
     import hashlib
 
+    def means(rows: dict[str, Any]) -> dict[str, Any]:
+        if not rows:
+            return {}
+        return {"mean_dice_curve": {t: [round(float(np.mean([v[t][i] for v in rows.values()])), 4)
+                                        for i in range(interactions)] for t in ("before", "after")},
+                "mean_dice_at_last_interaction": {t: round(float(np.mean([v[t][-1] for v in rows.values()])), 4)
+                                                  for t in ("before", "after")},
+                "worst_change_at_last": min(v["change_at_last"] for v in rows.values())}
+
+    tuned_rows = {k: v for k, v in per.items() if v["tuned"]}
+    untuned_rows = {k: v for k, v in per.items() if not v["tuned"]}
     weights = start / "models" / "model.pt"
+    settings_event = next((e for e in events if e.get("message") == "configuration validated"), {})
     return {"machine": machine(), "threads": threads, "bundle": str(bundle), "kind": kind, "structures": structures,
+            "untuned": list(untuned), "guard": guard, "overrides": overrides or {}, "job_settings": settings_event.get("settings"),
+            "tuned_parameters": settings_event.get("tuned_parameters"),
             "weights": {"sha256": hashlib.sha256(weights.read_bytes()).hexdigest()[:16],
                         "modified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(weights.stat().st_mtime))},
             "budget_s": budget_s, "train_wall_s": round(train_wall, 1), "iterations": final["iteration"],
@@ -229,14 +268,15 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
             "validation_dice": {"baseline": final.get("baseline_dice"), "best": final.get("best_dice"),
                                 "best_iteration": final.get("best_iteration"),
                                 "per_structure": [{"iteration": e["iteration"], **{k: round(v, 4) for k, v in
-                                                                                 e["per_label"].items()}}
+                                                                                 e["per_label"].items()},
+                                                   **{f"guard:{k}": round(v, 4) for k, v in
+                                                      (e.get("guard") or {}).items()}}
                                                   for e in events if e["event"] == "validation"],
                                 "refused_as_best": [{"iteration": e["iteration"], "lost": e["lost"]} for e in events
                                                     if e.get("message", "").startswith("not kept as best")]},
-            "published": published, "interactions": interactions,
-            "mean_dice_at_last_interaction": {"before": round(before, 4), "after": round(after, 4)},
-            "mean_dice_curve": {t: [round(float(np.mean([v[t][i] for v in per.values()])), 4) for i in range(interactions)]
-                                for t in ("before", "after")},
+            "published": status["published"], "publish_skipped": final.get("publish_skipped"),
+            "interactions": interactions, **means(tuned_rows), "untuned_summary": means(untuned_rows),
+            "worst_change_at_last_any_structure": min(v["change_at_last"] for v in per.values()),
             "per_structure": per, "job": str(job.workdir)}
 
 

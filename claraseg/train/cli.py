@@ -70,7 +70,11 @@ def register(sub) -> None:
     ba.add_argument("--structures", default="spleen,kidney_left,gallbladder,urinary_bladder,iliopsoas_left")
     ba.add_argument("--workdir", default="bench-train/adapt")
     ba.add_argument("--threads", type=int, default=2)
-    ba.add_argument("--budget", type=float, default=540.0, help="training time budget (s)")
+    ba.add_argument("--untuned", default="liver,kidney_right,stomach,aorta,vertebrae_L3",
+                    help="structures never tuned: guard cases (lower halves) and tested for forgetting (upper halves)")
+    ba.add_argument("--no-guard", action="store_true", help="test the untuned structures without giving them to the job")
+    ba.add_argument("--budget", type=float, default=540.0, help="training time budget (s); 0: none")
+    ba.add_argument("--iterations", type=int, help="optimizer steps (reproducible; the budget may stop earlier)")
     ba.add_argument("--interactions", type=int, default=5)
     ba.add_argument("-o", "--override", action="append", default=[], metavar="ID=VALUE")
     ba.add_argument("--out", help="write the JSON result here")
@@ -119,8 +123,10 @@ def _bench_adapt(args) -> int:
     from claraseg.train.bench import bench_adapt
 
     result = bench_adapt(Path(args.data), Path(args.workdir), Path(args.bundle), args.structures.split(","),
-                         threads=args.threads, budget_s=args.budget, interactions=args.interactions,
-                         overrides=dict(parse_override(o) for o in args.override))
+                         threads=args.threads, budget_s=args.budget or None, interactions=args.interactions,
+                         overrides=dict(parse_override(o) for o in args.override),
+                         untuned=[u for u in args.untuned.split(",") if u], iterations=args.iterations,
+                         guard=not args.no_guard)
     _write_result(result, args.out)
     if args.out:
         from claraseg.train.plot import plot_adaptation

@@ -16,7 +16,9 @@ Everything is resolved by MONAI's :class:`~monai.bundle.ConfigParser` (``_target
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,6 +49,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "publish": True,              # publish the best model as a new version on success
     "require_improvement": False, # publish only when the best Dice beats the starting model's
     "max_label_drop": None,       # a validation counts as best only if no label/structure lost more Dice than this
+    "l2sp": 0.0,                  # L2-SP: loss + l2sp/2 * sum of squared differences to the starting weights
+    "trainable": None,            # null: every parameter; else regexes of the parameter names that are tuned
+    "freeze_norm": False,         # normalisation layers keep their running statistics (eval mode) while training
     "sw_batch_size": 1,           # sliding-window validation
 }
 _SETTING_TYPES: dict[str, tuple[type, ...]] = {
@@ -55,7 +60,8 @@ _SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "val_interval": (int,), "checkpoint_interval": (int,), "log_interval": (int,), "amp": (bool,),
     "deterministic": (bool,), "seed": (int,), "val_fraction": (float, int), "min_val_cases": (int,),
     "publish": (bool,), "require_improvement": (bool,), "sw_batch_size": (int,),
-    "max_label_drop": (float, int, type(None)),
+    "max_label_drop": (float, int, type(None)), "l2sp": (float, int), "trainable": (list, type(None)),
+    "freeze_norm": (bool,),
 }
 DATASET_TYPES = ("plain", "cache", "smart", "persistent")
 #: Config ids a job instantiates; ``lr_scheduler`` and ``loss`` are optional (see :func:`validate`).
@@ -214,6 +220,18 @@ def settings_from(parser) -> dict[str, Any]:
     drop = settings["max_label_drop"]
     if drop is not None and not 0 <= drop <= 1:
         raise ConfigError(f"training#max_label_drop must be null or lie in [0, 1], got {drop}")
+    if not (math.isfinite(settings["l2sp"]) and settings["l2sp"] >= 0):
+        raise ConfigError(f"training#l2sp must be a finite number >= 0, got {settings['l2sp']}")
+    if settings["trainable"] is not None:
+        patterns = settings["trainable"]
+        if not patterns or not all(isinstance(p, str) for p in patterns):
+            raise ConfigError(f"training#trainable must be null or a non-empty list of regular expressions "
+                              f"(parameter names), got {patterns!r}")
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(f"training#trainable: {pattern!r} is not a regular expression ({e})") from None
     if not 0 < settings["cache_rate"] <= 1 or not 0 < settings["replace_rate"] <= 1:
         raise ConfigError("training#cache_rate and training#replace_rate must lie in (0, 1]")
     return settings

@@ -19,6 +19,9 @@ import numpy as np
 from claraseg.errors import ClarasegError, GeometryMismatchError, TrainingDataError
 from claraseg.io import Image, LabelInfo, read_image, read_labels_json, resample_to, write_image
 
+#: Voxels a structure needs to serve as a guard case (smaller ones give too noisy a Dice).
+GUARD_MIN_VOXELS = 60
+
 
 @dataclass
 class Case:
@@ -35,21 +38,28 @@ class Case:
 
 @dataclass
 class PreparedData:
-    """The training and held-out cases of a job, written to ``<workdir>/data/prepared.json``."""
+    """The training, held-out and guard cases of a job, written to ``<workdir>/data/prepared.json``.
+
+    Guard cases are structures never trained on (the datalist's ``guard`` scans, and with a structure
+    selection the label maps' other structures): validated like the held-out ones, they only decide
+    whether a checkpoint may be published (``training#max_label_drop``)."""
 
     train: list[Case]
     val: list[Case]
     notes: list[str] = field(default_factory=list)
+    guard: list[Case] = field(default_factory=list)
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps({"train": [c.to_dict() for c in self.train],
-                                          "val": [c.to_dict() for c in self.val], "notes": self.notes}, indent=1))
+                                          "val": [c.to_dict() for c in self.val], "notes": self.notes,
+                                          "guard": [c.to_dict() for c in self.guard]}, indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PreparedData:
         d = json.loads(Path(path).read_text())
         fix = lambda c: Case(**{**c, "structures": {int(k): v for k, v in c["structures"].items()}})  # noqa: E731
-        return cls([fix(c) for c in d["train"]], [fix(c) for c in d["val"]], d.get("notes", []))
+        return cls([fix(c) for c in d["train"]], [fix(c) for c in d["val"]], d.get("notes", []),
+                   [fix(c) for c in d.get("guard", [])])
 
 
 def normalize_name(name: str) -> str:
@@ -57,42 +67,51 @@ def normalize_name(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", str(name)).lower()
 
 
-def read_datalist(datalist: str | os.PathLike | list | dict) -> tuple[list[dict], list[dict] | None]:
-    """Entries ``{"image", "label", "labels"?}`` of a datalist: a JSON file, a list, or a MONAI-style
-    ``{"training": [...], "validation": [...]}``. Relative paths are taken from the file's folder.
-    Returns ``(training, validation or None)``."""
-    base = Path(".")
+def _load_datalist(datalist: str | os.PathLike | list | dict) -> tuple[Any, Path]:
+    """The datalist's content and the folder its relative paths are taken from."""
     if isinstance(datalist, (str, os.PathLike)):
         p = Path(datalist)
         if not p.is_file():
             raise TrainingDataError(f"{p}: the datalist file does not exist")
         try:
-            data = json.loads(p.read_text())
+            return json.loads(p.read_text()), p.parent
         except ValueError as e:
             raise TrainingDataError(f"{p}: the datalist is not valid JSON ({e})") from None
-        base = p.parent
-    else:
-        data = datalist
+    return datalist, Path(".")
+
+
+def _entries(part: Any, base: Path, what: str) -> list[dict]:
+    if not isinstance(part, list):
+        raise TrainingDataError(f"a datalist's {what} must be a list of {{image, label}} entries")
+    entries = []
+    for n, e in enumerate(part):
+        if not isinstance(e, dict) or "image" not in e or "label" not in e:
+            raise TrainingDataError(f"datalist {what} entry {n}: needs 'image' and 'label' paths, got {e!r}")
+        entries.append({**e, "image": str((base / e["image"]).resolve()), "label": str((base / e["label"]).resolve())})
+    return entries
+
+
+def read_datalist(datalist: str | os.PathLike | list | dict) -> tuple[list[dict], list[dict] | None]:
+    """Entries ``{"image", "label", "labels"?}`` of a datalist: a JSON file, a list, or a MONAI-style
+    ``{"training": [...], "validation": [...]}``. Relative paths are taken from the file's folder.
+    Returns ``(training, validation or None)``."""
+    data, base = _load_datalist(datalist)
     if isinstance(data, dict):
         train, val = data.get("training"), data.get("validation")
         if train is None:
             raise TrainingDataError("the datalist object needs a 'training' list of {image, label} entries")
     else:
         train, val = data, None
-    out = []
-    for part in (train, val):
-        if part is None:
-            out.append(None)
-            continue
-        if not isinstance(part, list):
-            raise TrainingDataError("a datalist must be a list of {image, label} entries")
-        entries = []
-        for n, e in enumerate(part):
-            if not isinstance(e, dict) or "image" not in e or "label" not in e:
-                raise TrainingDataError(f"datalist entry {n}: needs 'image' and 'label' paths, got {e!r}")
-            entries.append({**e, "image": str((base / e["image"]).resolve()), "label": str((base / e["label"]).resolve())})
-        out.append(entries)
-    return out[0], out[1]
+    return _entries(train, base, "training"), None if val is None else _entries(val, base, "validation")
+
+
+def read_guard(datalist: str | os.PathLike | list | dict) -> list[dict]:
+    """The datalist's ``guard`` entries (a ``{"training", "validation", "guard"}`` object): labelled scans
+    that are never trained on, only checked so that the fine-tuned model loses none of their structures."""
+    data, base = _load_datalist(datalist)
+    if not isinstance(data, dict) or data.get("guard") is None:
+        return []
+    return _entries(data["guard"], base, "guard")
 
 
 def label_names(entry: dict, label: Image) -> dict[int, str]:
@@ -213,18 +232,22 @@ def prepare_data(datalist, model_labels: dict[int, str], kind: str, out_dir: str
 
     Segmentation bundles: each entry is one case; its label is re-numbered onto the model's labels by name.
     Interactive kinds (one object at a time): each named structure of each entry becomes one case with a
-    binary label (``structures`` selects some by name). Then the cases are split into training and
-    held-out ones (unless the datalist has its own ``validation`` list).
+    binary label (``structures`` selects some by name; the others of at least :data:`GUARD_MIN_VOXELS`
+    voxels become guard cases). Then the cases are split into training and held-out ones (unless the
+    datalist has its own ``validation`` list). Every structure of the datalist's ``guard`` scans is a
+    guard case (:class:`PreparedData`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_entries, val_entries = read_datalist(datalist)
+    guard_entries = read_guard(datalist)
     if not train_entries:
         raise TrainingDataError("the datalist has no training entries")
     wanted = {normalize_name(s) for s in structures} if structures else None
     notes: list[str] = []
+    guard: list[Case] = []
 
-    def prepare(entries: list[dict], tag: str) -> list[Case]:
+    def prepare(entries: list[dict], tag: str, select: set[str] | None) -> list[Case]:
         cases: list[Case] = []
         for n, entry in enumerate(entries):
             image, label, resampled = load_pair(entry, n)
@@ -239,29 +262,33 @@ def prepare_data(datalist, model_labels: dict[int, str], kind: str, out_dir: str
                 cases.append(Case(entry["image"], str(path), entry["label"], held))
                 continue
             identity = {v: names.get(v, f"label_{v}") for v in set(names) | set(np.unique(label.array).tolist()) if v}
-            chosen = {v: s for v, s in identity.items() if wanted is None or normalize_name(s) in wanted}
-            for value, name in sorted(chosen.items()):
+            for value, name in sorted(identity.items()):
+                chosen = select is None or normalize_name(name) in select
                 mask = (label.array == value).astype(np.uint8)
+                if (not chosen or tag == "guard") and int(mask.sum()) < GUARD_MIN_VOXELS:
+                    continue  # a guard structure this small gives too noisy a Dice to judge a model by
                 if not mask.any():
                     raise TrainingDataError(f"{what}: label {value} {name!r} is empty (no voxels); draw it or leave it out")
-                path = out_dir / f"{tag}{n:03d}_{normalize_name(name)}.nii.gz"
+                path = out_dir / f"{tag if chosen else 'guard_' + tag}{n:03d}_{normalize_name(name)}.nii.gz"
                 write_image(image.with_array(mask, labels={1: LabelInfo(name)}), path)
-                cases.append(Case(entry["image"], str(path), entry["label"], {1: name}))
-        if wanted is not None:
+                case = Case(entry["image"], str(path), entry["label"], {1: name})
+                (cases if chosen else guard).append(case)
+        if select is not None and tag != "guard":
             found = {normalize_name(c.structures[1]) for c in cases}
-            missing = sorted(wanted - found)
+            missing = sorted(select - found)
             if missing:
                 raise TrainingDataError(f"{tag}: no label named {missing} in the datalist's label maps")
-        if not cases:
+        if not cases and tag != "guard":
             raise TrainingDataError(f"{tag}: the label maps hold no labelled structure")
         return cases
 
-    train = prepare(train_entries, "train")
+    train = prepare(train_entries, "train", wanted)
     what = "cases" if kind == "segmentation" else "labelled structures"
     if val_entries:
-        val = prepare(val_entries, "val")
+        val = prepare(val_entries, "val", wanted)
     else:
         train, val = split_cases(train, settings["val_fraction"], settings["min_val_cases"], settings["seed"], what)
-    prepared = PreparedData(train, val, notes)
+    guard += prepare(guard_entries, "guard", None)
+    prepared = PreparedData(train, val, notes, guard)
     prepared.save(out_dir / "prepared.json")
     return prepared

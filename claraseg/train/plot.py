@@ -61,14 +61,19 @@ def plot_adaptation(result: dict[str, Any], path: str | os.PathLike) -> Path:
     x = list(range(1, int(result["interactions"]) + 1))
     for row in result["per_structure"].values():
         ax.plot(x, row["before"], color="0.7", lw=0.8, ls="--")
-        ax.plot(x, row["after"], color="tab:blue", lw=0.8, alpha=0.5)
-    ax.plot(x, result["mean_dice_curve"]["before"], "k--o", label="before (starting model)")
+        ax.plot(x, row["after"], color="tab:blue" if row.get("tuned", True) else "tab:orange", lw=0.8, alpha=0.5)
+    ax.plot(x, result["mean_dice_curve"]["before"], "k--o", label="tuned, before (starting model)")
     ax.plot(x, result["mean_dice_curve"]["after"], "b-o",
-            label=f"after ({result['published']}, {result['iterations']} iterations)")
+            label=f"tuned, after ({result['published'] or 'nothing published'}, {result['iterations']} iterations)")
+    untuned = result.get("untuned_summary") or {}
+    if untuned:
+        ax.plot(x, untuned["mean_dice_curve"]["before"], "--s", color="0.4", label="untuned, before")
+        ax.plot(x, untuned["mean_dice_curve"]["after"], "-s", color="tab:orange", label="untuned, after")
     ax.set(xlabel="click", ylabel="Dice on held-out slices", ylim=(0, 1), xticks=x)
-    ax.legend(loc="lower right")
-    ax.set_title(f"Adaptation: {len(result['per_structure'])} structures, {result['budget_s'] / 60:.0f} min budget "
-                 "(mean; thin lines: per structure)", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    tuned = sum(1 for r in result["per_structure"].values() if r.get("tuned", True))
+    ax.set_title(f"Adaptation: {tuned} tuned, {len(result['per_structure']) - tuned} untuned structures "
+                 "(means; thin lines: per structure)", fontsize=9)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=110)

@@ -102,6 +102,35 @@ def load_weights(network: torch.nn.Module, bundle: Path) -> bool:
     return True
 
 
+#: Normalisation layers that ``training#freeze_norm`` keeps in eval mode.
+NORM_TYPES = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm,
+              torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
+def select_trainable(network: torch.nn.Module, patterns: list[str] | None) -> int:
+    """Freeze every parameter whose name matches none of ``patterns`` (``training#trainable``; null: tune
+    all); returns how many parameter values are tuned. A list that selects nothing is a :class:`ConfigError`."""
+    import re
+
+    if patterns is None:
+        return sum(p.numel() for p in network.parameters() if p.requires_grad)
+    tuned = 0
+    for name, p in network.named_parameters():
+        keep = any(re.search(pattern, name) for pattern in patterns)
+        p.requires_grad_(keep)
+        tuned += p.numel() if keep else 0
+    if not tuned:
+        names = [n for n, _ in network.named_parameters()]
+        raise ConfigError(f"training#trainable {patterns} matches none of the network's parameters "
+                          f"(e.g. {', '.join(names[:3])} ... {names[-1] if names else ''})")
+    return tuned
+
+
+def lost_structures(baseline: dict[str, float], current: dict[str, float], drop: float) -> dict[str, float]:
+    """``{structure: Dice lost}`` of the structures whose Dice fell more than ``drop`` below the baseline's."""
+    return {k: round(baseline[k] - v, 4) for k, v in current.items() if k in baseline and v < baseline[k] - drop}
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
@@ -198,12 +227,16 @@ class Runner:
         self.task = make_task(kind, comps, cmeta)
         network: torch.nn.Module = comps["network_def"].to(self.device)
         warm = load_weights(network, bundle)
+        tuned = select_trainable(network, settings["trainable"])
+        # L2-SP pulls the tuned weights toward the starting model's (read before a resumed checkpoint).
+        self.anchor = {n: p.detach().clone() for n, p in network.named_parameters()
+                       if p.requires_grad} if settings["l2sp"] > 0 else {}
         if "validation_samples" in parser and hasattr(self.task, "validation_samples"):
             self.task.validation_samples = int(cfg.parsed(parser, "validation_samples"))
         if hasattr(self.task, "attach"):
             self.task.attach(network)
         ev.emit("info", message="configuration validated", kind=kind, settings=settings, warm_start=warm,
-                device=str(self.device))
+                device=str(self.device), tuned_parameters=tuned)
 
         prepared_path = self.workdir / "data" / "prepared.json"
         if self.dist.rank == 0 and not prepared_path.exists():
@@ -212,7 +245,7 @@ class Runner:
         self.dist.barrier()
         data = PreparedData.load(prepared_path)
         ev.emit("info", message="data prepared", train_cases=len(data.train), val_cases=len(data.val),
-                notes=data.notes)
+                guard_cases=len(data.guard), notes=data.notes)
 
         resume = self._load_checkpoint(network, comps) or {}
         self.iteration = resume.get("iteration", 0)
@@ -220,8 +253,11 @@ class Runner:
         baseline = resume.get("baseline")
         if resume.get("baseline_per_label"):
             self.baseline_per_label = resume["baseline_per_label"]
+        if resume.get("baseline_guard"):
+            self.baseline_guard = resume["baseline_guard"]
 
-        val_items = self._val_items(comps["validate#preprocessing"], data)
+        val_items = self._val_items(comps["validate#preprocessing"], data.val)
+        self.guard_items = self._val_items(comps["validate#preprocessing"], data.guard)
         if baseline is None and self.dist.rank == 0:
             baseline = self._validate(network, val_items, data, baseline=True)
         self._check_cancel()
@@ -245,11 +281,11 @@ class Runner:
         self.best = self.validation.best
         return self._finish(network, bundle, meta, baseline)
 
-    def _val_items(self, transform, data: PreparedData) -> list[dict[str, Any]]:
+    def _val_items(self, transform, cases) -> list[dict[str, Any]]:
         if self.dist.rank != 0:
             return []
         items = []
-        for item in self.task.items(data.val):
+        for item in self.task.items(cases):
             out = transform(item)
             items.append(out[0] if isinstance(out, list) else out)
         return items
@@ -257,11 +293,16 @@ class Runner:
     def _validate(self, network, val_items, data: PreparedData, baseline: bool = False) -> float:
         t0 = time.time()
         score, per_label = self.task.validate(network, val_items, data.val, self.device, self.settings["sw_batch_size"])
-        self.last_per_label = per_label
+        guard: dict[str, float] = {}
+        if data.guard:
+            _, guard = self.task.validate(network, self.guard_items, data.guard, self.device,
+                                          self.settings["sw_batch_size"])
+        self.last_per_label, self.last_guard = per_label, guard
         if baseline:
-            self.baseline_per_label = per_label
+            self.baseline_per_label, self.baseline_guard = per_label, guard
+        extra = {"guard": guard, "guard_cases": len(self.guard_items)} if data.guard else {}
         self.events.emit("validation", iteration=self.iteration, dice=score, per_label=per_label, baseline=baseline,
-                         cases=len(val_items), time_s=round(time.time() - t0, 3))
+                         cases=len(val_items), time_s=round(time.time() - t0, 3), **extra)
         if getattr(self, "tb", None) is not None:
             self.tb.scalar("val/dice", score, self.iteration)
         return score
@@ -296,6 +337,7 @@ class Runner:
                  "scaler": loop.scaler.state_dict() if loop.scaler is not None else None,
                  "iteration": s.iteration, "epoch": s.epoch, "cursor": s.cursor, "best": self.validation.best,
                  "baseline": baseline, "baseline_per_label": getattr(self, "baseline_per_label", None),
+                 "baseline_guard": getattr(self, "baseline_guard", None),
                  "rng": rngs, "settings": self.settings}
         path = self.ckpt_dir / "last.pt"
         atomic_torch_save(state, path)
@@ -326,10 +368,12 @@ class Runner:
             self._save_best(network, score)
 
         def eligible(loop: TrainingLoop, score: float) -> bool:
-            drop, base = s["max_label_drop"], getattr(self, "baseline_per_label", None)
-            if drop is None or not base:
+            drop = s["max_label_drop"]
+            if drop is None:
                 return True
-            worse = {k: round(base[k] - v, 4) for k, v in self.last_per_label.items() if k in base and v < base[k] - drop}
+            worse = lost_structures(getattr(self, "baseline_per_label", None) or {}, self.last_per_label, drop)
+            worse.update({f"guard:{k}": v for k, v in lost_structures(
+                getattr(self, "baseline_guard", None) or {}, getattr(self, "last_guard", {}), drop).items()})
             if worse:
                 ev.emit("info", message="not kept as best: structures lost more than training#max_label_drop",
                         iteration=loop.state.iteration, dice=score, lost=worse)
@@ -346,8 +390,7 @@ class Runner:
                      CancelHandler(self._cancel_requested), _EpochHooks(self.dataset)]
         state = LoopState(iteration=resume.get("iteration", 0), epoch=resume.get("epoch", 0),
                           cursor=resume.get("cursor", 0))
-        loop = TrainingLoop(model, comps["optimizer"], lambda m, batch: self.task.batch_loss(m, batch, self.device),
-                            source, device=self.device, max_iterations=max_it, max_time_s=s["max_time_s"],
+        loop = TrainingLoop(model, comps["optimizer"], self._step_loss(network, s), source, device=self.device, max_iterations=max_it, max_time_s=s["max_time_s"],
                             grad_accumulation=accum, amp=s["amp"], epoch_scheduler=comps.get("lr_scheduler"),
                             handlers=handlers, state=state)
         if loop.scaler is not None and resume.get("scaler"):
@@ -355,6 +398,24 @@ class Runner:
         ev.state("training", iteration=state.iteration, max_iterations=max_it, epoch=state.epoch,
                  train_items=len(self.dataset), baseline_dice=baseline)
         return loop
+
+    def _step_loss(self, network, s: dict[str, Any]):
+        """The loss of a batch: the task's, plus the L2-SP penalty ``l2sp / 2 * sum((w - w0)^2)`` over the
+        tuned weights; with ``freeze_norm`` the normalisation layers stay in eval mode (their running
+        statistics are not updated by the few fine-tune batches)."""
+        alpha, anchor = float(s["l2sp"]), self.anchor
+        params = [(p, anchor[n]) for n, p in network.named_parameters() if n in anchor]
+        norms = [m for m in network.modules() if isinstance(m, NORM_TYPES)] if s["freeze_norm"] else []
+
+        def step_loss(model, batch):
+            for m in norms:
+                m.eval()
+            loss = self.task.batch_loss(model, batch, self.device)
+            if params:
+                loss = loss + 0.5 * alpha * sum(((p - p0) ** 2).sum() for p, p0 in params)
+            return loss
+
+        return step_loss
 
     # ----- end of the job -------------------------------------------------------------------------------
     def _finish(self, network, bundle: Path, meta: dict[str, Any], baseline: float | None) -> dict[str, Any]:

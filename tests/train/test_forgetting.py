@@ -1,0 +1,118 @@
+"""Keeping what the starting model knows: guard structures, tuned layers, L2-SP (real fine-tunes of the
+default DeepGrow 3D weights on a phantom, a few steps each)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from claraseg.errors import ConfigError
+from claraseg.train.data import prepare_data
+from claraseg.train.runner import select_trainable
+
+from .conftest import phantom_case, run_job
+
+BUNDLES = Path(__file__).resolve().parents[2] / "claraseg" / "models" / "bundles"
+#: A few cheap steps: one crop per batch, two fixed validation samples per structure.
+QUICK = {"training#batch_size": 1, "crops_per_image": 1, "validation_samples": 2, "replay": 0.0,
+         "training#checkpoint_interval": 100, "training#deterministic": True}
+
+
+@pytest.fixture(scope="module")
+def deepgrow3d(tmp_path_factory) -> Path:
+    """The default DeepGrow 3D bundle in a models folder of its own (jobs publish beside it)."""
+    models = tmp_path_factory.mktemp("models")
+    return Path(shutil.copytree(BUNDLES / "deepgrow3d", models / "deepgrow3d"))
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("forget")
+    (folder / "datalist.json").write_text(json.dumps([phantom_case(31, folder, size=(64, 64, 40))]))
+    return folder / "datalist.json"
+
+
+def test_unselected_structures_and_guard_scans_become_guard_cases(tmp_path, phantom):
+    from claraseg.train.config import DEFAULT_SETTINGS
+
+    entry = json.loads(phantom.read_text())[0]
+    other = phantom_case(32, tmp_path / "other", {1: "liver", 7: "stomach"}, size=(64, 64, 40))
+    datalist = {"training": [entry], "guard": [other]}
+    data = prepare_data(datalist, {}, "deepgrow3d", tmp_path / "data",
+                        {**DEFAULT_SETTINGS, "min_val_cases": 1, "val_fraction": 0.5}, ["liver", "spleen"])
+    tuned = {c.structures[1] for c in data.train + data.val}
+    guarded = [c.structures[1] for c in data.guard]
+    assert tuned == {"liver", "spleen"}
+    # The unselected structures of the training scan (large enough to judge) and every one of the guard scan.
+    assert "liver" in guarded and "stomach" in guarded and not set(guarded) & {"spleen"}
+    assert len(guarded) >= 3
+    reloaded = type(data).load(tmp_path / "data" / "prepared.json")
+    assert [c.label for c in reloaded.guard] == [c.label for c in data.guard]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"training#l2sp": -1.0}, "training#l2sp"),
+    ({"training#trainable": []}, "training#trainable"),
+    ({"training#trainable": ["model.(2"]}, "not a regular expression"),
+    ({"training#freeze_norm": "yes"}, "training#freeze_norm"),
+])
+def test_bad_forgetting_settings_are_refused(deepgrow3d, bad, message):
+    from claraseg.train import config as cfg
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        cfg.validate(cfg.make_parser(deepgrow3d, bad))
+
+
+def test_trainable_patterns_freeze_the_rest_and_must_select_something():
+    from monai.networks.nets import UNet
+
+    net = UNet(3, 2, 1, (4, 8), (2,), num_res_units=0)
+    total = sum(p.numel() for p in net.parameters())
+    tuned = select_trainable(net, [r"^model\.2\."])
+    assert 0 < tuned < total
+    assert all(p.requires_grad == n.startswith("model.2.") for n, p in net.named_parameters())
+    with pytest.raises(ConfigError, match="matches none"):
+        select_trainable(net, ["^decoder"])
+
+
+def _moved(start: dict, weights: dict) -> dict[str, float]:
+    return {k: float((weights[k].float() - start[k].float()).norm()) for k in start if start[k].is_floating_point()}
+
+
+def test_frozen_layers_stay_and_l2sp_keeps_the_weights_near_the_start(tmp_path, deepgrow3d, phantom):
+    """Same seed, same batches: tuning only the last block leaves every other weight bit-identical, and the
+    L2-SP penalty moves the weights less than the plain fine-tune does."""
+    from claraseg.models.bundle import read_weights
+    from claraseg.train.api import fine_tune
+
+    start = {k: v.float() for k, v in read_weights(deepgrow3d / "models" / "model.pt").items()}
+    runs = {}
+    for tag, extra in (("plain", {}), ("l2sp", {"training#l2sp": 50.0}), ("head", {"training#trainable": [r"^model\.2\."]})):
+        result = fine_tune(deepgrow3d, phantom, tmp_path / tag, iterations=4, structures=["liver", "spleen"],
+                           overrides={**QUICK, "optimizer#lr": 1e-3, "training#val_interval": 100, **extra},
+                           threads=1)
+        runs[tag] = _moved(start, result.weights)
+    assert all(v == 0.0 for k, v in runs["head"].items() if not k.startswith("model.2."))
+    assert any(v > 0.0 for k, v in runs["head"].items() if k.startswith("model.2."))
+    total = {tag: sum(v ** 2 for v in moved.values()) ** 0.5 for tag, moved in runs.items()}
+    assert 0.0 < total["l2sp"] < 0.8 * total["plain"], total
+
+
+def test_guard_refuses_a_model_that_forgets_and_nothing_is_published(tmp_path, deepgrow3d, phantom):
+    """A destructive learning rate wrecks what the model knew: the guard structures (those not selected)
+    fall below the starting model's Dice, no checkpoint qualifies and the user keeps the starting model."""
+    overrides = {**QUICK, "optimizer#lr": 0.05, "training#max_iterations": 3, "training#val_interval": 3,
+                 "training#max_label_drop": 0.02}
+    job, status = run_job(deepgrow3d, phantom, overrides, tmp_path / "job", structures=["liver", "spleen"])
+    assert status["state"] == "completed", status
+    events = job.events()
+    vals = [e for e in events if e["event"] == "validation"]
+    assert vals[0]["baseline"] and vals[0]["guard"] and vals[0]["guard_cases"] >= 2
+    refused = [e for e in events if e.get("message", "").startswith("not kept as best")]
+    assert refused and any(k.startswith("guard:") for k in refused[-1]["lost"])
+    final = [e for e in events if e["event"] == "state" and e["state"] == "completed"][-1]
+    assert final["published"] is None and "max_label_drop" in final["publish_skipped"]
+    assert sorted(p.name for p in deepgrow3d.parent.iterdir()) == ["deepgrow3d"]
