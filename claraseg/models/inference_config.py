@@ -38,7 +38,7 @@ def _load_and_normalise(point_keys: list[str], min_points: Any) -> list[dict[str
 def interactive_inference(kind: str, network: dict[str, Any]) -> dict[str, Any]:
     """The inference config of an interactive bundle of ``kind`` with ``network`` as ``network_def``."""
     config: dict[str, Any] = {
-        "imports": ["$import os", "$import torch", "$from claraseg.models.bundle import read_bundle"],
+        "imports": ["$import os", "$import torch", "$from claraseg.models.transforms import engine_network"],
         "bundle_root": ".",
         "models_dir": "$os.path.dirname(os.path.abspath(@bundle_root))",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
@@ -46,7 +46,7 @@ def interactive_inference(kind: str, network: dict[str, Any]) -> dict[str, Any]:
         "mask": "",
         "output": "$os.path.join(@bundle_root, 'eval', 'mask.nii.gz')",
         "network_def": copy.deepcopy(network),
-        "network": "$read_bundle(@bundle_root).load_network(str(@device))",
+        "network": "$engine_network(@bundle_root, @device)",
         "settings": "@_meta_#claraseg",
     }
     save = {"_target_": T + "SaveMaskd", "keys": "pred", "output": "@output",

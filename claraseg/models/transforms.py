@@ -53,6 +53,15 @@ def engine_volume(image: Image, voxels: np.ndarray, intensity: dict, modality: s
     return Volume(voxels, image.spacing, lambda t: apply_intensity(t, params))
 
 
+def engine_network(bundle_dir: str | Path, device: Any = "cpu"):
+    """The bundle's network as the engine's registry loads it: the weights in ``network_def`` (eval mode),
+    or the runtime object the bundle's ``runtime`` setting selects."""
+    from claraseg.runtimes.nets import runtime_net
+
+    bundle = read_bundle(bundle_dir)
+    return runtime_net(bundle, bundle.load_network(_device(device)), _device(device))
+
+
 def _refit_bundle(settings: dict, models_dir: str | Path | None):
     """The DEXTR3D bundle a DeepGrow 3D bundle re-fits with (``shape_refit_model``, a folder beside it),
     or None when it names none or that folder holds no DEXTR3D bundle."""
@@ -224,7 +233,7 @@ class ShapeRefitd(MapTransform):
         if settings.get("shape_refit_model") and self.bundle is None:
             log.warning("refit model %r is not in %s: the shape re-fit is skipped", settings["shape_refit_model"],
                         models_dir)
-        self.network = self.bundle.load_network(self.device) if self.bundle is not None else None
+        self.network = engine_network(self.bundle.path, self.device) if self.bundle is not None else None
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
