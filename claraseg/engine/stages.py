@@ -45,9 +45,8 @@ def shape_refit(net, settings: dict, refit_settings: dict, vol: Volume, mask: Bo
             break
     if found is None:
         return None
-    start, crop = found
+    start, crop = found  # a fresh array of the last pass: the clicks are honoured on it in place
     with stage("honour"):
-        crop = crop.copy()
         honour_all_clicks(crop, start, fg, bg, new_clicks, float(settings.get("click_radius_mm", 0.0)), vol.spacing)
         return BoxMask(mask.size, start, crop)
 

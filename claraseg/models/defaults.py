@@ -35,6 +35,9 @@ _DEEPGROW_COMMON: dict[str, Any] = {
     # network ignores still changes the mask).
     "click_radius_mm": 1.0,
     "min_points": 1,
+    # The network forward on ONNX Runtime (torch when it is not installed): faster than torch on CPU, with
+    # whole clicks' masks equal to torch's (results/bench_runtimes_2026-12-07.json, docs/runtimes.md).
+    "runtime": "onnxruntime",
 }
 
 #: The claraseg section of each interactive kind.
@@ -89,6 +92,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "kind": "dextr3d",
         # Test-time augmentation: probabilities averaged over the 8 flips of the ROI (one batch).
         "tta_flips": 8,
+        "runtime": "onnxruntime",  # as DeepGrow's (docs/runtimes.md)
         # The boundary of every result is re-decided at the image's resolution where the ROI was coarser,
         # as for DeepGrow 3D.
         "boundary_refine": {"band": 1.0, "tau": 0.7, "ring": 4.0, "bins": 48},

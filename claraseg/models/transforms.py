@@ -33,12 +33,12 @@ from monai.transforms import MapTransform
 
 from claraseg.engine.masks import BoxMask
 from claraseg.engine.runners import Volume, dextr_roi, run_deepgrow, run_dextr
-from claraseg.engine.session import compact_array
+from claraseg.engine.session import compact_array, normaliser
 from claraseg.engine.stages import boundary_grid, refine_mask_boundary, shape_refit
 from claraseg.errors import InvalidPointsError, ModelError
 from claraseg.io import Image, LabelInfo, check_points_inside, read_image, write_image
 from claraseg.models.bundle import read_bundle
-from claraseg.models.preprocess import apply_intensity, guess_modality, intensity_params
+from claraseg.models.preprocess import guess_modality, intensity_params
 
 log = logging.getLogger("claraseg.transforms")
 
@@ -50,7 +50,7 @@ def engine_volume(image: Image, voxels: np.ndarray, intensity: dict, modality: s
     """The image as the engine's runners read it: the session's compact voxels, and the normalisation of
     ``intensity`` for the image's modality applied to each resampled ROI."""
     params = intensity_params(voxels, modality or guess_modality(image), intensity)
-    return Volume(voxels, image.spacing, lambda t: apply_intensity(t, params))
+    return Volume(voxels, image.spacing, normaliser(params))
 
 
 def engine_network(bundle_dir: str | Path, device: Any = "cpu"):

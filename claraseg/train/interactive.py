@@ -187,6 +187,9 @@ def default_config(kind: str, meta: dict[str, Any]) -> dict[str, Any]:
         "optimizer": {"_target_": "torch.optim.Adam", "params": "$@network_def.parameters()", "lr": 1e-4},
         "crops_per_image": 2,
         "validation_samples": 8,
+        # Validation by the click protocol through the engine (this many clicks per structure; 0: by
+        # validation_samples simulated-click ROI samples, one forward pass each).
+        "validation_clicks": 5,
         # The published checkpoint is the best validation at which no held-out structure lost more than
         # 0.02 Dice against the starting model (nothing is published when none did).
         "training": {"max_label_drop": 0.02},
@@ -220,6 +223,10 @@ class InteractiveTask:
 
     Validation: for each held-out structure, ``validation_samples`` fixed-seed simulated-click samples
     (the same for the starting and the fine-tuned model); Dice of the thresholded output against the target.
+    With :attr:`clicks` set (a :class:`~claraseg.train.clickval.ClickValidation`, ``validation_clicks`` > 0)
+    the click protocol through the engine instead: the structure's Dice after the last click, and as the
+    score the mean Dice over structures and clicks (cases whose image the engine cannot take, e.g. a slab
+    thinner than the model's minimum, fall back to the ROI samples).
     """
 
     def __init__(
@@ -236,6 +243,7 @@ class InteractiveTask:
         self.loss = components.get("loss") or make_loss(kind)
         self.validation_samples = validation_samples
         self.sampler = _find_sampler(components["train#preprocessing"])
+        self.clicks = None
 
     def items(self, cases: Sequence) -> list[dict[str, Any]]:
         return [{"image": c.image, "label": c.label} for c in cases]
@@ -266,13 +274,35 @@ class InteractiveTask:
         device: torch.device,
         sw_batch_size: int = 1,
     ) -> tuple[float, dict[str, float]]:
+        per: dict[str, list[float]] = {}
+        by_clicks: list[float] = []
+        rest = list(range(len(cases)))
+        if self.clicks is not None:
+            curves, rest = self.clicks.validate(network, cases)
+            for name, values in curves.items():
+                per.setdefault(name, []).extend(c[-1] for c in values)
+                by_clicks += [float(np.mean(c)) for c in values]
+        samples = self._validate_samples(network, [(n, items[n], cases[n]) for n in rest], device)
+        for name, values in samples.items():
+            per.setdefault(name, []).extend(values)
+        if not per:
+            raise TrainingDataError("no validation sample could be drawn from the held-out structures")
+        scores = by_clicks + [v for values in samples.values() for v in values]
+        return float(np.mean(scores)), {k: float(np.mean(v)) for k, v in per.items()}
+
+    @torch.no_grad()
+    def _validate_samples(self, network: torch.nn.Module, cases: list[tuple[int, dict[str, Any], Any]],
+                          device: torch.device) -> dict[str, list[float]]:
+        """Dice of ``validation_samples`` fixed-seed ROI samples per ``(index, item, case)``, by structure."""
         from claraseg.evaluate.protocol import dice
         from claraseg.models.training import make_sample
 
-        network.eval()
         per: dict[str, list[float]] = {}
+        if not cases:
+            return per
+        network.eval()
         threshold = float(self.settings.get("threshold", 0.5))
-        for n, (item, case) in enumerate(zip(items, cases)):
+        for n, item, case in cases:
             volume = item["volume"]
             for s in range(self.validation_samples):
                 rng = np.random.default_rng([20260, n, s])
@@ -288,10 +318,7 @@ class InteractiveTask:
                 truth = y[0, 0].numpy() if self.kind == "deepgrow2d" else y[0].numpy()
                 per.setdefault(case.structures[1], []).append(dice(prob > threshold, truth > 0.5))
         network.train()
-        if not per:
-            raise TrainingDataError("no validation sample could be drawn from the held-out structures")
-        scores = [v for vals in per.values() for v in vals]
-        return float(np.mean(scores)), {k: float(np.mean(v)) for k, v in per.items()}
+        return per
 
 
 def _find_sampler(transform: Any) -> InteractiveSampled | None:

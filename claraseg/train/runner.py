@@ -194,6 +194,9 @@ class Runner:
             dataset = getattr(self, "dataset", None)
             if hasattr(dataset, "shutdown"):
                 dataset.shutdown()
+            clicks = getattr(getattr(self, "task", None), "clicks", None)
+            if clicks is not None:
+                clicks.close()
             self.dist.close()
 
     def _on_sigterm(self, signum, frame) -> None:
@@ -233,6 +236,15 @@ class Runner:
                        if p.requires_grad} if settings["l2sp"] > 0 else {}
         if "validation_samples" in parser and hasattr(self.task, "validation_samples"):
             self.task.validation_samples = int(cfg.parsed(parser, "validation_samples"))
+        if "validation_clicks" in parser and hasattr(self.task, "clicks") and self.dist.rank == 0:
+            clicks = cfg.parsed(parser, "validation_clicks")
+            if not isinstance(clicks, int) or isinstance(clicks, bool) or not 0 <= clicks <= 20:
+                raise ConfigError(f"validation_clicks must be an integer in 0..20 (0: ROI samples), got {clicks!r}")
+            if clicks:
+                from claraseg.train.clickval import ClickValidation
+
+                self.task.clicks = ClickValidation(bundle, self.workdir / "validation_models", kind, clicks,
+                                                   device=str(self.device))
         if hasattr(self.task, "attach"):
             self.task.attach(network)
         ev.emit("info", message="configuration validated", kind=kind, settings=settings, warm_start=warm,
@@ -301,6 +313,10 @@ class Runner:
         if baseline:
             self.baseline_per_label, self.baseline_guard = per_label, guard
         extra = {"guard": guard, "guard_cases": len(self.guard_items)} if data.guard else {}
+        refused = getattr(getattr(self.task, "clicks", None), "refused", None)
+        if baseline and refused:
+            self.events.emit("info", message="validated by ROI samples, not by clicks: the engine cannot take "
+                                             "these images", images=refused)
         self.events.emit("validation", iteration=self.iteration, dice=score, per_label=per_label, baseline=baseline,
                          cases=len(val_items), time_s=round(time.time() - t0, 3), **extra)
         if getattr(self, "tb", None) is not None:

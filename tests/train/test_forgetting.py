@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from claraseg.errors import ConfigError
 from claraseg.train.data import prepare_data
@@ -17,7 +18,7 @@ from .conftest import phantom_case, run_job
 
 BUNDLES = Path(__file__).resolve().parents[2] / "claraseg" / "models" / "bundles"
 #: A few cheap steps: one crop per batch, two fixed validation samples per structure.
-QUICK = {"training#batch_size": 1, "crops_per_image": 1, "validation_samples": 2, "replay": 0.0,
+QUICK = {"training#batch_size": 1, "crops_per_image": 1, "validation_samples": 2, "validation_clicks": 0, "replay": 0.0,
          "training#checkpoint_interval": 100, "training#deterministic": True}
 
 
@@ -103,8 +104,9 @@ def test_frozen_layers_stay_and_l2sp_keeps_the_weights_near_the_start(tmp_path, 
 
 def test_guard_refuses_a_model_that_forgets_and_nothing_is_published(tmp_path, deepgrow3d, phantom):
     """A destructive learning rate wrecks what the model knew: the guard structures (those not selected)
-    fall below the starting model's Dice, no checkpoint qualifies and the user keeps the starting model."""
-    overrides = {**QUICK, "optimizer#lr": 0.05, "training#max_iterations": 3, "training#val_interval": 3,
+    fall below the starting model's Dice by the click protocol (two clicks through the engine), no
+    checkpoint qualifies and the user keeps the starting model."""
+    overrides = {**QUICK, "validation_clicks": 2, "optimizer#lr": 0.05, "training#max_iterations": 3, "training#val_interval": 3,
                  "training#max_label_drop": 0.02}
     job, status = run_job(deepgrow3d, phantom, overrides, tmp_path / "job", structures=["liver", "spleen"])
     assert status["state"] == "completed", status
@@ -116,3 +118,37 @@ def test_guard_refuses_a_model_that_forgets_and_nothing_is_published(tmp_path, d
     final = [e for e in events if e["event"] == "state" and e["state"] == "completed"][-1]
     assert final["published"] is None and "max_label_drop" in final["publish_skipped"]
     assert sorted(p.name for p in deepgrow3d.parent.iterdir()) == ["deepgrow3d"]
+
+
+def test_click_validation_runs_the_protocol_and_hands_back_images_the_engine_refuses(tmp_path):
+    """Validation by clicks through the engine: a Dice curve per structure; a slab thinner than the model's
+    minimum comes back to be validated by ROI samples instead."""
+    from monai.networks.nets import UNet
+
+    from claraseg.io import crop, make_phantom, write_image
+    from claraseg.io.image import LabelInfo
+    from claraseg.train.clickval import ClickValidation
+    from claraseg.train.data import Case
+
+    from .conftest import tiny_bundle
+
+    bundle = tiny_bundle(tmp_path / "models", "deepgrow3d")
+    image, label = make_phantom(seed=41, size_ijk=(48, 48, 32))
+    liver = label.with_array((label.array == 1).astype("uint8"), labels={1: LabelInfo("liver")})
+    write_image(image, tmp_path / "image.nii.gz")
+    write_image(liver, tmp_path / "liver.nii.gz")
+    k = int(liver.array.any(axis=(1, 2)).nonzero()[0].mean())
+    write_image(crop(image, [0, 0, k], [48, 48, k + 2]), tmp_path / "thin.nii.gz")
+    write_image(crop(liver, [0, 0, k], [48, 48, k + 2]), tmp_path / "thin_liver.nii.gz")
+    cases = [Case(str(tmp_path / "image.nii.gz"), str(tmp_path / "liver.nii.gz"), "", {1: "liver"}),
+             Case(str(tmp_path / "thin.nii.gz"), str(tmp_path / "thin_liver.nii.gz"), "", {1: "liver"})]
+    validation = ClickValidation(bundle, tmp_path / "validation_models", "deepgrow3d", clicks=3)
+    try:
+        net = UNet(3, 4, 1, (4, 8), (2,), num_res_units=0)
+        net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+        curves, rest = validation.validate(net, cases)
+    finally:
+        validation.close()
+    assert rest == [1] and str(tmp_path / "thin.nii.gz") in validation.refused
+    assert len(curves["liver"]) == 1 and len(curves["liver"][0]) == 3
+    assert all(0.0 <= d <= 1.0 for d in curves["liver"][0])

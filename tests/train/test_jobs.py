@@ -114,7 +114,8 @@ def test_kill9_resume_and_determinism(tmp_path, seg_bundle, seg_data):
 
 def test_interactive_job(tmp_path, interactive_data):
     bundle = tiny_bundle(tmp_path / "models", "deepgrow3d")
-    overrides = {**FAST, "training#max_iterations": 6, "training#val_interval": 3, "validation_samples": 2}
+    overrides = {**FAST, "training#max_iterations": 6, "training#val_interval": 3, "validation_samples": 2,
+                 "validation_clicks": 2}
     job, status = run_job(bundle, interactive_data, overrides, tmp_path / "job", structures=["liver", "spleen", "stomach"])
     assert status["state"] == "completed", status
     events = job.events()

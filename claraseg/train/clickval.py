@@ -1,0 +1,93 @@
+"""Validation of an interactive fine-tune by the click protocol (ANCHORS.md), through the engine.
+
+A fine-tuned interactive model is used through the engine's whole click path (first-click growth,
+re-fits, boundary refinement, corrections on its own mask), which a single forward pass on a simulated
+ROI sample does not exercise. :class:`ClickValidation` writes the network's current weights into a copy
+of the bundle in the job folder, opens one engine session per held-out image (kept for the job) and runs
+:func:`claraseg.evaluate.protocol.run_structure` on each held-out or guard structure: the same protocol
+``claraseg eval`` and ``claraseg train bench-adapt`` report, on the job's own held-out data.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class ClickValidation:
+    """``validate(network, cases)`` -> ``({structure: [Dice curve over the clicks, per case]}, indices of
+    the cases not validated)`` for ``clicks`` interactions per structure. A case is not validated when its
+    label is empty or the engine refuses its image (e.g. thinner than the model's minimum size)."""
+
+    def __init__(self, bundle: str | Path, folder: str | Path, kind: str, clicks: int, device: str = "cpu") -> None:
+        from claraseg.engine.backend import LocalBackend
+
+        self.kind, self.clicks = kind, int(clicks)
+        self.name = Path(bundle).name.split("@")[0]
+        self.folder = Path(folder)
+        target = self.folder / self.name
+        if not target.exists():
+            # Configs only: the weights are written by every validation.
+            shutil.copytree(bundle, target, ignore=shutil.ignore_patterns("*.pt", "*.ts", "*.onnx"))
+        self.weights = target / "models" / "model.pt"
+        self.backend = LocalBackend(self.folder, device=device, idle_timeout=None)
+        self._sessions: dict[str, Any] = {}
+        self._truths: dict[str, np.ndarray] = {}
+        self.refused: dict[str, str] = {}  # image path -> why the engine cannot take it
+
+    def _session(self, image_path: str):
+        from claraseg.errors import InvalidImageError
+        from claraseg.io import read_image
+
+        if image_path not in self._sessions and image_path not in self.refused:
+            try:
+                self._sessions[image_path] = self.backend.open_session(read_image(image_path))
+            except InvalidImageError as e:
+                self.refused[image_path] = str(e)
+        return self._sessions.get(image_path)
+
+    def _truth(self, label_path: str) -> np.ndarray:
+        from claraseg.io import read_image
+
+        if label_path not in self._truths:
+            self._truths[label_path] = read_image(label_path, label=True).array > 0
+        return self._truths[label_path]
+
+    def validate(self, network: torch.nn.Module, cases: Sequence) -> tuple[dict[str, list[list[float]]], list[int]]:
+        from claraseg.errors import InvalidImageError
+        from claraseg.evaluate.protocol import run_structure
+        from claraseg.models.bundle import save_weights
+
+        save_weights(network, self.weights, half=False)
+        self.backend.reload()
+        curves: dict[str, list[list[float]]] = {}
+        rest: list[int] = []
+        for n, case in enumerate(cases):
+            truth = self._truth(case.label)
+            session = self._session(case.image)
+            if session is None or not truth.any() or case.image in self.refused:
+                rest.append(n)
+                continue
+            try:
+                r = run_structure(session, self.name, self.kind, truth, name=case.structures[1],
+                                  interactions=self.clicks)
+            except InvalidImageError as e:
+                self.refused[case.image] = str(e)
+                rest.append(n)
+                continue
+            curves.setdefault(case.structures[1], []).append([float(d) for d in r.dice])
+        return curves, rest
+
+    def close(self) -> None:
+        for session in self._sessions.values():
+            session.close()
+        self._sessions = {}
+        self.backend.close()
+
+
+__all__ = ["ClickValidation"]
