@@ -202,8 +202,9 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
     # The job validates on the slabs between the trained and the tested slices, and guards the lower
     # halves of the untuned structures.
     datalist = {"training": train_entries, "validation": val_entries, "guard": guard_entries if guard else []}
+    # Validation every training#val_interval iterations of the bundle's fine-tune settings (or overrides).
     settings = {"training#max_time_s": budget_s, "training#max_iterations": iterations or 10**6,
-                "training#val_interval": 50, "training#checkpoint_interval": 25, **(overrides or {})}
+                "training#checkpoint_interval": 25, **(overrides or {})}
     t0 = time.time()
     job = FineTuneJob(start, datalist, settings, workdir / f"job_{int(t0)}", threads=threads, device="cpu").start()
     status = job.wait()
