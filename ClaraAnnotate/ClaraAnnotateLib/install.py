@@ -15,7 +15,10 @@ from importlib import metadata
 
 #: Local-mode requirements beyond Slicer's bundled packages (lower bounds only: never pin in Slicer).
 TORCH_REQUIREMENT = "torch>=2.2"
-LOCAL_REQUIREMENTS = ("monai>=1.4", "scipy>=1.10", "scikit-image>=0.22", "nibabel>=5", "pydantic>=2.5")
+#: onnx + onnxruntime: the interactive models' network forward on ONNX Runtime (the engine falls back to torch
+#: without them; claraseg/runtimes).
+LOCAL_REQUIREMENTS = ("monai>=1.4", "scipy>=1.10", "scikit-image>=0.22", "nibabel>=5", "pydantic>=2.5",
+                      "onnx>=1.16", "onnxruntime>=1.18")
 #: What each tool of the local mode imports beyond torch and MONAI (auto-segmentation: MONAI's
 #: ``Orientationd`` needs nibabel), and the requirement that brings it.
 TOOL_MODULES = {"auto-segmentation": (("nibabel", "nibabel>=5"),)}

@@ -34,6 +34,9 @@ _DEEPGROW_COMMON: dict[str, Any] = {
     # Dice rising where the network ignored late clicks: +0.01-0.02 after 10-20 clicks; no change in 3D).
     "click_radius_mm": 1.0,
     "min_points": 1,
+    # The network forward on ONNX Runtime (torch when it is not installed): faster than torch on CPU, with
+    # whole clicks' masks equal to torch's (results/bench_runtimes_2026-12-07.json, docs/runtimes.md).
+    "runtime": "onnxruntime",
 }
 
 #: The claraseg section of each interactive kind.
@@ -98,6 +101,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "kind": "dextr3d",
         # Test-time augmentation: probabilities averaged over the 8 flips of the ROI (one batch).
         "tta_flips": 8,
+        "runtime": "onnxruntime",  # as DeepGrow's (docs/runtimes.md)
         # The boundary of every result is re-decided at the image's resolution where the ROI was coarser,
         # as for DeepGrow 3D: held-out Dice from the extreme points 0.894 -> 0.899, NoC@85 2.72 -> 1.66
         # (real structures 3.89 -> 2.11; results/experiments/session8_inference.json).

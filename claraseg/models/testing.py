@@ -19,7 +19,9 @@ def make_tiny_bundle(kind: str, path: str | Path, *, seed: int = 0, settings: di
     with a tiny randomly initialised network into ``path`` (the folder name is the model's name).
 
     The configs are the default ones (same ROI sizes, encodings and normalisation), so everything but the
-    quality of the result is exercised. ``settings`` overrides entries of the ``claraseg`` section.
+    quality of the result is exercised. ``settings`` overrides entries of the ``claraseg`` section; the
+    network runs on torch unless ``settings`` names another ``runtime`` (random weights are exported anew
+    by every other runtime; tests/runtimes covers those).
     """
     import torch
 
@@ -27,6 +29,7 @@ def make_tiny_bundle(kind: str, path: str | Path, *, seed: int = 0, settings: di
 
     net = copy.deepcopy(NETWORKS[kind])
     net.update({"channels": list(TINY_CHANNELS), "strides": list(TINY_STRIDES), "num_res_units": 0})
+    settings = {**({"runtime": "torch"} if kind != "segmentation" else {}), **(settings or {})}
     path = create_bundle(path, kind, network=net, settings=settings, version=version)
     torch.manual_seed(seed)
     save_weights(read_bundle(path).build_network(), Path(path) / "models" / "model.pt", half=False)

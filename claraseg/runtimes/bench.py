@@ -12,6 +12,7 @@ are reported with each variant's agreement with torch (max probability differenc
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import shutil
 import tempfile
@@ -65,7 +66,10 @@ def _variants(bundle, module, threads: int, only=None) -> tuple[dict[str, Any], 
         return lambda x: net(x.contiguous(memory_format=fmt))
 
     def compiled():
-        net = torch.compile(copy.deepcopy(module))
+        # A fresh compile per network: dynamo's cache is per code object (every UNet shares one forward), so a
+        # second network would otherwise recompile with symbolic shapes.
+        torch._dynamo.reset()
+        net = torch.compile(copy.deepcopy(module), dynamic=False)
         with torch.no_grad():
             net(nets.agreement_input(bundle))  # compile now, not in the first timed forward
         return net
@@ -86,7 +90,13 @@ def _variants(bundle, module, threads: int, only=None) -> tuple[dict[str, Any], 
 
         src = nets.onnx_path(bundle, module)
         dst = Path(tempfile.mkdtemp(prefix="claraseg-int8-")) / "model.int8.onnx"
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.WARNING)  # the quantizer logs a line per tensor at INFO on the root logger
+        try:
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8)
+        finally:
+            root.setLevel(level)
         return nets.OnnxRuntimeNet(dst, module, input_shape(bundle), threads)
 
     add("channels_last", channels_last)

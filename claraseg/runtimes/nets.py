@@ -14,7 +14,7 @@ bundle), applied by :func:`runtime_net` where the registry loads the network:
   (the choice is cached per weights, thread count and CPU).
 
 A runtime is accepted only when its probabilities agree with torch's on a fixed input within
-:data:`TOLERANCE`; otherwise, and when its package is missing or the device is CUDA, the bundle runs on
+:data:`TOLERANCE` (measured once per ONNX file and versions, recorded in the cache); otherwise, and when its package is missing or the device is CUDA, the bundle runs on
 torch (with one warning). An input of another shape than the export's runs on torch.
 """
 
@@ -84,7 +84,8 @@ class _ExportedNet:
 
     runtime = "?"
 
-    def __init__(self, module, shape: tuple[int, ...], threads: int):
+    def __init__(self, onnx_path: str | os.PathLike, module, shape: tuple[int, ...], threads: int):
+        self.path = Path(onnx_path)
         self.module = module
         self.shape = tuple(int(v) for v in shape)
         self.threads = int(threads)
@@ -113,7 +114,7 @@ class OnnxRuntimeNet(_ExportedNet):
     def __init__(self, onnx_path: str | os.PathLike, module, shape: tuple[int, ...], threads: int):
         import onnxruntime as ort
 
-        super().__init__(module, shape, threads)
+        super().__init__(onnx_path, module, shape, threads)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
@@ -138,7 +139,7 @@ class OpenVinoNet(_ExportedNet):
     def __init__(self, onnx_path: str | os.PathLike, module, shape: tuple[int, ...], threads: int):
         import openvino as ov
 
-        super().__init__(module, shape, threads)
+        super().__init__(onnx_path, module, shape, threads)
         core = ov.Core()
         self.compiled = core.compile_model(str(onnx_path), "CPU", {
             "INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": "f32",
@@ -243,9 +244,31 @@ def _median_ms(net, x, repeats: int) -> float:
     return round(1000.0 * float(np.median(times)), 2)
 
 
+def _package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
+
+
+def _agreement_record(net: _ExportedNet, runtime: str) -> Path:
+    """Where the agreement of ``runtime`` with torch on this exact ONNX file is recorded (the file's hash:
+    the file carries the weights; torch's and the runtime's versions)."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256(net.path.read_bytes()).hexdigest()[:24]
+    return cache_dir() / "checked" / (f"{digest}-{runtime}{_package_version(runtime)}-"
+                                      f"torch{torch.__version__.split('+')[0]}.json")
+
+
 def checked_net(runtime: str, bundle: Bundle, module, threads: int, reference=None):
     """``(net, max_prob_diff)`` of :func:`make_net`, or ``(None, reason)`` when the runtime is missing,
-    fails, or disagrees with torch beyond :data:`TOLERANCE` on :func:`agreement_input`."""
+    fails, or disagrees with torch beyond :data:`TOLERANCE` on :func:`agreement_input`. An agreement
+    already measured on the same file and versions is read back from the cache instead of measured."""
     import torch
 
     if runtime == "torch":
@@ -256,26 +279,31 @@ def checked_net(runtime: str, bundle: Bundle, module, threads: int, reference=No
         net = make_net(runtime, bundle, module, threads)
     except Exception as e:  # an export or compile failure must leave the bundle on torch
         return None, f"{runtime} failed to load the network ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    record = _agreement_record(net, runtime)
+    try:
+        diff = float(json.loads(record.read_text(encoding="utf-8"))["max_prob_diff"])
+    except (OSError, ValueError, KeyError, TypeError):
+        diff = float("nan")
+    if diff <= TOLERANCE[runtime]:
+        return net, diff
     x = agreement_input(bundle)
     with torch.no_grad():
         ref = reference if reference is not None else module(x)
         diff = max_prob_diff(net(x), ref)
     if not diff <= TOLERANCE[runtime]:
         return None, f"{runtime} disagrees with torch (max probability difference {diff:.2e} > {TOLERANCE[runtime]})"
+    try:
+        write_json_atomic(record, {"model": bundle.name, "runtime": runtime, "max_prob_diff": diff,
+                                   "tolerance": TOLERANCE[runtime], "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+    except OSError as e:  # a read-only cache: measure again next time
+        _warn_once(f"cannot record the runtime check in {record} ({e})")
     return net, diff
 
 
 def _choice_key(bundle: Bundle, threads: int, batch: int) -> str:
-    versions = []
-    for name in ("onnxruntime", "openvino"):
-        if available(name):
-            from importlib.metadata import PackageNotFoundError, version
-
-            try:
-                versions.append(f"{name}{version(name)}")
-            except PackageNotFoundError:
-                pass
     import torch
+
+    versions = [f"{name}{_package_version(name)}" for name in ("onnxruntime", "openvino") if available(name)]
 
     return "|".join([bundle.name, weights_digest(bundle)[:20], f"threads{threads}", f"batch{batch}",
                      f"torch{torch.__version__}", *versions, _cpu_name()])
@@ -336,10 +364,10 @@ def runtime_net(bundle: Bundle, module, device: str):
     torch's at this call (the engine's)."""
     import torch
 
+    if bundle.kind not in EXPORTABLE_KINDS:
+        return module  # a segmentation bundle's pipeline runs the module itself (with its own autocast)
     if device.startswith("cuda"):
         return AutocastNet(module, str(bundle.settings.get("amp_dtype", "float16")))
-    if bundle.kind not in EXPORTABLE_KINDS:
-        return module
     runtime = bundle_runtime(bundle)
     if runtime == "torch":
         return module

@@ -70,15 +70,17 @@ def _clicks(backend, crop, gt):
 
 
 def test_onnxruntime_clicks_match_torch_and_repeat_exactly(tmp_path, spleen_crop):
+    """The default bundles (which ask for ONNX Runtime) against copies of them set to torch."""
     from claraseg.engine import LocalBackend
 
     crop, gt = spleen_crop
-    torch_backend = LocalBackend(PACKAGED_DIR, device="cpu", idle_timeout=None)
-    ort_backend = LocalBackend(_with_runtime(tmp_path / "ort", "onnxruntime"), device="cpu", idle_timeout=None)
+    torch_backend = LocalBackend(_with_runtime(tmp_path / "torch", "torch"), device="cpu", idle_timeout=None)
+    ort_backend = LocalBackend(PACKAGED_DIR, device="cpu", idle_timeout=None)
     try:
         for name in ("deepgrow3d", "dextr3d", "deepgrow2d"):
             net = ort_backend.registry.network(name, "cpu")
             assert isinstance(net, nets.OnnxRuntimeNet), name  # not silently on torch
+            assert not isinstance(torch_backend.registry.network(name, "cpu"), nets.OnnxRuntimeNet)
             # The engine's thread count (torch's, 1 in the tests) is the ONNX Runtime session's.
             assert net.threads == torch.get_num_threads()
             assert net.session.get_session_options().intra_op_num_threads == torch.get_num_threads()
