@@ -133,10 +133,13 @@ SEGMENTATION_ROI = [96, 96, 96]
 SEGMENTATION_WINDOW = [-250, 350]
 
 #: Training settings of each kind (recorded in configs/train.json and read by claraseg pretrain; a
-#: fine-tune job starts from ``finetune_learning_rate``).
+#: fine-tune job starts from ``finetune_learning_rate`` and takes ``finetune`` as its ``training#`` settings).
 TRAINING: dict[str, dict[str, Any]] = {
     "deepgrow3d": {"batch_size": 2, "learning_rate": 1e-3, "finetune_learning_rate": 5e-5, "loss": "DiceCELoss(sigmoid)", "p_model_in_loop": 0.6,
-                   "max_loop_clicks": 5},
+                   "max_loop_clicks": 5,
+                   # Fine-tunes tune the decoder half of the UNet (the up-sampling blocks), pulled toward the
+                   # starting weights (L2-SP), validated every 25 steps (docs/training.md, bench-adapt).
+                   "finetune": {"trainable": ["(^|\\.)2\\."], "l2sp": 1.0, "val_interval": 25}},
     "deepgrow2d": {"batch_size": 8, "learning_rate": 1e-3, "finetune_learning_rate": 1e-4, "loss": "DiceCELoss(sigmoid)", "p_model_in_loop": 0.4,
                    "max_loop_clicks": 3},
     "dextr3d": {"batch_size": 2, "learning_rate": 1e-3, "finetune_learning_rate": 1e-4, "loss": "DiceCELoss(sigmoid)",
