@@ -52,6 +52,15 @@ def test_unselected_structures_and_guard_scans_become_guard_cases(tmp_path, phan
     assert len(guarded) >= 3
     reloaded = type(data).load(tmp_path / "data" / "prepared.json")
     assert [c.label for c in reloaded.guard] == [c.label for c in data.guard]
+    # Each guard structure costs a validation run: only the largest max_guard_cases are kept.
+    capped = prepare_data(datalist, {}, "deepgrow3d", tmp_path / "capped",
+                          {**DEFAULT_SETTINGS, "val_fraction": 0.5, "max_guard_cases": 2}, ["liver", "spleen"])
+    from claraseg.io import read_image
+
+    sizes = sorted(int(read_image(c.label, label=True).array.sum()) for c in data.guard)
+    assert len(capped.guard) == 2
+    assert sorted(int(read_image(c.label, label=True).array.sum()) for c in capped.guard) == sizes[-2:]
+    assert any("max_guard_cases" in n for n in capped.notes)
 
 
 @pytest.mark.parametrize("bad, message", [
