@@ -182,3 +182,24 @@ def test_the_bundles_train_json_sets_the_fine_tune_settings(tmp_path, deepgrow3d
     (bundle / "configs" / "train.json").write_text(json.dumps(recipe))
     with pytest.raises(ConfigError, match="finetune"):
         cfg.make_parser(bundle)
+
+
+def test_a_server_job_guards_the_datastores_other_labelled_images(tmp_path):
+    """Jobs started over HTTP train on the images of one label tag and guard the datastore's other
+    labelled images (their latest label; unlabelled images are not used)."""
+    from claraseg.io import make_phantom
+    from claraseg.server.datastore import Datastore
+    from claraseg.server.jobs import TrainJobs
+
+    store = Datastore(tmp_path / "store")
+    for n, tag in ((1, "final"), (2, "original"), (3, None), (4, "final")):
+        image, label = make_phantom(seed=50 + n, size_ijk=(24, 24, 16))
+        store.add_image(f"case{n}", image)
+        if tag:
+            store.save_label(f"case{n}", label, tag=tag)
+    jobs = TrainJobs(tmp_path / "models", store, tmp_path / "jobs")
+    training = jobs._datalist(["case1"], "final")
+    guard = jobs._guard(training, "final")
+    assert [Path(e["image"]).parent.name for e in guard] == ["case2", "case4"]
+    assert "original" in guard[0]["label"] and "final" in guard[1]["label"]
+    assert jobs._guard(jobs._datalist(None, "final"), "final")[0]["image"] == str(store.image_path("case2"))
