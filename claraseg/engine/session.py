@@ -98,17 +98,32 @@ def _warn_once(message: str) -> None:
         log.warning(message)
 
 
+_AMINMAX_DTYPES = {np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.int32, np.int64, np.float32, np.float64)}
+
+
+def _min_max(a: np.ndarray):
+    """``(a.min(), a.max())`` in one pass (torch's ``aminmax``, on the array's own memory), (0, 0) when
+    empty; numpy's two reductions for dtypes torch does not reduce."""
+    if not a.size:
+        return 0, 0
+    if a.dtype in _AMINMAX_DTYPES and a.flags.writeable and all(st >= 0 for st in a.strides):
+        lo, hi = torch.aminmax(torch.from_numpy(a))
+        return lo.item(), hi.item()
+    return a.min().item(), a.max().item()
+
+
 def compact_array(a: np.ndarray) -> np.ndarray:
     """The session's copy of the voxels in the smallest dtype that holds them exactly (int16 for CT) or
     closely (float16 for float images within its range). Never larger than the input."""
     if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
-        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        lo, hi = _min_max(a)
         for dt in (np.uint8, np.int8, np.int16, np.uint16, np.int32):
             info = np.iinfo(dt)
             if info.min <= lo and hi <= info.max and np.dtype(dt).itemsize <= a.dtype.itemsize:
                 return a.astype(dt)
         return a.copy()
-    finite_max = float(np.abs(a).max()) if a.size else 0.0
+    lo, hi = _min_max(a)
+    finite_max = max(-float(lo), float(hi))  # = max |a| (the voxels are finite)
     if finite_max < 60000 and a.dtype.itemsize > 2:
         return a.astype(np.float16)
     return a.copy()
