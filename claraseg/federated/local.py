@@ -150,6 +150,7 @@ def evaluate_weights(bundle: str | os.PathLike, weights: Mapping[str, Any], prep
     the same preprocessing, simulated clicks or sliding window, and seeds). Returns ``(mean, per label)``."""
     import torch
 
+    from claraseg.backend import pick_device
     from claraseg.train import config as cfg
     from claraseg.train.data import PreparedData
     from claraseg.train.runner import configure_validation
@@ -160,8 +161,7 @@ def evaluate_weights(bundle: str | os.PathLike, weights: Mapping[str, Any], prep
     bundle = Path(bundle).resolve()
     meta = cfg.read_metadata(bundle)
     cmeta = meta.get("claraseg") or {}
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
+    dev = torch.device(pick_device(device))
     parser = cfg.make_parser(bundle, dict(overrides or {}), extra={"device": f"$torch.device('{dev}')"})
     comps = cfg.validate(parser)
     task = make_task(cmeta.get("kind"), comps, cmeta)

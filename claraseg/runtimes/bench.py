@@ -23,15 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from claraseg.evaluate.protocol import dice as mask_dice
 from claraseg.runtimes import nets
 from claraseg.runtimes.export import input_shape
 
 #: A variant is kept as a default only when a whole click's mask agrees with torch's at least this well.
 CLICK_DICE = 0.999
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float(np.count_nonzero(a & b)) / max(1, int(np.count_nonzero(a) + np.count_nonzero(b)))
 
 
 #: The variants besides torch eager, in the order they are built.
@@ -126,7 +123,7 @@ def bench_network(bundle, threads: int, repeats: int, batch: int = 1, only=None)
         for name, net in variants.items():
             y = net(x)
             agree[name] = {"max_prob_diff": round(nets.max_prob_diff(y, ref), 7),
-                           "mask_dice": round(_dice((torch.sigmoid(y.float()) > 0.5).numpy(),
+                           "mask_dice": round(mask_dice((torch.sigmoid(y.float()) > 0.5).numpy(),
                                                     (torch.sigmoid(ref) > 0.5).numpy()), 6)}
             net(x)  # a second warm-up forward
         times: dict[str, list[float]] = {name: [] for name in variants}
@@ -233,11 +230,11 @@ def click_check(runtimes: list[str], repeats: int = 2) -> dict[str, Any]:
                 backend.close()
         ref_masks = results["torch"][0]
         for runtime, (masks, ms, loaded) in results.items():
-            dice = {k: round(_dice(masks[k][0], ref_masks[k][0]), 6) for k in masks}
+            dice = {k: round(mask_dice(masks[k][0], ref_masks[k][0]), 6) for k in masks}
             report[runtime] = {"loaded_as": loaded, "median_ms": ms, "dice_to_torch": dice,
                                "repeat_identical": all(all(np.array_equal(m[0], x) for x in m[1:]) for m in masks.values()),
                                "voxels": {k: int(np.count_nonzero(masks[k][0])) for k in masks},
-                               "dice_to_truth": {k: round(_dice(masks[k][0], gt), 4) for k in masks},
+                               "dice_to_truth": {k: round(mask_dice(masks[k][0], gt), 4) for k in masks},
                                "click_quality_unchanged": all(v >= CLICK_DICE for v in dice.values())}
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -19,7 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from claraseg.io import LabelInfo, crop, make_phantom, read_image, read_labels_json, write_image
+from claraseg.io import (
+    LabelInfo,
+    crop,
+    make_phantom,
+    read_image,
+    read_labels_json,
+    write_image,
+    write_text_atomic,
+)
 
 #: The structures of the benchmark segmentation bundle (names of the sample CT's labels).
 CACHE_LABELS = {1: "liver", 2: "spleen", 3: "kidney_right", 4: "kidney_left", 5: "stomach"}
@@ -94,7 +102,7 @@ def bench_cache(data_dir: Path, workdir: Path, threads: int = 2, epochs: int = 4
     write_image(_keep(label, {v: i.name for v, i in label.labels.items()}, keep), workdir / "val_label.nii.gz")
     datalist = {"training": entries, "validation": [{"image": str(workdir / "val.nii.gz"),
                                                      "label": str(workdir / "val_label.nii.gz")}]}
-    (workdir / "datalist.json").write_text(json.dumps(datalist))
+    write_text_atomic(workdir / "datalist.json", json.dumps(datalist))
     results: dict[str, Any] = {"machine": machine(), "threads": threads, "training_cases": len(entries),
                                "preprocessing": "load NIfTI, RAS, resample to 1.5 mm (CT 3 mm -> 244x202x224), "
                                                 "window, foreground indices | random: 2 pos/neg crops 48^3, flip, scale",

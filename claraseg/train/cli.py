@@ -153,7 +153,9 @@ def _write_result(result: dict, out: str | None) -> None:
     print(text)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
+        from claraseg.io import write_text_atomic
+
+        write_text_atomic(Path(out), text + "\n")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -256,7 +258,9 @@ def _mmar(args) -> int:
     result = translate_mmar(read_config_file(args.config))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result.config, indent=2) + "\n")
+    from claraseg.io import write_text_atomic
+
+    write_text_atomic(out, json.dumps(result.config, indent=2) + "\n")
     print(f"wrote {out}")
     for d in result.dropped:
         print(f"  not translated (the job runner provides it): {d}")
