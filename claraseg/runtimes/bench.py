@@ -58,7 +58,7 @@ def _variants(bundle, module, threads: int, only=None) -> tuple[dict[str, Any], 
                 out[name] = make()
             build_s[name] = round(time.perf_counter() - t0, 2)
         except Exception as e:  # one variant that does not build here must not end the benchmark
-            skipped[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            skipped[name] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
 
     def channels_last():
         fmt = torch.channels_last_3d if len(input_shape(bundle)) == 4 else torch.channels_last

@@ -278,7 +278,8 @@ def checked_net(runtime: str, bundle: Bundle, module, threads: int, reference=No
     try:
         net = make_net(runtime, bundle, module, threads)
     except Exception as e:  # an export or compile failure must leave the bundle on torch
-        return None, f"{runtime} failed to load the network ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        first = (str(e).splitlines() or [""])[0][:200]
+        return None, f"{runtime} failed to load the network ({type(e).__name__}: {first})"
     record = _agreement_record(net, runtime)
     try:
         diff = float(json.loads(record.read_text(encoding="utf-8"))["max_prob_diff"])

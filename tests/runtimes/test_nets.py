@@ -150,6 +150,12 @@ def test_a_runtime_that_disagrees_falls_back_to_torch(tiny_versions, monkeypatch
     bundle.settings["runtime"] = "onnxruntime"
     module = bundle.load_network("cpu")
     assert isinstance(nets.runtime_net(bundle, module, "cpu"), nets.OnnxRuntimeNet)
+    # The agreement was recorded for this file, and is read back at the next load instead of measured.
+    records = list((nets.cache_dir() / "checked").glob("*-onnxruntime*.json"))
+    assert records and all(json.loads(r.read_text())["max_prob_diff"] <= 1e-4 for r in records)
+    monkeypatch.setattr(nets, "max_prob_diff", lambda a, b: 1.0)
+    assert isinstance(nets.runtime_net(bundle, module, "cpu"), nets.OnnxRuntimeNet)
+    monkeypatch.undo()
     monkeypatch.setitem(nets.TOLERANCE, "onnxruntime", -1.0)  # nothing can agree within a negative tolerance
     with caplog.at_level("WARNING"):
         assert nets.runtime_net(bundle, module, "cpu") is module
