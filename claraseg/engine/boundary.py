@@ -83,18 +83,38 @@ def _unblock(a: np.ndarray, f: tuple[int, int, int], shape) -> np.ndarray:
     return a[: shape[0], : shape[1], : shape[2]]
 
 
+def edt(a: np.ndarray, sampling) -> np.ndarray:
+    """``scipy.ndimage.distance_transform_edt(a, sampling=sampling)`` of a 3D array, the same values: scipy's
+    feature transform, then its arithmetic (float64 offsets times the sampling, squared, summed over the
+    axes in order, square root) one axis at a time instead of on ``(3, ...)`` temporaries."""
+    ft = ndimage.distance_transform_edt(a, sampling=sampling, return_distances=False, return_indices=True)
+    sampling = np.broadcast_to(np.asarray(sampling, np.float64), (3,))
+    acc = None
+    for axis in range(3):
+        shape = [1, 1, 1]
+        shape[axis] = a.shape[axis]
+        d = (ft[axis] - np.arange(a.shape[axis], dtype=ft.dtype).reshape(shape)).astype(np.float64)
+        d *= sampling[axis]
+        np.multiply(d, d, d)
+        if acc is None:
+            acc = d
+        else:
+            acc += d
+    return np.sqrt(acc, out=acc)
+
+
 def _edt_pair(inside: np.ndarray, sampling) -> np.ndarray:
     """Signed Euclidean distance (> 0 inside) of each voxel to the nearest voxel of the other side. The
     inside distances are computed on the object's box plus one voxel only (its border is all outside,
     so that is exact and spares the padding around the object)."""
-    signed = -ndimage.distance_transform_edt(~inside, sampling=sampling)
+    signed = -edt(~inside, sampling)
     box = []
     for axis in range(3):
         hit = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
         box.append(slice(max(int(hit[0]) - 1, 0), int(hit[-1]) + 2))
     box = tuple(box)
     part = inside[box]
-    signed[box] = np.where(part, ndimage.distance_transform_edt(part, sampling=sampling), signed[box])
+    signed[box] = np.where(part, edt(part, sampling), signed[box])
     return signed
 
 

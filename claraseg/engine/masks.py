@@ -6,7 +6,19 @@ from __future__ import annotations
 import numpy as np
 
 from claraseg.io import MaskDelta
-from claraseg.io.geometry import bounding_box, box_slices
+from claraseg.io.geometry import box_slices
+
+
+def nonzero_box(a: np.ndarray):
+    """``(start, stop)`` ``[i, j, k]`` of the non-zero voxels of a ``[k, j, i]`` array, or None: the same box
+    as :func:`claraseg.io.geometry.bounding_box`, from reductions along the axes (no list of voxels)."""
+    k = np.flatnonzero(a.any(axis=(1, 2)))
+    if not len(k):
+        return None
+    plane = a[k[0]:k[-1] + 1].any(axis=0)  # [j, i]
+    j = np.flatnonzero(plane.any(axis=1))
+    i = np.flatnonzero(plane.any(axis=0))
+    return (np.array([i[0], j[0], k[0]], np.int64), np.array([i[-1] + 1, j[-1] + 1, k[-1] + 1], np.int64))
 
 
 class BoxMask:
@@ -36,7 +48,7 @@ class BoxMask:
         return int(self.crop.nbytes)
 
     def _shrink(self) -> None:
-        box = bounding_box(self.crop) if self.crop.size else None
+        box = nonzero_box(self.crop) if self.crop.size else None
         if box is None:
             self.start, self.crop = np.zeros(3, np.int64), np.zeros((0, 0, 0), np.uint8)
             return
@@ -86,7 +98,7 @@ class BoxMask:
         lo = np.min([b[0] for b in boxes], axis=0)
         hi = np.max([b[1] for b in boxes], axis=0)
         old_d, new_d = self.region(lo, hi), new.region(lo, hi)
-        changed = bounding_box(old_d != new_d)
+        changed = nonzero_box(old_d != new_d)
         if changed is None:
             return MaskDelta.empty(self.size)
         a, b = changed

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from claraseg.engine.masks import BoxMask
+from claraseg.engine.onednn import onednn_network
 from claraseg.engine.profile import count, enabled, stage
 from claraseg.guidance import (
     Roi,
@@ -64,7 +65,11 @@ def forward(net, x: torch.Tensor, kind: str, device: str, tta: int = 1) -> torch
     """Sigmoid probabilities ``[k, j, i]`` (2D: ``[1, j, i]``) of an input ``[C, k, j, i]``; mixed
     precision on CUDA, float32 on CPU (deterministic run to run). ``tta`` > 1 averages the
     probabilities over that many flips of the input (test-time augmentation; the models are trained
-    with random flips), one batch."""
+    with random flips), one batch. A torch network on CPU runs its convolutions on oneDNN at every batch
+    size (:func:`~claraseg.engine.onednn.onednn_network`); any other ``net`` (a runtime object) is called
+    as it is."""
+    if device == "cpu":
+        net = onednn_network(net)
     with stage("tta"):
         inp = network_input(x, kind).to(device)
         flips = flip_sets(inp.ndim - 2, tta)
@@ -362,10 +367,10 @@ def refit_with_dextr(net, settings: dict, vol: Volume, mask, fg: np.ndarray, bg:
     is ``"refuse"``. With ``"honour"`` such a re-fit is kept (the caller honours the clicks on it); with
     ``"merge"`` the regions of its additions to or removals from ``mask`` that hold a contradicted click take ``mask``'s
     answer (:func:`keep_clicked_changes`), the rest stays the re-fit's."""
-    if mask.is_empty or int(mask.crop.sum()) < REFIT_MIN_VOXELS:
+    if mask.is_empty or np.count_nonzero(mask.crop) < REFIT_MIN_VOXELS:
         return None
     with stage("extreme_points"):
-        points = box_points(extreme_points(mask.crop.astype(bool)) + mask.start, fg).astype(np.float64)
+        points = box_points(extreme_points(mask.crop) + mask.start, fg).astype(np.float64)
     start, crop = run_dextr(net, settings, vol, points, device, fg, bg, mask)
     if not crop.size or not crop.any():
         return None

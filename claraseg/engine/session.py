@@ -37,7 +37,7 @@ from claraseg.errors import (
 )
 from claraseg.guidance.roi import object_spacing
 from claraseg.io import Image, MaskDelta, check_finite, check_points_inside
-from claraseg.models.preprocess import apply_intensity, guess_modality, intensity_params
+from claraseg.models.preprocess import guess_modality, intensity_params
 from claraseg.models.training import dextr_takes_clicks
 
 if TYPE_CHECKING:
@@ -114,6 +114,18 @@ def compact_array(a: np.ndarray) -> np.ndarray:
     if finite_max < 60000 and a.dtype.itemsize > 2:
         return a.astype(np.float16)
     return a.copy()
+
+
+def normaliser(params: tuple[float, float, float]):
+    """:func:`~claraseg.models.preprocess.apply_intensity` with ``params`` done in place on a float32 tensor
+    (the box :func:`~claraseg.guidance.roi.sample_roi` hands its transform is a copy of its own): the same
+    operations in the same order, so the same values, without three temporaries of the box's size."""
+    lo, hi, cmax = params
+
+    def normalise(t: torch.Tensor) -> torch.Tensor:
+        return t.sub_(lo).div_(hi - lo).clamp_(0.0, cmax)
+
+    return normalise
 
 
 class LocalSession:
@@ -251,8 +263,7 @@ class LocalSession:
         start, crop = run_dextr(net, bundle.settings, self._volume(bundle), pts, self._backend.device, fg, bg, obj.mask)
         if not crop.size:
             return obj.mask.copy()
-        with stage("honour"):
-            crop = crop.copy()
+        with stage("honour"):  # ``crop`` is run_dextr's own array: honoured in place
             honour_all_clicks(crop, start, fg, bg, new_clicks, radius_mm, self.geometry.spacing)
         return self._refine_boundary(bundle.settings, BoxMask(self._size, start, crop), fg, bg,
                                      dextr_roi(bundle.settings, pts, self.geometry.spacing).spacing)
@@ -301,9 +312,8 @@ class LocalSession:
                 break
         if found is None:
             return None
-        start, crop = found
+        start, crop = found  # a fresh array of the last pass: the clicks are honoured on it in place
         with stage("honour"):
-            crop = crop.copy()
             honour_all_clicks(crop, start, fg, bg, new_clicks, float(settings.get("click_radius_mm", 0.0)),
                               self.geometry.spacing)
             return BoxMask(self._size, start, crop)
@@ -486,8 +496,7 @@ class LocalSession:
         return self._intensity[key]
 
     def _volume(self, bundle) -> Volume:
-        params = self._params(bundle.settings["intensity"])
-        return Volume(self._voxels, self.geometry.spacing, lambda t: apply_intensity(t, params))
+        return Volume(self._voxels, self.geometry.spacing, normaliser(self._params(bundle.settings["intensity"])))
 
     def _slice_index(self, axis, points: np.ndarray) -> int:
         if axis is None or axis not in (0, 1, 2):

@@ -81,17 +81,27 @@ def random_click(pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator, *, 
 def extreme_points(mask: np.ndarray) -> np.ndarray:
     """The 6 extreme points ``[i, j, k]`` of a ``[k, j, i]`` mask: min and max along i, j, k (in that
     order); among tied voxels the one nearest the mask's centroid (ANCHORS.md). Empty mask -> (0, 3)."""
-    kji = np.argwhere(np.asarray(mask) != 0)
-    if len(kji) == 0:
+    # Only the voxels of the six outermost slices are candidates, so only they are listed; the centroid
+    # comes from per-slice counts (integer sums, exact, divided once: the mean of all voxel positions).
+    m = np.asarray(mask) != 0
+    if m.ndim != 3:
+        raise ValueError(f"extreme_points needs a 3D [k, j, i] mask, not shape {m.shape}")
+    counts = [np.count_nonzero(m, axis=tuple(a for a in range(3) if a != d)) for d in (2, 1, 0)]  # per i, j, k
+    total = int(counts[0].sum())
+    if total == 0:
         return np.zeros((0, 3), dtype=np.int64)
-    ijk = kji[:, ::-1]
-    centroid = ijk.mean(axis=0)
-    d2 = ((ijk - centroid) ** 2).sum(axis=1)
+    centroid = np.array([float(int(np.dot(np.arange(len(c), dtype=np.int64), c))) for c in counts]) / total
     out = []
     for axis in range(3):
-        for value in (ijk[:, axis].min(), ijk[:, axis].max()):
-            idx = np.flatnonzero(ijk[:, axis] == value)
-            out.append(ijk[idx[np.argmin(d2[idx])]])
+        hit = np.flatnonzero(counts[axis])
+        for value in (hit[0], hit[-1]):
+            index = [slice(None)] * 3
+            index[2 - axis] = value
+            rest = np.argwhere(m[tuple(index)])  # the slice's voxels, in the full array's C order
+            kji = np.insert(rest, 2 - axis, value, axis=1)
+            ijk = kji[:, ::-1]
+            d2 = ((ijk - centroid) ** 2).sum(axis=1)
+            out.append(ijk[np.argmin(d2)])
     return np.asarray(out, dtype=np.int64)
 
 

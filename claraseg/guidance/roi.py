@@ -109,7 +109,8 @@ def sample_roi(volume, src_spacing: Sequence[float], roi: Roi, mode: str = "bili
     Returns float32 ``[k, j, i]`` of the ROI's size; outside the volume the value is 0. ``mode`` is
     ``bilinear`` (trilinear) for images and ``nearest`` for masks. Only the source box the ROI touches
     is converted to float; ``transform`` (e.g. intensity normalisation) is applied to that box before
-    interpolating, exactly as when a whole volume is normalised first.
+    interpolating, exactly as when a whole volume is normalised first. The box ``transform`` receives is
+    a float32 copy of its own, which it may change in place.
     """
     a, b = roi.affine(src_spacing)
     q = roi.corners_index(src_spacing)
@@ -120,7 +121,9 @@ def sample_roi(volume, src_spacing: Sequence[float], roi: Roi, mode: str = "bili
     if np.any(hi <= lo):
         return torch.zeros(out_shape, dtype=torch.float32)
     sub = volume[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
-    sub = torch.as_tensor(np.ascontiguousarray(sub) if isinstance(sub, np.ndarray) else sub).float()
+    if isinstance(sub, np.ndarray):  # a view of the box, converted to float32 by the one copy below
+        sub = torch.from_numpy(sub if sub.flags.writeable else np.ascontiguousarray(sub))
+    sub = torch.as_tensor(sub).to(torch.float32, memory_format=torch.contiguous_format, copy=True)
     if transform is not None:
         sub = transform(sub)
     grid = _affine_grid(a, b - lo, roi.size, sub.shape).to(sub.device)
@@ -160,7 +163,8 @@ def _resample_axis_aligned(values: torch.Tensor, scale_ijk: np.ndarray, offset_i
         shape[dim] = len(u)
         w = torch.from_numpy((u - lo).astype(np.float32)).view(shape).to(values.device)
         first = out.index_select(dim, torch.from_numpy(lo).to(values.device))
-        out = first + (out.index_select(dim, torch.from_numpy(hi).to(values.device)) - first) * w
+        # first + (second - first) * w, computed in place in second's buffer (the same values)
+        out = out.index_select(dim, torch.from_numpy(hi).to(values.device)).sub_(first).mul_(w).add_(first)
     return out
 
 

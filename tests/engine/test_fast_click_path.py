@@ -1,0 +1,186 @@
+"""The click path's fast code gives what a straightforward reference gives.
+
+Exact by construction (checked for equality): the extreme points from the outermost slices, the
+non-zero box from axis reductions, the in-place intensity transform, the one-copy ROI sampling, the
+in-place axis-by-axis paste-back, the boundary refinement's distance transform.
+Within float tolerance (checked on the default bundles and a crop of the sample CT): the networks'
+convolutions on oneDNN at every batch size and the test-time flips in one batch, against the plain
+module run one flip at a time; whole clicks (DeepGrow 3D with its re-fit passes, DEXTR3D) by Dice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from claraseg.engine import runners
+from claraseg.engine.boundary import edt
+from claraseg.engine.masks import BoxMask, nonzero_box
+from claraseg.engine.onednn import OneDnnConv, onednn_network
+from claraseg.engine.session import normaliser
+from claraseg.guidance import extreme_points, sample_roi, square_roi
+from claraseg.guidance.roi import _resample_axis_aligned
+from claraseg.io.geometry import bounding_box
+from claraseg.models.preprocess import apply_intensity
+from claraseg.models.training import network_input
+
+
+def _reference_extreme_points(mask):
+    """The definition: every voxel listed, ties broken by the distance to the centroid of all voxels."""
+    ijk = np.argwhere(np.asarray(mask) != 0)[:, ::-1]
+    if len(ijk) == 0:
+        return np.zeros((0, 3), np.int64)
+    d2 = ((ijk - ijk.mean(axis=0)) ** 2).sum(axis=1)
+    out = []
+    for axis in range(3):
+        for value in (ijk[:, axis].min(), ijk[:, axis].max()):
+            idx = np.flatnonzero(ijk[:, axis] == value)
+            out.append(ijk[idx[np.argmin(d2[idx])]])
+    return np.asarray(out, np.int64)
+
+
+def _random_masks(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    for t in range(n):
+        m = rng.random(tuple(rng.integers(1, 24, 3))) < rng.random() * 0.2
+        yield ndimage.binary_dilation(m) if t % 3 == 0 else m
+
+
+def test_extreme_points_and_boxes_equal_the_reference_exactly():
+    for m in _random_masks():
+        assert np.array_equal(extreme_points(m), _reference_extreme_points(m))
+        a, b = bounding_box(m), nonzero_box(m.astype(np.uint8))
+        assert (a is None and b is None) or (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
+    assert extreme_points(np.zeros((3, 4, 5), bool)).shape == (0, 3)
+    assert BoxMask((5, 4, 3), None, np.zeros((3, 4, 5), np.uint8)).is_empty
+
+
+def test_distance_transform_equals_scipys_exactly():
+    rng = np.random.default_rng(2)
+    for t, m in enumerate(_random_masks(120, seed=2)):
+        sampling = tuple(rng.random(3) * 2 + 0.1) if t % 2 else (0.5, 0.25, 1.0)
+        ref = ndimage.distance_transform_edt(m, sampling=sampling)
+        assert np.array_equal(edt(m, sampling), ref)
+        assert np.array_equal(edt(~m, sampling), ndimage.distance_transform_edt(~m, sampling=sampling))
+
+
+def _reference_resample(values, scale, offset, size):
+    out = values
+    for axis in range(3):
+        dim = 2 - axis
+        n = values.shape[dim]
+        u = np.clip(scale[axis] * np.arange(int(size[axis])) + offset[axis], 0.0, n - 1.0)
+        lo = np.floor(u).astype(np.int64)
+        hi = np.minimum(lo + 1, n - 1)
+        shape = [1, 1, 1]
+        shape[dim] = len(u)
+        w = torch.from_numpy((u - lo).astype(np.float32)).view(shape)
+        first = out.index_select(dim, torch.from_numpy(lo))
+        out = first + (out.index_select(dim, torch.from_numpy(hi)) - first) * w
+    return out
+
+
+def test_paste_back_resampling_equals_the_out_of_place_formula_exactly():
+    rng = np.random.default_rng(4)
+    for _ in range(40):
+        v = torch.rand(tuple(int(n) for n in rng.integers(2, 20, 3)))
+        scale, offset, size = rng.random(3) * 0.8 + 0.05, rng.random(3) * 3 - 1, rng.integers(1, 50, 3)
+        assert torch.equal(_resample_axis_aligned(v, scale, offset, size), _reference_resample(v, scale, offset, size))
+
+
+def test_in_place_normalisation_and_one_copy_sampling_are_exact():
+    rng = np.random.default_rng(1)
+    vol = rng.integers(-1000, 1500, (30, 40, 50)).astype(np.int16)
+    for params in [(-250.0, 350.0, 1.0), (12.345, 987.6, 1.5)]:
+        x = torch.from_numpy(vol.astype(np.float32))
+        assert torch.equal(apply_intensity(x, params), normaliser(params)(x.clone()))
+        roi = square_roi([20.3, 17.8, 14.2], [0.7, 0.7, 2.0], 1.3, (16, 16, 16))
+        plain = sample_roi(torch.from_numpy(np.ascontiguousarray(vol)).float().numpy(), [0.7, 0.7, 2.0], roi,
+                           transform=lambda t, p=params: apply_intensity(t, p))
+        fast = sample_roi(vol, [0.7, 0.7, 2.0], roi, transform=normaliser(params))
+        assert torch.equal(plain, fast)
+    before = vol.copy()
+    sample_roi(vol, [0.7, 0.7, 2.0], roi, transform=normaliser((0.0, 1.0, 1.0)))
+    assert np.array_equal(vol, before)  # the transform changed the sampler's copy, not the volume
+
+
+@pytest.fixture(scope="module")
+def default_backend():
+    from claraseg.engine import LocalBackend
+
+    backend = LocalBackend(device="cpu", idle_timeout=None)
+    yield backend
+    backend.close()
+
+
+def _reference_forward(net, x, kind, device, tta=1):
+    """The plain module, one flipped input at a time, the probabilities averaged."""
+    inp = network_input(x, kind)
+    flips = runners.flip_sets(inp.ndim - 2, tta)
+    with torch.no_grad():
+        probs = [torch.sigmoid(net(inp.flip(f) if f else inp)) for f in flips]
+    probs = torch.stack([p.flip(f) if f else p for p, f in zip(probs, flips)]).mean(dim=0)
+    out = probs[0, 0]
+    return out[None] if kind == "deepgrow2d" else out
+
+
+@pytest.mark.parametrize("model, shape, tta", [("deepgrow3d", (4, 64, 64, 64), 1), ("dextr3d", (5, 48, 48, 48), 8),
+                                               ("deepgrow2d", (4, 1, 128, 128), 4)])
+def test_onednn_batched_flips_agree_with_the_plain_module_one_flip_at_a_time(default_backend, model, shape, tta):
+    net = default_backend.registry.network(model, "cpu")
+    if not isinstance(net, torch.nn.Module):
+        pytest.skip(f"{model} runs on a runtime object here, not a torch module")
+    fast = onednn_network(net)
+    assert fast is not net and onednn_network(net) is fast
+    assert any(isinstance(m, OneDnnConv) for m in fast.modules())
+    assert all(a is b for a, b in zip(net.parameters(), fast.parameters()))  # shared, not copied
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(3))
+    x[1:] = (x[1:] > 0.9).float()  # guidance-like channels
+    kind = model
+    got = runners.forward(net, x, kind, "cpu", tta)
+    ref = _reference_forward(net, x, kind, "cpu", tta)
+    assert got.shape == ref.shape
+    assert float((got - ref).abs().max()) < 1e-4
+
+
+def _dice(a, b):
+    return 2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def test_clicks_on_a_real_ct_crop_match_the_reference_path(default_backend, ct_pair, monkeypatch):
+    """DeepGrow 3D (first click, a correction: re-fit passes, boundary refinement) and DEXTR3D on a crop
+    of the sample CT: the fast path's masks against the plain module one flip at a time."""
+    from claraseg.io.geometry import crop
+
+    image, label = ct_pair
+    value = next(v for v, info in label.labels.items() if info.name == "spleen")
+    spleen = np.argwhere(label.array == value)  # [k, j, i]
+    lo = np.maximum(spleen.min(axis=0)[::-1] - 12, 0)
+    hi = np.minimum(spleen.max(axis=0)[::-1] + 13, image.size_ijk)
+    img, lab = crop(image, lo, hi), crop(label, lo, hi)
+    truth = lab.array == value
+    kji = np.argwhere(truth)
+    centre = kji[len(kji) // 2][::-1].tolist()
+    outside = (np.argwhere(ndimage.binary_dilation(truth, iterations=3) & ~truth)[0][::-1]).tolist()
+    pts = _reference_extreme_points(truth).tolist()
+
+    def run():
+        s = default_backend.open_session(img)
+        try:
+            s.click("deepgrow3d", [centre], object_id="a")
+            first = s.mask("a").astype(bool)
+            s.click("deepgrow3d", [], [outside], object_id="a")
+            second = s.mask("a").astype(bool)
+            s.extreme_points("dextr3d", pts, object_id="b")
+            return first, second, s.mask("b").astype(bool)
+        finally:
+            s.close()
+
+    fast = run()
+    monkeypatch.setattr(runners, "forward", _reference_forward)
+    ref = run()
+    for f, r in zip(fast, ref):
+        assert r.any()
+        assert _dice(f, r) >= 0.999
