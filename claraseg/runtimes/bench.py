@@ -2,7 +2,8 @@
 measured in one run on this machine, and the click check that decides whether a faster runtime may be
 the default (the same clicks on torch and on the runtime, Dice of their masks).
 
-Variants: torch eager (the reference), channels-last memory format, ``torch.compile`` (inductor),
+Variants: torch eager (the reference), torch with every convolution on oneDNN (the engine's torch path),
+channels-last memory format, ``torch.compile`` (inductor),
 int8 dynamic quantization (torch's, and ONNX Runtime's on the ONNX file), ONNX Runtime, OpenVINO; on a CUDA
 device also float32 / float16 / bfloat16 autocast. The forwards of all variants are interleaved (one
 of each per round) so that other work on the machine slows them alike; medians and ratios to torch eager
@@ -34,8 +35,9 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float(np.count_nonzero(a & b)) / max(1, int(np.count_nonzero(a) + np.count_nonzero(b)))
 
 
-#: The variants besides torch eager, in the order they are built.
-VARIANTS = ("channels_last", "torch_compile", "torch_int8_dynamic", "onnxruntime", "openvino",
+#: The variants besides torch eager, in the order they are built. ``torch_onednn`` is what the engine runs
+#: for a torch bundle (:func:`claraseg.engine.onednn.onednn_network`: every convolution on oneDNN).
+VARIANTS = ("torch_onednn", "channels_last", "torch_compile", "torch_int8_dynamic", "onnxruntime", "openvino",
             "onnxruntime_int8_dynamic")
 
 
@@ -99,6 +101,15 @@ def _variants(bundle, module, threads: int, only=None) -> tuple[dict[str, Any], 
             root.setLevel(level)
         return nets.OnnxRuntimeNet(dst, module, input_shape(bundle), threads)
 
+    def onednn():
+        from claraseg.engine.onednn import onednn_network
+
+        net = onednn_network(module)
+        if net is module:
+            raise RuntimeError("oneDNN is not available to this torch")
+        return net
+
+    add("torch_onednn", onednn)
     add("channels_last", channels_last)
     add("torch_compile", compiled)
     add("torch_int8_dynamic", torch_int8)
@@ -136,11 +147,13 @@ def bench_network(bundle, threads: int, repeats: int, batch: int = 1, only=None)
                 net(x)
                 times[name].append(time.perf_counter() - t0)
     eager = float(np.median(times["torch_eager"]))
+    onednn = float(np.median(times["torch_onednn"])) if "torch_onednn" in times else None
     rows = {}
     for name in variants:
         med = float(np.median(times[name]))
         rows[name] = {"median_ms": round(1000 * med, 2), "p90_ms": round(1000 * float(np.percentile(times[name], 90)), 2),
-                      "ratio_to_eager": round(med / eager, 3), **agree[name],
+                      "ratio_to_eager": round(med / eager, 3),
+                      **({"ratio_to_onednn": round(med / onednn, 3)} if onednn else {}), **agree[name],
                       **({"build_s": build_s[name]} if name in build_s else {})}
     return {"input": [batch, *input_shape(bundle)], "repeats": repeats, "variants": rows, "skipped": skipped}
 
@@ -325,7 +338,7 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"{model} input {bench['input']} ({bench['repeats']} interleaved rounds):")
             for name, r in bench["variants"].items():
                 lines.append(f"  {name:26s} median {r['median_ms']:8.1f} ms  p90 {r['p90_ms']:8.1f} ms  "
-                             f"x{r['ratio_to_eager']:<6} max prob diff {r['max_prob_diff']:.1e}  "
+                             f"x{r['ratio_to_eager']:<6} (x{r.get('ratio_to_onednn', '-')} of oneDNN) max prob diff {r['max_prob_diff']:.1e}  "
                              f"mask Dice {r['mask_dice']}")
             for name, why in bench["skipped"].items():
                 lines.append(f"  {name:26s} not measured: {why}")

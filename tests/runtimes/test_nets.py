@@ -177,3 +177,17 @@ def test_schema_refuses_unknown_runtimes_and_amp_types(tiny_versions, tmp_path, 
     (folder / "configs" / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match=f"claraseg.{key} must be"):
         read_bundle(folder)
+
+
+def test_cache_keeps_the_most_recently_used_exports(tmp_path):
+    import os
+    import time
+
+    for n in range(5):
+        (tmp_path / f"m{n}.onnx").write_bytes(b"x")
+        t = time.time() - 100 + n
+        os.utime(tmp_path / f"m{n}.onnx", (t, t))
+    (tmp_path / "other.json").write_text("{}")
+    gone = nets.prune_cache(tmp_path, 2)
+    assert sorted(p.name for p in gone) == ["m0.onnx", "m1.onnx", "m2.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m3.onnx", "m4.onnx", "other.json"]
