@@ -140,7 +140,9 @@ def main(argv=None) -> int:
           f"first click (session open) {result['first_click_with_session_open_ms']:.0f} ms")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        from claraseg.io import write_text_atomic
+
+        write_text_atomic(args.out, json.dumps(result, indent=1) + "\n")
         print(f"written: {args.out}")
     return 0
 

@@ -84,12 +84,9 @@ def record(args) -> int:
     return 0
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int(np.count_nonzero(a & b)) / s
-
-
 def compare(args) -> int:
+    from claraseg.evaluate.protocol import dice
+
     a, b = np.load(args.a), np.load(args.b)
     meta_a = json.loads(a["meta"].tobytes())
     meta_b = json.loads(b["meta"].tobytes())
@@ -105,7 +102,7 @@ def compare(args) -> int:
                 break
             ma = np.unpackbits(a[ka])[:size].astype(bool)
             mb = np.unpackbits(b[kb])[:size].astype(bool)
-            dices.append(round(_dice(ma, mb), 6))
+            dices.append(round(dice(ma, mb), 6))
         rows.append({"key": sa["key"], "case": sa["case"], "name": sa["name"], "voxels": sa["voxels"],
                      "dice_between": dices, "identical": [d == 1.0 for d in dices],
                      "protocol_dice_a": sa["dice"], "protocol_dice_b": sb["dice"]})

@@ -1,4 +1,4 @@
-"""Segments <-> label values: names and colours for model labels, per-label deltas, object state, Dice.
+"""Segments <-> label values: names and colours for model labels, per-label deltas, object state.
 
 A backend object id is the Slicer segment id the clicks belong to; an auto-segmentation delta holds
 label values that become one segment each, named after the model's labels and coloured.
@@ -171,16 +171,6 @@ class ObjectMask:
     @property
     def voxels(self) -> int:
         return int(np.count_nonzero(self.delta.mask))
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two binary masks (1.0 when both are empty)."""
-    a = np.asarray(a) != 0
-    b = np.asarray(b) != 0
-    total = int(a.sum()) + int(b.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def label_key(segment_name: str) -> str:

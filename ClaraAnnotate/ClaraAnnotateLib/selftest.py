@@ -149,7 +149,8 @@ def _truth(check, labels, names, wanted: str):
 
 def check_click(check, logic, volume, labels, names) -> float:
     """Protocol clicks in the spleen through ``logic.clickAt`` (world points); returns the last Dice."""
-    from ClaraAnnotateLib import annotator, nodes, segments
+    from ClaraAnnotateLib import annotator, nodes
+    from claraseg.evaluate.protocol import dice
 
     truth = _truth(check, labels, names, SELFTEST_STRUCTURE)
     seg, segment_id = segmentation_for(logic.segmentEditorNode(), volume)
@@ -165,21 +166,22 @@ def check_click(check, logic, volume, labels, names) -> float:
         task = logic.wait(logic.clickAt(nodes.ijk_to_world(volume, ijk), foreground))
         check.assertEqual(task.state, "done", f"click failed: {task.error}")
         result = nodes.segment_array(seg, segment_id, volume) > 0
-        d = segments.dice(result, truth)
+        d = dice(result, truth)
         check.delayDisplay(f"Dice after {n + 1} click(s): {d:.3f}")
     check.assertGreater(d, CLICK_MIN_DICE)
     return d
 
 
 def check_extreme_points(check, logic, volume, labels, names) -> float:
-    from ClaraAnnotateLib import nodes, segments
+    from ClaraAnnotateLib import nodes
+    from claraseg.evaluate.protocol import dice
 
     truth = _truth(check, labels, names, SELFTEST_STRUCTURE)
     seg, segment_id = segmentation_for(logic.segmentEditorNode(), volume)
     points = [nodes.ijk_to_world(volume, ijk) for ijk in extreme_points_ijk(truth)]
     task = logic.wait(logic.runExtremePoints(points))
     check.assertEqual(task.state, "done", f"extreme points failed: {task.error}")
-    d = segments.dice(nodes.segment_array(seg, segment_id, volume), truth)
+    d = dice(nodes.segment_array(seg, segment_id, volume), truth)
     check.delayDisplay(f"Dice from six extreme points: {d:.3f}")
     check.assertGreater(d, EXTREME_MIN_DICE)
     return d
@@ -188,6 +190,7 @@ def check_extreme_points(check, logic, volume, labels, names) -> float:
 def check_auto_segment(check, logic, volume, labels, names) -> dict:
     """Auto-segmentation: one named segment per model label; Dice of those the sample CT has."""
     from ClaraAnnotateLib import annotator, nodes, segments
+    from claraseg.evaluate.protocol import dice
 
     seg, _segment_id = segmentation_for(logic.segmentEditorNode(), volume)
     model = annotator.default_model(logic.connectionInfo.models, annotator.AUTO_KINDS)
@@ -201,7 +204,7 @@ def check_auto_segment(check, logic, volume, labels, names) -> dict:
         check.assertTrue(segment_id, f"no segment named after label {value} '{name}'")
         truth = label_value(names, name)
         if truth is not None:
-            dices[name] = segments.dice(nodes.segment_array(seg, segment_id, volume), labels == truth)
+            dices[name] = dice(nodes.segment_array(seg, segment_id, volume), labels == truth)
             check.delayDisplay(f"Auto-segment Dice for {name}: {dices[name]:.3f}")
             check.assertGreater(dices[name], AUTO_MIN_DICE)
     check.assertTrue(dices, "the default segmentation model shares no label with the sample CT")

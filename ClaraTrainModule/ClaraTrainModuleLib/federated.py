@@ -35,6 +35,8 @@ def write_site_datalist(cases, folder: str | os.PathLike, site: str) -> Path:
     """This site's datalist (``<folder>/<site>/datalist.json``) from exported cases, and ``site.json`` naming
     the site, the datalist and its structures: what the job's coordinator needs (``--site NAME=DATALIST``;
     the path is read on this computer by the site's app). Returns the datalist's path."""
+    from claraseg.io import write_text_atomic
+
     from .jobs import write_datalist
 
     site = check_site_name(site)
@@ -43,9 +45,7 @@ def write_site_datalist(cases, folder: str | os.PathLike, site: str) -> Path:
     structures = sorted({str(n) for c in cases for v, n in c.labels.items() if int(v) != 0})
     record = {"site": site, "datalist": str(path.resolve()), "cases": len(cases), "structures": structures,
               "command": f"claraseg federate create --site {site}={path.resolve()} ..."}
-    tmp = out / "site.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, out / "site.json")
+    write_text_atomic(out / "site.json", json.dumps(record, indent=1))
     return path
 
 

@@ -123,7 +123,9 @@ def write_datalist(cases: Sequence[Case], folder: str | os.PathLike) -> Path:
         entries.append({"image": os.path.relpath(c.image, folder), "label": os.path.relpath(c.label, folder),
                         "labels": {str(k): v for k, v in c.labels.items()}, **({"name": c.name} if c.name else {})})
     path = folder / "datalist.json"
-    path.write_text(json.dumps(entries, indent=1))
+    from claraseg.io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(entries, indent=1))
     return path
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from claraseg.errors import ConfigError
+from claraseg.io import write_text_atomic
 
 #: Where a bundle keeps its training config, in the order they are looked for.
 TRAIN_CONFIGS = ("configs/train.json", "configs/train.yaml", "configs/train.yml")
@@ -54,5 +55,5 @@ def write_trial_bundle(bundle: str | os.PathLike, dest: str | os.PathLike, confi
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
     for name in TRAIN_CONFIGS:
         (dst / name).unlink(missing_ok=True)
-    (dst / "configs" / "train.json").write_text(json.dumps(config, indent=1))
+    write_text_atomic(dst / "configs" / "train.json", json.dumps(config, indent=1))
     return dst

@@ -333,7 +333,7 @@ class AutoMLController:
     def _write_settings(self) -> None:
         data = asdict(self.settings)
         data["storage"] = _safe_url(self.settings.storage_url())
-        (self.job_dir / "automl.json").write_text(json.dumps(data, indent=1))
+        write_text_atomic(self.job_dir / "automl.json", json.dumps(data, indent=1))
 
     def _heartbeat(self) -> None:
         from optuna.exceptions import UpdateFinishedTrialError

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from claraseg.errors import TrainingDataError
-from claraseg.io import Image, make_phantom, read_image, resample_to_spacing, write_image
+from claraseg.io import Image, make_phantom, read_image, resample_to_spacing, write_image, write_text_atomic
 
 
 def write_phantom_datalist(out_dir: str | os.PathLike, n_train: int = 2, n_val: int = 1,
@@ -35,7 +35,7 @@ def write_phantom_datalist(out_dir: str | os.PathLike, n_train: int = 2, n_val: 
         split = "training" if n < n_train else "validation"
         entries[split].append({"image": f"{name}_image.nii.gz", "label": f"{name}_label.nii.gz"})
     path = out / "datalist.json"
-    path.write_text(json.dumps(entries, indent=1))
+    write_text_atomic(path, json.dumps(entries, indent=1))
     return path
 
 

@@ -146,7 +146,9 @@ def verify(out: Path, ts: list[Any], before: dict[int, tuple], killed: dict[str,
               "trials": [{"number": t.number, "state": t.state.name, "value": t.value,
                           "retry_of": t.user_attrs.get("retry_of"), "interrupted": bool(t.user_attrs.get("interrupted")),
                           "pruned_at": t.user_attrs.get("pruned_at")} for t in ts]}
-    (out / "verification.json").write_text(json.dumps(record, indent=1, default=str))
+    from claraseg.io import write_text_atomic
+
+    write_text_atomic(out / "verification.json", json.dumps(record, indent=1, default=str))
     return record
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from claraseg.automl import report
 from claraseg.errors import ConfigError
+from claraseg.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def write_report(study, space, out_dir: str | Path, summary: dict[str, Any] | No
     report.write_tables(report.trial_rows(study), out)
     report.plot_history(study, out / "history.png")
     report.export_best(study, space, out)
-    (out / "summary.txt").write_text(summary["line"] + "\n")
+    write_text_atomic(out / "summary.txt", summary["line"] + "\n")
     return summary
 
 

@@ -7,13 +7,14 @@ with ``claraseg automl --report-only``, and shows the trials of every worker mac
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from claraseg.automl.searchspace import SearchSpace, apply_overrides
-from claraseg.io import write_text_atomic
+from claraseg.io import atomic_path, write_text_atomic
 
 #: Columns of the trials table before the parameters.
 COLUMNS = ("number", "state", "dice", "duration_s", "default", "retry_of", "pruned_at", "slot", "host", "error")
@@ -52,13 +53,13 @@ def write_tables(rows: list[dict[str, Any]], out_dir: str | os.PathLike) -> dict
     params = sorted({k for r in rows for k in r if k.startswith("param:")})
     columns = [*COLUMNS, *params]
     paths = {"csv": out / "trials.csv", "json": out / "trials.json", "md": out / "trials.md"}
-    tmp = paths["csv"].with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: r.get(k) for k in columns})
-    os.replace(tmp, paths["csv"])
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: r.get(k) for k in columns})
+    with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as f:
+        f.write(text.getvalue())
     write_text_atomic(paths["json"], json.dumps(rows, indent=1, default=str))
     shown = [c for c in columns if c not in ("host", "error") and any(r.get(c) not in (None, False) for r in rows)]
     lines = ["| " + " | ".join(c.replace("param:", "") for c in shown) + " |", "|" + "---|" * len(shown)]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from claraseg.errors import ConfigError
+from claraseg.io import write_text_atomic
 
 
 @dataclass
@@ -37,7 +38,7 @@ class TrialSpec:
 
     def write(self) -> Path:
         path = Path(self.dir) / "trial.json"
-        path.write_text(json.dumps(asdict(self), indent=1, default=str))
+        write_text_atomic(path, json.dumps(asdict(self), indent=1, default=str))
         return path
 
 

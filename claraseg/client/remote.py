@@ -1,88 +1,29 @@
 """`RemoteBackend`: the HTTP client that implements :class:`~claraseg.backend.Backend` against ``claraseg serve``.
 
-One ``requests.Session`` (a keep-alive connection pool) per backend; every call has a timeout; GETs and
-DELETEs are retried on connection errors and 502/504, other calls only when the connection failed before
-anything was sent, or when the server said it was busy (503: nothing was run). Calls are thread-safe and
-cancellable: :meth:`RemoteBackend.cancel` makes every call in flight raise
-:class:`~claraseg.errors.CancelledError` at once. A session that expired on the server is re-opened
-transparently: the image is uploaded again and the session's interactions are replayed, once per call.
+Sessions (:class:`~claraseg.client.session.RemoteSession`), the datastore and the server's info over the
+plumbing of :class:`~claraseg.client.transport.HttpClient` (timeouts, retries, cancellation, errors).
 """
 
 from __future__ import annotations
 
 import gzip
-import ipaddress
 import json
-import os
-import tempfile
-import threading
 import weakref
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
-from urllib.parse import urlencode, urlsplit
-
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
+from urllib.parse import urlsplit
 
 import claraseg
-from claraseg.backend import API_VERSION, ModelDescriptor, Point, check_object_state
-from claraseg.errors import (
-    ApiVersionError,
-    CancelledError,
-    ClarasegError,
-    InvalidPointsError,
-    ServerBusyError,
-    ServerUnavailableError,
-    SessionExpiredError,
-    SessionNotFoundError,
-)
-from claraseg.io import Image, LabelInfo, MaskDelta, read_image, write_image
+from claraseg.backend import API_VERSION, ModelDescriptor
+from claraseg.errors import ApiVersionError, ClarasegError, ServerUnavailableError
+from claraseg.io import Image, LabelInfo
 
-from .wire import MASKDELTA_MEDIA_TYPE, VOLUME_MEDIA_TYPE, encode_volume_parts
-
-#: Longest query string set_mask sends (its points and clicks): the server's HTTP parser always takes a
-#: request head of 16 KB.
-MAX_STATE_QUERY = 15000
+from .session import MAX_STATE_QUERY, RemoteSession
+from .transport import Body, HttpClient, image_from_bytes, is_loopback_host, nifti_bytes
+from .wire import VOLUME_MEDIA_TYPE, encode_volume_parts
 
 
-def _error_classes() -> dict[str, type[ClarasegError]]:
-    out: dict[str, type[ClarasegError]] = {}
-    todo = [ClarasegError]
-    while todo:
-        cls = todo.pop()
-        out.setdefault(cls.code, cls)
-        todo += cls.__subclasses__()
-    return out
-
-
-class _Body:
-    """A request body made of several buffers, read without joining them (large uploads)."""
-
-    def __init__(self, parts: Sequence[bytes | memoryview]) -> None:
-        self._parts = [memoryview(p).cast("B") for p in parts]
-        self._len = sum(len(p) for p in self._parts)
-        self._i = self._off = 0
-
-    def __len__(self) -> int:
-        return self._len
-
-    def read(self, n: int = -1) -> bytes:
-        out = []
-        want = self._len if n is None or n < 0 else n
-        while want > 0 and self._i < len(self._parts):
-            p = self._parts[self._i]
-            take = p[self._off:self._off + want]
-            out.append(bytes(take))
-            want -= len(take)
-            self._off += len(take)
-            if self._off >= len(p):
-                self._i, self._off = self._i + 1, 0
-        return b"".join(out)
-
-
-class RemoteBackend:
+class RemoteBackend(HttpClient):
     """A :class:`~claraseg.backend.Backend` served over HTTP by ``claraseg serve``.
 
     Args:
@@ -102,33 +43,18 @@ class RemoteBackend:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ServerUnavailableError(f"{url!r} is not a server address; use e.g. http://127.0.0.1:8000")
-        self.url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-        self.timeout, self.infer_timeout, self.upload_timeout = float(timeout), float(infer_timeout), float(upload_timeout)
+        super().__init__(f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}", token, timeout=timeout,
+                         verify=verify, max_connections=max_connections,
+                         user_agent=f"claraseg-client/{claraseg.__version__} (api {API_VERSION})")
+        self.infer_timeout, self.upload_timeout = float(infer_timeout), float(upload_timeout)
         self.compress = (not is_loopback_host(parts.hostname)) if compress is None else bool(compress)
-        self._http = requests.Session()
-        retry = Retry(total=3, connect=3, read=2, status=2, other=0, backoff_factor=0.2, raise_on_status=False,
-                      allowed_methods=frozenset({"GET", "HEAD", "DELETE"}), status_forcelist=(502, 504),
-                      respect_retry_after_header=True)
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max_connections, max_retries=retry)
-        self._http.mount("http://", adapter)
-        self._http.mount("https://", adapter)
-        self._http.verify = self._verify = verify
-        self._http.headers["User-Agent"] = f"claraseg-client/{claraseg.__version__} (api {API_VERSION})"
-        if token:
-            self._http.headers["Authorization"] = f"Bearer {token}"
-        self._executor = ThreadPoolExecutor(max_connections, thread_name_prefix="claraseg-http")
-        self._active: set[threading.Event] = set()
-        self._active_lock = threading.Lock()
         self._sessions: weakref.WeakSet[RemoteSession] = weakref.WeakSet()
-        self._errors = _error_classes()
-        self._closed = False
         #: idle seconds after which the server expires new sessions (0: the server's default).
         self.session_expiry = 0
         self.server_info: dict[str, Any] = self.info()
         if check_version:
             self._check_version(self.server_info)
 
-    # ----- plumbing -------------------------------------------------------------------------------
     def _check_version(self, info: dict[str, Any]) -> None:
         theirs = info.get("api_version")
         if not theirs:
@@ -141,102 +67,6 @@ class RemoteBackend:
                 f"the server at {self.url} speaks API {theirs}, this client speaks API {API_VERSION}; install the "
                 f"same claraseg version on both sides (server {info.get('version', '?')}, client {claraseg.__version__})"
             )
-
-    def cancel(self) -> None:
-        """Make every call now in flight raise :class:`~claraseg.errors.CancelledError` (from any thread).
-        Later calls are not affected."""
-        with self._active_lock:
-            events = list(self._active)
-        for ev in events:
-            ev.cancelled = True  # type: ignore[attr-defined]
-            ev.set()
-
-    def _submit(self, method: str, path: str, timeout: float, **kwargs: Any) -> tuple[Future, threading.Event]:
-        if self._closed:
-            raise ServerUnavailableError("this RemoteBackend was closed; create a new one")
-        ev = threading.Event()
-        ev.cancelled = False  # type: ignore[attr-defined]
-        # verify per request: requests would let REQUESTS_CA_BUNDLE override the session's setting.
-        fut = self._executor.submit(self._http.request, method, self.url + path, verify=self._verify,
-                                    timeout=(min(self.timeout, timeout), timeout), **kwargs)
-        fut.add_done_callback(lambda _: ev.set())
-        return fut, ev
-
-    def _wait(self, fut: Future, ev: threading.Event, what: str) -> requests.Response:
-        with self._active_lock:
-            self._active.add(ev)
-        try:
-            ev.wait()
-        finally:
-            with self._active_lock:
-                self._active.discard(ev)
-        if ev.cancelled and not fut.done():  # type: ignore[attr-defined]
-            raise CancelledError(f"{what} was cancelled")
-        try:
-            return fut.result()
-        except requests.exceptions.SSLError as e:
-            raise ServerUnavailableError(
-                f"{what}: the TLS certificate of {self.url} was not accepted ({_short(e)}); pass verify=<CA or "
-                "certificate file> for a self-signed certificate"
-            ) from None
-        except requests.Timeout:
-            raise ServerUnavailableError(f"{what}: the server at {self.url} did not answer in time") from None
-        except requests.ConnectionError as e:
-            raise ServerUnavailableError(f"{what}: cannot reach the server at {self.url} ({_short(e)})") from None
-        except requests.RequestException as e:
-            raise ServerUnavailableError(f"{what}: request failed ({_short(e)})") from None
-
-    def _raise_for(self, r: requests.Response, what: str) -> None:
-        if r.status_code < 400:
-            return
-        try:
-            body = r.json()
-            detail, code = str(body.get("detail")), str(body.get("code", ""))
-        except (ValueError, AttributeError):
-            raise ServerUnavailableError(
-                f"{what}: the server answered HTTP {r.status_code} without a claraseg message: {r.text[:200]!r}"
-            ) from None
-        if r.status_code == 440:
-            code = SessionExpiredError.code
-        cls = self._errors.get(code)
-        err = cls(detail) if cls is not None else ClarasegError(detail)
-        if cls is None:
-            err.http_status = r.status_code
-        if isinstance(err, ServerBusyError):
-            err.retry_after = float(r.headers.get("Retry-After", "1") or 1)  # type: ignore[attr-defined]
-        raise err
-
-    def _call(self, method: str, path: str, what: str, *, timeout: float | None = None,
-              on_cancel: Callable[[Future], None] | None = None, **kwargs: Any) -> requests.Response:
-        """One request, with busy-retries, error mapping and cancellation."""
-        timeout = self.timeout if timeout is None else timeout
-        for attempt in range(4):
-            body = kwargs.get("data")
-            if isinstance(body, _Body):
-                body._i = body._off = 0
-            fut, ev = self._submit(method, path, timeout, **kwargs)
-            try:
-                r = self._wait(fut, ev, what)
-            except CancelledError:
-                if on_cancel is not None:
-                    on_cancel(fut)
-                raise
-            try:
-                self._raise_for(r, what)
-                return r
-            except ServerBusyError as e:
-                if attempt == 3:
-                    raise
-                pause = threading.Event()
-                with self._active_lock:
-                    self._active.add(pause)
-                pause.cancelled = False  # type: ignore[attr-defined]
-                pause.wait(min(5.0, getattr(e, "retry_after", 1.0)))
-                with self._active_lock:
-                    self._active.discard(pause)
-                if pause.cancelled:  # type: ignore[attr-defined]
-                    raise CancelledError(f"{what} was cancelled") from None
-        raise AssertionError("unreachable")
 
     # ----- Backend --------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -263,9 +93,7 @@ class RemoteBackend:
                 s.close()
             except ClarasegError:
                 pass
-        self._closed = True
-        self._http.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._close_http()
 
     def __enter__(self) -> RemoteBackend:
         return self
@@ -281,7 +109,7 @@ class RemoteBackend:
             data: Any = gzip.compress(head + bytes(voxels), compresslevel=1)
             headers["Content-Encoding"] = "gzip"
         else:
-            data = _Body([head, voxels])
+            data = Body([head, voxels])
         params = {"expiry": int(self.session_expiry)} if self.session_expiry else None
         return self._call("PUT", "/session/", "opening a session", timeout=self.upload_timeout,
                           data=data, headers=headers, params=params, on_cancel=self._discard_session).json()
@@ -307,7 +135,7 @@ class RemoteBackend:
     def upload_image(self, image: Image, image_id: str, *, author: str = "") -> dict[str, Any]:
         """Store an image in the server's datastore under ``image_id``."""
         return self._call("PUT", "/datastore/image", "uploading an image", timeout=self.upload_timeout,
-                          params={"image": image_id}, files={"file": ("image.nii.gz", _nifti_bytes(image))},
+                          params={"image": image_id}, files={"file": ("image.nii.gz", nifti_bytes(image))},
                           data={"params": json.dumps({"author": author})}).json()
 
     def save_label(self, image_id: str, label: Image, *, tag: str = "final", author: str = "",
@@ -316,7 +144,7 @@ class RemoteBackend:
         names = label_names if label_names is not None else {k: v.name for k, v in label.labels.items()}
         params = {"author": author, "label_names": {str(k): v for k, v in names.items()}}
         return self._call("PUT", "/datastore/label", "saving a label", timeout=self.upload_timeout,
-                          params={"image": image_id, "tag": tag}, files={"label": ("label.nii.gz", _nifti_bytes(label))},
+                          params={"image": image_id, "tag": tag}, files={"label": ("label.nii.gz", nifti_bytes(label))},
                           data={"params": json.dumps(params)}).json()
 
     def download_label(self, image_id: str, *, tag: str = "final", version: int | None = None) -> Image:
@@ -325,7 +153,7 @@ class RemoteBackend:
         if version is not None:
             params["version"] = version
         r = self._call("GET", "/datastore/label", "downloading a label", timeout=self.upload_timeout, params=params)
-        image = _image_from_bytes(r.content, label=True)
+        image = image_from_bytes(r.content, label=True)
         try:
             if "X-Label-Names" in r.headers:
                 names = json.loads(r.headers["X-Label-Names"])
@@ -341,172 +169,7 @@ class RemoteBackend:
     def download_image(self, image_id: str) -> Image:
         r = self._call("GET", "/datastore/image", "downloading an image", timeout=self.upload_timeout,
                        params={"image": image_id})
-        return _image_from_bytes(r.content)
+        return image_from_bytes(r.content)
 
 
-class RemoteSession:
-    """A session on the server; see :class:`claraseg.backend.Session` for the methods' meaning."""
-
-    def __init__(self, backend: RemoteBackend, image: Image) -> None:
-        self._backend = backend
-        self._image = image
-        self._lock = threading.RLock()
-        self._log: list[tuple[str, Any]] = []
-        self._pending: tuple[Future, str, dict] | None = None
-        self._closed = False
-        self.reopened = 0
-        self._id = self._backend._upload_session(image)["session_id"]
-
-    @property
-    def id(self) -> str:
-        return self._id
-
-    @property
-    def image_size(self) -> tuple[int, int, int]:
-        return self._image.size_ijk
-
-    # ----- plumbing --------------------------------------------------------------------------------
-    def _post(self, op: str, payload: Any, on_cancel=None) -> requests.Response:
-        if op == "set_mask":
-            object_id, body, state = payload
-            # The mask is the binary body; the points and clicks ride along as JSON query parameters.
-            params = {"object_id": object_id, **{k: json.dumps(v, separators=(",", ":")) for k, v in state.items()}}
-            return self._backend._call("POST", f"/session/{self._id}/set_mask", "set_mask",
-                                       params=params, data=body, headers={"Content-Type": MASKDELTA_MEDIA_TYPE})
-        return self._backend._call("POST", f"/session/{self._id}/{op}", op.replace("_", " "),
-                                   timeout=self._backend.infer_timeout, json=payload, on_cancel=on_cancel)
-
-    def _reopen(self) -> None:
-        """Upload the image again and replay every interaction, so the new session is in the same state."""
-        self._id = self._backend._upload_session(self._image)["session_id"]
-        self.reopened += 1
-        for op, payload in self._log:
-            self._post(op, payload)
-
-    def _settle_pending(self) -> None:
-        """A cancelled click/extreme-points call may still have run on the server: undo it there."""
-        if self._pending is None:
-            return
-        fut, op, payload = self._pending
-        self._pending = None
-        try:
-            r = fut.result(timeout=self._backend.infer_timeout)
-        except Exception:  # the cancelled request failed: nothing changed on the server
-            return
-        if r.status_code == 200:
-            self._log.append((op, payload))
-            self._interact("undo", {"object_id": payload.get("object_id", "1")})
-
-    def _interact(self, op: str, payload: Any) -> MaskDelta | None:
-        if self._closed:
-            raise SessionNotFoundError("this session was closed; open a new one")
-        with self._lock:
-            self._settle_pending()
-            on_cancel = None
-            if op in ("click", "extreme_points"):
-                def on_cancel(fut: Future) -> None:
-                    self._pending = (fut, op, payload)
-            try:
-                r = self._post(op, payload, on_cancel)
-            except (SessionExpiredError, SessionNotFoundError):  # expired, or the server restarted
-                self._reopen()
-                r = self._post(op, payload, on_cancel)
-            self._log.append((op, payload))
-            if op == "set_mask":
-                return None
-            if r.headers.get("content-type", "").split(";")[0] != MASKDELTA_MEDIA_TYPE:
-                raise ServerUnavailableError(f"{op}: the server answered {r.headers.get('content-type')!r}, "
-                                             "not a mask delta")
-            delta = MaskDelta.decode(r.content)
-            self.last_compute_ms = float(r.headers.get("X-Compute-Ms", "nan"))
-            self.last_bytes = len(r.content)
-            return delta
-
-    # ----- Session ---------------------------------------------------------------------------------
-    def click(self, model: str, foreground: Sequence[Point] = (), background: Sequence[Point] = (),
-              object_id: str = "1", slice_axis: int | None = None) -> MaskDelta:
-        return self._interact("click", {"model": model, "foreground": _pts(foreground), "background": _pts(background),
-                                        "object_id": str(object_id), "slice_axis": slice_axis})
-
-    def extreme_points(self, model: str, points: Sequence[Point], object_id: str = "1") -> MaskDelta:
-        return self._interact("extreme_points", {"model": model, "points": _pts(points), "object_id": str(object_id)})
-
-    def auto_segment(self, model: str) -> MaskDelta:
-        return self._interact("auto_segment", {"model": model})
-
-    def set_mask(self, object_id: str, mask: MaskDelta, points: Sequence[Point] = (),
-                 foreground: Sequence[Point] = (), background: Sequence[Point] = ()) -> None:
-        pts, fg, bg = check_object_state(self.image_size, points, foreground, background)
-        state = {k: v for k, v in (("points", pts), ("foreground", fg), ("background", bg)) if v}
-        query = len(urlencode({k: json.dumps(v, separators=(",", ":")) for k, v in state.items()}))
-        if query > MAX_STATE_QUERY:
-            raise InvalidPointsError(
-                f"{len(pts) + len(fg) + len(bg)} points and clicks are too many to hand over with set_mask "
-                f"({query} characters of query string; at most {MAX_STATE_QUERY}, some 600 points)")
-        self._interact("set_mask", (str(object_id), mask.encode(), state))
-
-    def undo(self, object_id: str = "1") -> MaskDelta:
-        return self._interact("undo", {"object_id": str(object_id)})
-
-    def clear(self, object_id: str = "1") -> MaskDelta:
-        return self._interact("clear", {"object_id": str(object_id)})
-
-    def info(self) -> dict[str, Any]:
-        """The server's record of this session."""
-        return self._backend._call("GET", f"/session/{self._id}", "reading the session").json()
-
-    def close(self) -> None:
-        """Close the session on the server (an expired or unknown session is already closed)."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._backend._call("DELETE", f"/session/{self._id}", "closing the session")
-        except (SessionExpiredError, SessionNotFoundError):
-            pass
-
-    def __enter__(self) -> RemoteSession:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _pts(points: Sequence[Point]) -> list[list[int]]:
-    out = []
-    for p in points:
-        q = [int(round(float(v))) for v in p]
-        out.append(q)
-    return out
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """Whether ``host`` (a name or an address) is this machine's loopback."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host or "").is_loopback
-    except ValueError:
-        return False
-
-
-def _short(e: Exception) -> str:
-    s = str(e)
-    return s if len(s) < 200 else s[:200] + "..."
-
-
-def _nifti_bytes(image: Image) -> bytes:
-    with tempfile.TemporaryDirectory(prefix="claraseg-client-") as tmp:
-        p = write_image(image, os.path.join(tmp, "x.nii.gz"))
-        return p.read_bytes()
-
-
-def _image_from_bytes(data: bytes, *, label: bool = False) -> Image:
-    with tempfile.TemporaryDirectory(prefix="claraseg-client-") as tmp:
-        p = os.path.join(tmp, "x.nii.gz")
-        with open(p, "wb") as f:
-            f.write(data)
-        return read_image(p, label=label)
-
-
-__all__ = ["RemoteBackend", "RemoteSession"]
+__all__ = ["MAX_STATE_QUERY", "RemoteBackend", "RemoteSession", "is_loopback_host"]

@@ -77,10 +77,11 @@ def _blocks(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
 
 
 def _unblock(a: np.ndarray, f: tuple[int, int, int], shape) -> np.ndarray:
-    """Each value of ``a`` repeated over its block of ``f`` voxels, cut to ``shape``."""
-    for axis, k in enumerate(f):
-        a = np.repeat(a, k, axis=axis)
-    return a[: shape[0], : shape[1], : shape[2]]
+    """Each value of ``a`` repeated over its block of ``f`` voxels, cut to ``shape`` (a view of a new array)."""
+    k, j, i = a.shape
+    out = np.empty((k * f[0], j * f[1], i * f[2]), a.dtype)
+    out.reshape(k, f[0], j, f[1], i, f[2])[...] = a[:, None, :, None, :, None]
+    return out[: shape[0], : shape[1], : shape[2]]
 
 
 def edt(a: np.ndarray, sampling) -> np.ndarray:
@@ -124,12 +125,15 @@ def _signed_distance(inside: np.ndarray, scale, f: tuple[int, int, int]) -> np.n
     the blocks (majority inside) and spread back, each voxel at least one voxel from the other side."""
     if f == (1, 1, 1):
         return _edt_pair(inside, tuple(scale))
-    coarse = _blocks(inside.astype(np.float32), f) >= 0.5
+    share = _blocks(inside.astype(np.float32), f)
+    coarse = share >= 0.5
     if not coarse.any():
-        coarse = _blocks(inside.astype(np.float32), f) > 0
+        coarse = share > 0
     signed = _unblock(_edt_pair(coarse, tuple(np.asarray(scale) * np.asarray(f))), f, inside.shape)
     step = float(np.min(scale))
-    return np.where(inside, np.maximum(signed, step), np.minimum(signed, -step))
+    np.maximum(signed, step, out=signed, where=inside)
+    np.minimum(signed, -step, out=signed, where=~inside)
+    return signed
 
 
 def _decide(image: np.ndarray, inside: np.ndarray, scale, f: tuple[int, int, int], band: float, tau: float,
@@ -160,10 +164,12 @@ def _decide(image: np.ndarray, inside: np.ndarray, scale, f: tuple[int, int, int
         return h / h.sum()
 
     log_ratio = np.log(density(image[core])) - np.log(density(image[background]))
-    band_voxels = np.abs(signed) <= band + 0.5
+    band_voxels = (signed <= band + 0.5) & (signed >= -(band + 0.5))  # |signed| <= band + 0.5
     idx = bin_of(image[band_voxels])
     new = inside.copy()
     new[band_voxels] = log_ratio[idx] + signed[band_voxels] / tau > 0
+    if not np.any(new > inside):
+        return new  # nothing added outside the old mask: every component overlaps it
     labels, n = ndimage.label(new, structure=np.ones((3, 3, 3), bool))
     if n > 1:
         keep = np.unique(labels[new & inside])

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from claraseg.backend import check_object_state
-from claraseg.engine.boundary import refine_boundary
 from claraseg.engine.masks import BoxMask
 from claraseg.engine.profile import interaction, stage
 from claraseg.engine.runners import (
@@ -23,10 +22,10 @@ from claraseg.engine.runners import (
     box_points,
     dextr_roi,
     honour_all_clicks,
-    refit_with_dextr,
     run_deepgrow,
     run_dextr,
 )
+from claraseg.engine.stages import boundary_grid, refine_mask_boundary, shape_refit
 from claraseg.errors import (
     InvalidImageError,
     InvalidPointsError,
@@ -35,7 +34,6 @@ from claraseg.errors import (
     SessionExpiredError,
     SessionNotFoundError,
 )
-from claraseg.guidance.roi import object_spacing
 from claraseg.io import Image, MaskDelta, check_finite, check_points_inside
 from claraseg.models.preprocess import guess_modality, intensity_params
 from claraseg.models.training import dextr_takes_clicks
@@ -100,17 +98,32 @@ def _warn_once(message: str) -> None:
         log.warning(message)
 
 
+_AMINMAX_DTYPES = {np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.int32, np.int64, np.float32, np.float64)}
+
+
+def _min_max(a: np.ndarray):
+    """``(a.min(), a.max())`` in one pass (torch's ``aminmax``, on the array's own memory), (0, 0) when
+    empty; numpy's two reductions for dtypes torch does not reduce."""
+    if not a.size:
+        return 0, 0
+    if a.dtype in _AMINMAX_DTYPES and a.flags.writeable and all(st >= 0 for st in a.strides):
+        lo, hi = torch.aminmax(torch.from_numpy(a))
+        return lo.item(), hi.item()
+    return a.min().item(), a.max().item()
+
+
 def compact_array(a: np.ndarray) -> np.ndarray:
     """The session's copy of the voxels in the smallest dtype that holds them exactly (int16 for CT) or
     closely (float16 for float images within its range). Never larger than the input."""
     if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
-        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        lo, hi = _min_max(a)
         for dt in (np.uint8, np.int8, np.int16, np.uint16, np.int32):
             info = np.iinfo(dt)
             if info.min <= lo and hi <= info.max and np.dtype(dt).itemsize <= a.dtype.itemsize:
                 return a.astype(dt)
         return a.copy()
-    finite_max = float(np.abs(a).max()) if a.size else 0.0
+    lo, hi = _min_max(a)
+    finite_max = max(-float(lo), float(hi))  # = max |a| (the voxels are finite)
     if finite_max < 60000 and a.dtype.itemsize > 2:
         return a.astype(np.float16)
     return a.copy()
@@ -270,15 +283,8 @@ class LocalSession:
 
     def _refit(self, settings: dict, mask: BoxMask, fg: np.ndarray, bg: np.ndarray,
                new_clicks: tuple[np.ndarray, np.ndarray]) -> BoxMask | None:
-        """The DeepGrow 3D bundle's shape re-fit (``shape_refit_model``, a DEXTR3D model, on the extreme points
-        of the click's result), or None when there is none, it is not on this backend, or it is refused
-        (see :func:`~claraseg.engine.runners.refit_with_dextr`). ``shape_refit_passes`` (default 1) re-fits
-        the re-fit again, from its own extreme points and with it as the current mask, until a pass is
-        refused or changes nothing; ``shape_refit_tta_flips`` sets the test-time flips of the passes before the
-        last (the last runs with the DEXTR3D bundle's own); ``shape_refit_threshold`` cuts every pass's result
-        (default: the DEXTR3D bundle's threshold); ``shape_refit_contradiction`` says what a pass that contradicts
-        a click becomes (refused, honoured or merged: :func:`~claraseg.engine.runners.refit_with_dextr`).
-        Clicks are honoured on the last accepted pass."""
+        """The DeepGrow 3D bundle's shape re-fit (:func:`~claraseg.engine.stages.shape_refit` with its
+        ``shape_refit_model``), or None when there is none, it is not on this backend, or it is refused."""
         name = settings.get("shape_refit_model")
         if not name:
             return None
@@ -290,59 +296,25 @@ class LocalSession:
             _warn_once(f"refit model {name!r} is a {bundle.kind} model, not dextr3d: the shape re-fit is skipped")
             return None
         net = self._backend.registry.network(name, self._backend.device)
-        passes = int(settings.get("shape_refit_passes", 1))
-        # The re-fit's result may be cut at its own threshold (``shape_refit_threshold``), and the passes before
-        # the last may run with fewer test-time flips (they only set the next box and mask).
-        last = {**bundle.settings, "threshold": settings["shape_refit_threshold"]} if "shape_refit_threshold" in settings \
-            else bundle.settings
-        early = {**last, "tta_flips": settings["shape_refit_tta_flips"]} if "shape_refit_tta_flips" in settings else last
-        vol, gate = self._volume(bundle), float(settings.get("shape_refit_min_agreement", 0.5))
-        found = None
-        for n in range(passes):
-            # Each further pass re-fits the previous one (its box is taken from a better estimate).
-            again = refit_with_dextr(net, last if n == passes - 1 else early, vol,
-                                     mask if found is None else BoxMask(self._size, *found), fg, bg,
-                                     self._backend.device, gate,
-                                     settings.get("shape_refit_contradiction", "refuse"))
-            if again is None:
-                break
-            converged = found is not None and np.array_equal(again[0], found[0]) and np.array_equal(again[1], found[1])
-            found = again
-            if converged:
-                break
-        if found is None:
-            return None
-        start, crop = found  # a fresh array of the last pass: the clicks are honoured on it in place
-        with stage("honour"):
-            honour_all_clicks(crop, start, fg, bg, new_clicks, float(settings.get("click_radius_mm", 0.0)),
-                              self.geometry.spacing)
-            return BoxMask(self._size, start, crop)
+        return shape_refit(net, settings, bundle.settings, self._volume(bundle), mask, fg, bg, new_clicks,
+                           self._backend.device)
 
     def _refine_boundary(self, settings: dict, mask: BoxMask, fg: np.ndarray, bg: np.ndarray,
                          roi_spacing=None) -> BoxMask:
         """``mask`` with its boundary re-decided at the image's resolution when the bundle's
-        ``boundary_refine`` setting asks for it (:func:`~claraseg.engine.boundary.refine_boundary`; keys
-        ``band``, ``tau``, ``ring``, ``bins``); every click keeps its answer. ``roi_spacing`` is the grid
-        the mask was made on; by default (a DeepGrow 3D result) that of the DEXTR3D re-fit of the mask's
-        box (``shape_refit_model``), or without one the grid DeepGrow 3D refines an object of that size on."""
-        spec = settings.get("boundary_refine")
-        if spec is None or mask.is_empty:  # {} asks for the defaults
+        ``boundary_refine`` setting asks for it (:func:`~claraseg.engine.stages.refine_mask_boundary`).
+        ``roi_spacing`` is the grid the mask was made on; by default (a DeepGrow 3D result) the one
+        :func:`~claraseg.engine.stages.boundary_grid` gives with the bundle's ``shape_refit_model``."""
+        if settings.get("boundary_refine") is None or mask.is_empty:
             return mask
         spacing = self.geometry.spacing
         if roi_spacing is None:
             refit = settings.get("shape_refit_model")
-            box = np.stack([mask.start, mask.stop - 1]).astype(np.float64)
-            if refit and refit in self._backend.registry.names() and \
-                    self._backend.registry.get(refit).kind == "dextr3d":
-                roi_spacing = dextr_roi(self._backend.registry.get(refit).settings, box, spacing).spacing
-            else:
-                extent = float(((box[1] - box[0] + 1) * spacing).max())
-                roi_spacing = [object_spacing(extent, int(settings["roi_size"][0]),
-                                              float(settings.get("correction_fill", settings["fill"])),
-                                              settings["spacing_range_mm"])] * 3
-        with stage("boundary"):
-            return refine_boundary(self._numpy, spacing, mask, roi_spacing, fg, bg,
-                                   **{k: spec[k] for k in ("band", "tau", "ring", "bins") if k in spec})
+            registry = self._backend.registry
+            refit_settings = registry.get(refit).settings if refit and refit in registry.names() \
+                and registry.get(refit).kind == "dextr3d" else None
+            roi_spacing = boundary_grid(settings, mask, spacing, refit_settings)
+        return refine_mask_boundary(settings, self._numpy, spacing, mask, roi_spacing, fg, bg)
 
     def extreme_points(self, model: str, points: Sequence, object_id: str = "1") -> MaskDelta:
         pts = check_points_inside(self._size, points if len(points) else np.zeros((0, 3)), "extreme point")

@@ -30,6 +30,8 @@ from scipy import ndimage
 
 from claraseg.backend import Session
 from claraseg.errors import ClarasegError, InvalidPointsError
+from claraseg.guidance.clicks import extreme_points as _extreme_points
+from claraseg.guidance.clicks import jitter_points
 from claraseg.io import MaskDelta
 
 #: Seed of the tie-breaking RNG (ANCHORS.md).
@@ -103,25 +105,16 @@ def next_click(pred: np.ndarray, truth: np.ndarray, rng: np.random.Generator) ->
 
 
 def extreme_points(truth: np.ndarray, jitter: int = 0, rng: np.random.Generator | None = None) -> list[list[int]]:
-    """The 6 extreme points ``[i, j, k]`` of a binary ``[k, j, i]`` mask: min and max along i, j, k, each
-    the voxel nearest the centroid among the ties (then the first in index order). With ``jitter`` each
-    coordinate moves by a uniform integer in ``[-jitter, +jitter]`` (symmetric), clipped to the volume."""
-    kji = np.argwhere(truth)
-    if len(kji) == 0:
+    """The 6 extreme points ``[i, j, k]`` of a binary ``[k, j, i]`` mask
+    (:func:`claraseg.guidance.extreme_points`: min and max along i, j, k, each the voxel nearest the
+    centroid among the ties). With ``jitter`` each coordinate moves by a uniform integer in
+    ``[-jitter, +jitter]`` (symmetric, :func:`claraseg.guidance.jitter_points`), clipped to the volume."""
+    pts = _extreme_points(truth)
+    if len(pts) == 0:
         raise InvalidPointsError("the structure is empty: it has no extreme points")
-    ijk = kji[:, ::-1]
-    centroid = ijk.mean(axis=0)
-    points = []
-    for axis in range(3):
-        for extreme in (ijk[:, axis].min(), ijk[:, axis].max()):
-            cand = ijk[ijk[:, axis] == extreme]
-            d = np.sum((cand - centroid) ** 2, axis=1)
-            points.append(cand[int(np.argmin(d))].copy())
-    pts = np.asarray(points, dtype=np.int64)
     if jitter:
         rng = rng if rng is not None else np.random.default_rng(0)
-        pts = pts + rng.integers(-jitter, jitter + 1, size=pts.shape)
-        pts = np.clip(pts, 0, np.asarray(truth.shape[::-1]) - 1)
+        pts = jitter_points(pts, rng, jitter, truth.shape[::-1])
     return pts.tolist()
 
 

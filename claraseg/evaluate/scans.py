@@ -25,6 +25,7 @@ from claraseg.evaluate.runner import (
     build_report,
     default_refine_model,
     resolve_model,
+    run,
     structures_of,
     summarize,
 )
@@ -116,6 +117,28 @@ def evaluate_split(backend: Backend, models: Sequence[str], split: str, data_dir
         summaries[name] = summary_entry(report)
     write_split_summary(out, split)
     return summaries
+
+
+def check_bundle(bundle_dir: str | Path, data_dir: str | Path, *, split: str = "validation",
+                 interactions: int = 5, progress: bool = False) -> dict[str, Any]:
+    """The protocol's summary for one bundle folder on ``split`` through the in-process engine, with the
+    bundles beside it (a DEXTR3D bundle's refinement clicks go to the DeepGrow 3D bundle there; without
+    one only the extreme points are evaluated). What ``claraseg pretrain`` records after training."""
+    from claraseg.engine import LocalBackend
+
+    bundle_dir = Path(bundle_dir)
+    backend = LocalBackend(bundle_dir.parent, device="cpu", idle_timeout=None)
+    try:
+        descriptor = resolve_model(backend, bundle_dir.name)
+        refine = default_refine_model(backend) if descriptor.kind == "dextr3d" else None
+        n = interactions if descriptor.kind != "dextr3d" or refine else 1
+        rows = run(backend, descriptor, split_structures(split, data_dir), interactions=n, refine_model=refine,
+                   progress=progress)
+    finally:
+        backend.close()
+    return {"split": split, "interactions": n, "summary": summarize(rows, n),
+            "summary_by_source": {src: summarize(r, n) for src, r in _by_source(rows).items()},
+            "first_click_large": first_click_large(rows)}
 
 
 def summary_entry(report: dict[str, Any]) -> dict[str, Any]:

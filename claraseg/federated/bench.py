@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from claraseg.io import write_text_atomic
+
 #: site -> (source folder, structures trained on, held-out structures). The held-out ones were held out of
 #: the default DeepGrow 3D model's pre-training too.
 SITES: dict[str, tuple[str, list[str], list[str]]] = {
@@ -53,7 +55,7 @@ def write_site_data(data_dir: Path, out: Path, sites: dict[str, tuple[str, list[
                         folder / f"{part}_label.nii.gz")
             entries[part] = [{"image": str(data_dir / source / "image.nii.gz"), "label": str(folder / f"{part}_label.nii.gz"),
                               "labels": {str(v): n for v, n in values.items()}}]
-        (folder / "datalist.json").write_text(json.dumps(entries, indent=1))
+        write_text_atomic(folder / "datalist.json", json.dumps(entries, indent=1))
         datalists[site] = str(folder / "datalist.json")
     return datalists
 

@@ -169,6 +169,8 @@ def _bench(args) -> int:
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        from claraseg.io import write_text_atomic
+
+        write_text_atomic(Path(args.out), text + "\n")
     print(json.dumps(result["summary"], indent=1))
     return 0

@@ -24,6 +24,7 @@ import claraseg
 from claraseg.errors import ClarasegError, ConfigError
 from claraseg.federated.events import FedEventWriter, read_status
 from claraseg.federated.spec import FederatedSpec
+from claraseg.io import write_bytes_atomic, write_text_atomic
 
 APP = "claraseg.federated.nvflare_app"
 #: CKKS parameters of the HE contexts (NVFlare's HEBuilder defaults: 8192 slots x 2, scale 2^40).
@@ -118,9 +119,7 @@ def _client_config(spec: FederatedSpec, site: str, index: int, bundle: str, site
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def write_nvflare_job(spec: FederatedSpec, out: Path, *, bundle: str, events: str, site_dirs: dict[str, str],
@@ -176,9 +175,7 @@ def write_he_contexts(startup: Path) -> dict[str, int]:
     for name, is_client in (("server_context.tenseal", False), ("client_context.tenseal", True)):
         data = context.serialize(save_public_key=is_client, save_secret_key=is_client, save_galois_keys=False,
                                  save_relin_keys=True)
-        tmp = startup / (name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, startup / name)
+        write_bytes_atomic(startup / name, data)
         sizes[name] = len(data)
     return sizes
 
@@ -282,7 +279,7 @@ def export_job(spec: FederatedSpec, out: str | os.PathLike, *, server: str = "lo
                "builders": builders}
     import yaml
 
-    (out / "project.yml").write_text(yaml.safe_dump(project, sort_keys=False))
+    write_text_atomic(out / "project.yml", yaml.safe_dump(project, sort_keys=False))
     bundle = site_bundle or str(Path(spec.bundle))
     job = write_nvflare_job(spec, out / "jobs", bundle=bundle, events="claraseg_federated/events.jsonl",
                             site_dirs={s: "claraseg_federated" for s in spec.sites}, registry=site_registry,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -149,8 +150,10 @@ def evaluate_weights(bundle: str | os.PathLike, weights: Mapping[str, Any], prep
     the same preprocessing, simulated clicks or sliding window, and seeds). Returns ``(mean, per label)``."""
     import torch
 
+    from claraseg.backend import pick_device
     from claraseg.train import config as cfg
     from claraseg.train.data import PreparedData
+    from claraseg.train.runner import configure_validation
     from claraseg.train.tasks import make_task
 
     if threads:
@@ -158,15 +161,12 @@ def evaluate_weights(bundle: str | os.PathLike, weights: Mapping[str, Any], prep
     bundle = Path(bundle).resolve()
     meta = cfg.read_metadata(bundle)
     cmeta = meta.get("claraseg") or {}
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
+    dev = torch.device(pick_device(device))
     parser = cfg.make_parser(bundle, dict(overrides or {}), extra={"device": f"$torch.device('{dev}')"})
     comps = cfg.validate(parser)
     task = make_task(cmeta.get("kind"), comps, cmeta)
     network = comps["network_def"].to(dev)
     network.load_state_dict(to_state_dict(weights, read_weights(bundle / "models" / "model.pt")))
-    if "validation_samples" in parser and hasattr(task, "validation_samples"):
-        task.validation_samples = int(cfg.parsed(parser, "validation_samples"))
     if hasattr(task, "attach"):
         task.attach(network)
     data = PreparedData.load(prepared)
@@ -175,7 +175,14 @@ def evaluate_weights(bundle: str | os.PathLike, weights: Mapping[str, Any], prep
     for item in task.items(data.val):
         out = transform(item)
         items.append(out[0] if isinstance(out, list) else out)
-    score, per_label = task.validate(network, items, data.val, dev, comps["settings"]["sw_batch_size"])
+    # Validated as the site's job validates (interactive kinds: the click protocol through the engine).
+    with tempfile.TemporaryDirectory(prefix="claraseg-eval-") as folder:
+        configure_validation(task, parser, bundle, cmeta.get("kind"), Path(folder) / "models", dev)
+        try:
+            score, per_label = task.validate(network, items, data.val, dev, comps["settings"]["sw_batch_size"])
+        finally:
+            if getattr(task, "clicks", None) is not None:
+                task.clicks.close()
     return float(score), {k: float(v) for k, v in per_label.items()}
 
 

@@ -15,7 +15,6 @@ global model when the job uses HE. Nothing but the weight difference and these f
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.fuel.utils import fobs
 
 from claraseg.federated.events import FedEventWriter
+from claraseg.io import atomic_path, write_text_atomic
 
 TRAIN_TASK = "train"
 FINALIZE_TASK = "finalize"
@@ -206,9 +206,7 @@ class ClarasegExecutor(Executor):
         version = registry.publish(name, staged)
         published = {"name": version, "path": str(registry.get(version).path), "registry": str(registry_root),
                      "baseline_dice": baseline, "dice": dice}
-        tmp = marker.with_name(marker.name + ".tmp")
-        tmp.write_text(json.dumps(published))
-        os.replace(tmp, marker)
+        write_text_atomic(marker, json.dumps(published))
         self.events.emit("published", site=fl_ctx.get_identity_name(), **published)
         return published
 
@@ -237,10 +235,8 @@ class BundlePersistor(ModelPersistor):
             return
         path = _resolve(self.save_path, fl_ctx)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **weights)
-        os.replace(tmp, path)
 
 
 class FederationRecorder(FLComponent):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from claraseg.errors import ConfigError
+from claraseg.io import write_text_atomic
 from claraseg.train.spec import check_model_name
 
 #: NVFlare site names: letters, digits, ``-`` and ``_`` (they become folder and app names).
@@ -189,7 +190,4 @@ class FederatedSpec:
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike) -> None:
-        p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, p)
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1))

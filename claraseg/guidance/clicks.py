@@ -1,4 +1,5 @@
-"""Click simulation (ANCHORS.md) and extreme points.
+"""Simulated training clicks and extreme points (the evaluation's click protocol is
+:mod:`claraseg.evaluate.protocol`).
 
 All masks are numpy ``[k, j, i]`` arrays; all points are voxel indices ``[i, j, k]``.
 """
@@ -10,9 +11,6 @@ from scipy import ndimage
 
 #: 26-connectivity, as the click protocol prescribes.
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
-
-#: Seed of the tie-breaking RNG of the click protocol.
-PROTOCOL_SEED = 42
 
 
 def error_components(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, int]:
@@ -39,28 +37,10 @@ def _deepest(component: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.array(np.unravel_index(pick, component.shape))
 
 
-def next_click(pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator | None = None):
-    """The next click of the evaluation protocol (ANCHORS.md).
-
-    The voxel of maximal distance transform inside the largest 26-connected error component; foreground
-    when the ground truth is 1 there. Returns ``(ijk, is_foreground)`` or ``None`` when pred == gt.
-    On an empty prediction this is the deepest interior point of the object.
-    """
-    rng = rng if rng is not None else np.random.default_rng(PROTOCOL_SEED)
-    labels, n = error_components(pred, gt)
-    if n == 0:
-        return None
-    sizes = np.bincount(labels.ravel())[1:]
-    largest = int(np.argmax(sizes)) + 1
-    # Crop to the component's box: the distance transform is then cheap even on a large volume.
-    box = ndimage.find_objects(labels)[largest - 1]
-    kji = _deepest(labels[box] == largest, rng) + np.array([s.start for s in box])
-    return kji[::-1].astype(np.int64), bool(np.asarray(gt)[tuple(kji)])
-
-
 def random_click(pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator, *, p_deepest: float = 0.5):
-    """A training click: like :func:`next_click` but the component is drawn with probability proportional
-    to its size and the voxel either the deepest (``p_deepest``) or drawn with weight = distance^2, which
+    """A training click on the error ``pred != gt``, after the click protocol of ANCHORS.md (the deepest
+    voxel of the largest error component) with random variants: the component is drawn with probability
+    proportional to its size and the voxel either the deepest (``p_deepest``) or drawn with weight = distance^2, which
     imitates users who click near, not exactly at, the middle of the error. Returns ``(ijk, is_fg)`` or None."""
     labels, n = error_components(pred, gt)
     if n == 0:

@@ -9,6 +9,8 @@ import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -258,24 +260,11 @@ def write_image(image: Image, path: str | os.PathLike, *, compress: bool = True)
             img.SetMetaData("claraseg_labels", json.dumps(
                 {str(k): {"name": v.name, "color": list(v.color) if v.color else None} for k, v in image.labels.items()}))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=path.parent)
-    except OSError as e:
-        raise _write_error(path, e) from None
-    os.close(fd)
-    try:
-        sitk.WriteImage(img, tmp, useCompression=compress)
-        _check_written(Path(tmp), path)
-        _fsync(tmp)
-        _chmod_default(tmp)
-        os.replace(tmp, path)
-        _fsync(path.parent)
+        with atomic_path(path, suffix=ext) as tmp:
+            sitk.WriteImage(img, str(tmp), useCompression=compress)
+            _check_written(tmp, path)
     except RuntimeError as e:
         raise _write_error(path, e) from None
-    except OSError as e:
-        raise _write_error(path, e) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     side = label_sidecar_path(path)
     if side is not None and not image.labels and side.exists():
         side.unlink()  # a stale sidecar would turn the new file into a label map when read
@@ -302,17 +291,20 @@ def _chmod_default(path: str) -> None:
     os.chmod(path, 0o666 & ~_UMASK)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically and durably (temporary file in the same folder, fsync, rename, fsync of
-    the folder); a full disk raises :class:`StorageFullError` and leaves nothing behind."""
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path in ``path``'s folder to write the file to; when the block ends it is flushed to the
+    disk and renamed over ``path`` (then the folder is flushed), so readers never see half a file. On an
+    error the temporary file is removed and nothing is replaced; a failed write raises :class:`ImageWriteError`
+    (:class:`StorageFullError` when the disk is full). ``suffix`` ends the temporary name (writers that
+    choose the format from it; torch.save needs one)."""
     path = Path(path)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
+        os.close(fd)
+        yield Path(tmp)
+        _fsync(tmp)
         _chmod_default(tmp)
         os.replace(tmp, path)
         _fsync(path.parent)
@@ -321,6 +313,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically and durably (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write a binary file atomically and durably (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

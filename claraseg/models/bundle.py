@@ -16,13 +16,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from claraseg.backend import MODEL_KINDS, ModelDescriptor
 from claraseg.errors import ConfigError, ModelError
+from claraseg.io import atomic_path, write_text_atomic
 from claraseg.models.schema import DEXTR_CHANNELS, check_settings  # noqa: F401 (DEXTR_CHANNELS re-exported)
 
 METADATA = Path("configs") / "metadata.json"
@@ -48,9 +48,7 @@ def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
     """Write JSON through a temporary file and a rename, so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def labels_from_metadata(meta: dict[str, Any]) -> dict[int, str]:
@@ -93,7 +91,7 @@ class Bundle:
         else:
             labels = {1: "object"}
         extra = {k: self.metadata[k] for k in ("data_source", "intended_use", "eval_metrics") if k in self.metadata}
-        extra.update({k: s[k] for k in ("metrics", "heldout", "demo_grade") if k in s})
+        extra.update({k: s[k] for k in ("heldout", "demo_grade") if k in s})
         legacy = s.get("training")  # a bundle written before the history moved to its own file
         if "heldout" not in extra and isinstance(legacy, dict) and legacy.get("heldout"):
             extra["heldout"] = legacy["heldout"]
@@ -235,7 +233,6 @@ def save_weights(net, path: str | os.PathLike, half: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu()
              for k, v in net.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path

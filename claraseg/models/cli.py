@@ -33,9 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                    help="set a click-sampling key of the interactive bundles' train.json for this run (JSON value; "
                         "repeatable), e.g. --train max_loop_clicks=8; the recipe records it")
-    p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation after training")
-    p.add_argument("--evaluate-only", action="store_true",
-                   help="only (re)run the held-out evaluation of already trained bundles and record it")
+    p.add_argument("--no-eval", action="store_true",
+                   help="skip the click protocol on the validation split after training (claraseg eval --split "
+                        "validation runs it on trained bundles)")
     p.set_defaults(func=_run)
 
 
@@ -46,21 +46,13 @@ def _run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if args.evaluate_only:
-        from claraseg.models.heldout import evaluate_bundle
-
-        for kind in models:
-            if kind != "segmentation":
-                result = evaluate_bundle(args.out / kind, args.data or default_data_dir())
-                print(kind, json.dumps(result["summary"], indent=2))
-        return 0
     records = pretrain(models, args.out, args.data or default_data_dir(), minutes=parse_minutes(args.minutes),
                        iterations=args.iterations, seed=args.seed, evaluate=not args.no_eval,
                        warm_start=args.warm_start, lr_scale=args.lr_scale,
                        channels=[c.strip() for c in args.channels.split(",") if c.strip()] if args.channels else None,
                        train_overrides=parse_train_options(args.train))
     print(json.dumps({k: {f: v.get(f) for f in ("iterations", "minutes", "final_loss", "validation_dice_roi",
-                                                    "dice_on_training_ct", "heldout_metrics")}
+                                                    "dice_on_training_ct", "validation_metrics")}
                       for k, v in records.items()}, indent=2))
     return 0
 

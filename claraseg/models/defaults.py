@@ -12,6 +12,7 @@ from typing import Any
 
 from claraseg.errors import ConfigError
 from claraseg.models.bundle import DEXTR_CHANNELS, INFERENCE, METADATA, TRAIN, write_json_atomic
+from claraseg.models.inference_config import interactive_inference
 
 #: Intensity normalisation shared by the interactive models (see claraseg.models.preprocess).
 INTENSITY = {
@@ -30,8 +31,8 @@ _DEEPGROW_COMMON: dict[str, Any] = {
     "intensity": INTENSITY,
     "threshold": 0.5,
     "keep_clicked_components": True,
-    # The voxels within this distance of a click just placed take the click's label (in 2D this kept
-    # Dice rising where the network ignored late clicks: +0.01-0.02 after 10-20 clicks; no change in 3D).
+    # The voxels within this distance of a click just placed take the click's label (so a late click the
+    # network ignores still changes the mask).
     "click_radius_mm": 1.0,
     "min_points": 1,
     # The network forward on ONNX Runtime (torch when it is not installed): faster than torch on CPU, with
@@ -44,57 +45,47 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "deepgrow3d": {
         **_DEEPGROW_COMMON,
         "kind": "deepgrow3d",
-        # Refinement ROIs at the training scale (``fill``): 0.45 lost 0.010-0.024 Dice at every click 2-8 on the
-        # held-out structures (0.45/0.6/0.7/0.8 compared with ``claraseg eval --heldout --clicks 8``).
+        # Refinement ROIs at the training scale (``fill``).
         "correction_fill": 0.7,
         "roi_size": [64, 64, 64],
         # Training crops are smaller than the inference ROI (same spacing rules; the network is convolutional).
         "train_roi_size": [48, 48, 48],
         "spacing_range_mm": [0.6, 8.0],
-        # The first click's field of view (64 x 2 mm); chosen from 1.4-3.5 mm on held-out Dice after 1-3 clicks.
+        # The first click's field of view (64 x 2 mm).
         "first_click_spacing_mm": 2.0,
         # Shape re-fit: after each click, DEXTR3D re-segments the object from the result's extreme points
-        # (reading the clicks and the result too); kept unless it contradicts a click or agrees with the
-        # click's result by less than this Dice. Held-out Dice after 5 / 10 clicks 0.773 / 0.826 without it,
-        # 0.840 / 0.840 with a points-only DEXTR3D, 0.874 / 0.899 with the click-reading one
-        # (claraseg eval --heldout, results/heldout_deepgrow3d.json).
+        # (reading the clicks and the result too); kept unless it agrees with the click's result by less
+        # than this Dice (and see shape_refit_contradiction).
         "shape_refit_model": "dextr3d",
         "shape_refit_min_agreement": 0.5,
         # The re-fit is run again on its own result (3 passes; the first two with 2 test-time flips, which
         # only set the next box and mask), from a DeepGrow 3D result cut at 0.6 (a tighter estimate gives a
-        # better box): held-out Dice after 1 / 5 clicks 0.668 / 0.874 -> 0.713 / 0.898, NoC@85 5.75 -> 4.625
-        # with the stage-4 DEXTR3D; claraseg bench p50 ~0.36-0.41 s a click (session5_inference.json in
-        # results/experiments). The shipped stages were trained with 0.5 for their network-in-the-loop
-        # clicks (``settings_at_training``).
+        # better box). Training cut the network-in-the-loop clicks at the threshold its history records
+        # (``settings_at_training``).
         "shape_refit_passes": 3,
         "shape_refit_tta_flips": 2,
         "threshold": 0.6,
         # A re-fit that contradicts a click (a background click inside it, a foreground click outside) is
-        # merged, not refused: the click's own result in the region of the re-fit's additions (or of its
-        # removals) that holds the contradicted click, the re-fit elsewhere (session 8: additions and
-        # removals apart, Dice after 10 / 20 clicks 0.925 / 0.929 -> 0.927 / 0.932, NoC@85 unchanged). Refusing it left the object to DeepGrow 3D alone, which drifted
-        # (held-out right lateral ventricle 0.81 after 4 clicks, 0.59 after 10): Dice after 10 / 20 clicks
-        # 0.910 / 0.910 -> 0.918 / 0.922 (results/experiments/session6_inference.json).
+        # kept and the clicks are honoured on it ("honour"); "merge" takes the click's own result in the
+        # region of the re-fit's additions (or removals) that holds the contradicted click; "refuse" leaves
+        # the object to DeepGrow 3D alone, which drifts over many clicks.
         "shape_refit_contradiction": "honour",
-        # The re-fit's result is cut at 0.55 (DEXTR3D alone keeps its 0.5, which suits it better: NoC@85
-        # 2.97 against 3.12 at 0.55): with the merge, DeepGrow 3D NoC@85 4.62 -> 4.44 (0.5 / 0.6: 4.62 / 4.5).
+        # The re-fit's result is cut at 0.55 (DEXTR3D on extreme points alone keeps its own 0.5).
         "shape_refit_threshold": 0.55,
         # Every click's result has its boundary re-decided at the image's resolution where the re-fit's
         # grid was coarser (elongated objects: up to 2x along their long axis): voxels within 1.5 ROI
         # voxels of the boundary follow the intensities of the object's core and of a ring outside it
-        # unless the distance prior outweighs them (claraseg/engine/boundary.py). Held-out NoC@85 4.19 ->
-        # 3.34, real structures 6.32 -> 4.89, phantoms unchanged (results/experiments/session8_inference.json).
+        # unless the distance prior outweighs them (claraseg/engine/boundary.py).
         "boundary_refine": {"band": 1.0, "tau": 0.7, "ring": 4.0, "bins": 48},
     },
     "deepgrow2d": {
         **_DEEPGROW_COMMON,
         "kind": "deepgrow2d",
-        # Test-time augmentation: probabilities averaged over the 4 flips of the slice, one batch
-        # (``claraseg bench --threads 2``: 14 / 18 ms p50 / p95 a click with it).
+        # Test-time augmentation: probabilities averaged over the 4 flips of the slice, one batch.
         "tta_flips": 4,
         "roi_size": [128, 128, 1],
         "spacing_range_mm": [0.3, 4.0],
-        # The first click's field of view (128 x 1 mm); chosen from 0.7-2.5 mm on held-out Dice after 1-5 clicks.
+        # The first click's field of view (128 x 1 mm).
         "first_click_spacing_mm": 1.0,
     },
     "dextr3d": {
@@ -103,8 +94,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "tta_flips": 8,
         "runtime": "onnxruntime",  # as DeepGrow's (docs/runtimes.md)
         # The boundary of every result is re-decided at the image's resolution where the ROI was coarser,
-        # as for DeepGrow 3D: held-out Dice from the extreme points 0.894 -> 0.899, NoC@85 2.72 -> 1.66
-        # (real structures 3.89 -> 2.11; results/experiments/session8_inference.json).
+        # as for DeepGrow 3D.
         "boundary_refine": {"band": 1.0, "tau": 0.7, "ring": 4.0, "bins": 48},
         "roi_size": [48, 48, 48],
         # Image and extreme points, plus the object's clicks and current mask: clicks on an object made
@@ -124,7 +114,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Networks (MONAI UNet; small so that a 64^3 3D click runs in ~0.15 s on one CPU thread).
+#: Networks (MONAI UNet, about 0.6 M parameters: small enough for CPU clicks).
 NETWORKS: dict[str, dict[str, Any]] = {
     "deepgrow3d": {"_target_": "UNet", "spatial_dims": 3, "in_channels": 4, "out_channels": 1,
                    "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1},
@@ -143,10 +133,13 @@ SEGMENTATION_ROI = [96, 96, 96]
 SEGMENTATION_WINDOW = [-250, 350]
 
 #: Training settings of each kind (recorded in configs/train.json and read by claraseg pretrain; a
-#: fine-tune job starts from ``finetune_learning_rate``).
+#: fine-tune job starts from ``finetune_learning_rate`` and takes ``finetune`` as its ``training#`` settings).
 TRAINING: dict[str, dict[str, Any]] = {
     "deepgrow3d": {"batch_size": 2, "learning_rate": 1e-3, "finetune_learning_rate": 5e-5, "loss": "DiceCELoss(sigmoid)", "p_model_in_loop": 0.6,
-                   "max_loop_clicks": 5},
+                   "max_loop_clicks": 5,
+                   # Fine-tunes tune the decoder half of the UNet (the up-sampling blocks), pulled toward the
+                   # starting weights (L2-SP), validated every 25 steps (docs/training.md, bench-adapt).
+                   "finetune": {"trainable": ["(^|\\.)2\\."], "l2sp": 1.0, "val_interval": 25}},
     "deepgrow2d": {"batch_size": 8, "learning_rate": 1e-3, "finetune_learning_rate": 1e-4, "loss": "DiceCELoss(sigmoid)", "p_model_in_loop": 0.4,
                    "max_loop_clicks": 3},
     "dextr3d": {"batch_size": 2, "learning_rate": 1e-3, "finetune_learning_rate": 1e-4, "loss": "DiceCELoss(sigmoid)",
@@ -279,9 +272,7 @@ def create_bundle(path: str | Path, kind: str, *, network: dict[str, Any] | None
         s = copy.deepcopy(SETTINGS[kind])
         s.update(copy.deepcopy(settings or {}))
         net["in_channels"] = len(s["channels"])
-        inference = {"imports": ["$import torch"], "bundle_root": ".",
-                     "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-                     "network_def": net, "network": "$@network_def.to(@device)"}
+        inference = interactive_inference(kind, net)
         roi = s["roi_size"] if kind != "deepgrow2d" else s["roi_size"][:2]
         meta.update({
             "image_classes": "channels: " + ", ".join(s["channels"]),

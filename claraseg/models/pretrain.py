@@ -1,10 +1,10 @@
 """``claraseg pretrain``: the seeded, one-command recipe that trains the default bundles on CPU.
 
-Data: ../shared/data (CT abdomen, MR abdomen, MR brain structures, MSD hippocampus cases) and synthetic
-phantoms. Whole structures and cases listed in :data:`HELDOUT` never reach training, so the evaluation
-on them is honest; fresh phantom seeds (:data:`EVAL_PHANTOM_SEEDS`) are never trained on either.
-Everything that made the weights (data, held-out lists, settings, seed, iterations, wall time, final
-loss and validation Dice) is written into the bundle's ``configs/training_history.json``.
+Data: the ``train`` split of the scan-level split of ../shared/data (``claraseg/evaluate/scan_split.json``)
+and synthetic phantoms; the scans of the ``validation`` and ``test`` splits and fresh phantom seeds
+(:data:`EVAL_PHANTOM_SEEDS`) never reach training. Everything that made the weights (data, held-out
+scans, settings, seed, iterations, wall time, final loss, ROI-space validation Dice and the click
+protocol on the validation split) is written into the bundle's ``configs/training_history.json``.
 
 The training length is a wall-time budget (``--minutes``) or, to reproduce a run exactly on CPU, the
 number of iterations the run recorded (``--iterations``).
@@ -66,25 +66,10 @@ log = logging.getLogger("claraseg.pretrain")
 #: Where the packaged default bundles live.
 PACKAGED_BUNDLES = Path(__file__).resolve().parent / "bundles"
 
-#: Structures and cases held out of the training of the default weights before the scan-level split
-#: (claraseg/evaluate/scan_split.json); read by the held-out check of those weights.
-HELDOUT: dict[str, Any] = {
-    "ct_abdomen_3mm": ["spleen", "kidney_left", "gallbladder", "urinary_bladder", "vertebrae_L3", "iliopsoas_left"],
-    "mr_abdomen_3mm": ["spleen", "kidney_left", "liver"],
-    "mr_brain_1mm": ["left_hippocampus", "right_thalamus", "left_putamen", "right_lateral_ventricle"],
-    "mr_hippocampus_last_cases": 30,
-}
 DEFAULT_SEED = 20260
 #: Pre-training validates (interactive kinds) and saves the weights this often (seconds).
 SAVE_EVERY_S = 300.0
 KINDS = ("deepgrow3d", "deepgrow2d", "dextr3d", "segmentation")
-
-
-def hippocampus_cases(data_dir: Path) -> tuple[list[str], list[str]]:
-    """(training, held-out) case names of the hippocampus set: the last cases by name are held out."""
-    names = sorted(p.name for p in (data_dir / "mr_hippocampus" / "images").glob("*.nii.gz"))
-    n = int(HELDOUT["mr_hippocampus_last_cases"])
-    return names[:-n], names[-n:]
 
 
 def split_record(data_dir: Path) -> dict[str, Any]:
@@ -438,11 +423,26 @@ def pretrain(models: list[str], out: Path, data_dir: Path, *, minutes: float | d
                                               channels_option=",".join(channels) if channels else None,
                                               train_overrides=train_overrides)
             if evaluate:
-                # Imported here: the held-out evaluation runs the real engine on the trained bundle.
-                from claraseg.models.heldout import evaluate_bundle
-
-                records[kind]["heldout_metrics"] = evaluate_bundle(bundle_dir, data_dir)
+                records[kind]["validation_metrics"] = record_validation(bundle_dir, data_dir)
     return records
+
+
+def record_validation(bundle_dir: Path, data_dir: Path) -> dict[str, Any]:
+    """Run the click protocol (:func:`claraseg.evaluate.scans.check_bundle`: 5 interactions, the
+    validation split, the engine) on a trained bundle; record it in its training history and the mean
+    Dice after the first and last interaction as the metadata's ``eval_metrics``."""
+    from claraseg.evaluate.scans import check_bundle
+
+    result = check_bundle(bundle_dir, data_dir)
+    history = read_training_history(bundle_dir)
+    history["validation_metrics"] = result
+    write_training_history(bundle_dir, history)
+    meta_path = Path(bundle_dir) / METADATA
+    meta = json.loads(meta_path.read_text())
+    meta["eval_metrics"] = {f"mean_dice_at_{n}_validation_split": v
+                            for n, v in result["summary"]["mean_dice_at"].items() if v is not None}
+    write_json_atomic(meta_path, meta)
+    return result
 
 
 def default_data_dir() -> Path:

@@ -24,15 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from claraseg.evaluate.protocol import dice as mask_dice
 from claraseg.runtimes import nets
 from claraseg.runtimes.export import input_shape
 
 #: A variant is kept as a default only when a whole click's mask agrees with torch's at least this well.
 CLICK_DICE = 0.999
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float(np.count_nonzero(a & b)) / max(1, int(np.count_nonzero(a) + np.count_nonzero(b)))
 
 
 #: The variants besides torch eager, in the order they are built. ``torch_onednn`` is what the engine runs
@@ -137,7 +134,7 @@ def bench_network(bundle, threads: int, repeats: int, batch: int = 1, only=None)
         for name, net in variants.items():
             y = net(x)
             agree[name] = {"max_prob_diff": round(nets.max_prob_diff(y, ref), 7),
-                           "mask_dice": round(_dice((torch.sigmoid(y.float()) > 0.5).numpy(),
+                           "mask_dice": round(mask_dice((torch.sigmoid(y.float()) > 0.5).numpy(),
                                                     (torch.sigmoid(ref) > 0.5).numpy()), 6)}
             net(x)  # a second warm-up forward
         times: dict[str, list[float]] = {name: [] for name in variants}
@@ -247,14 +244,14 @@ def click_check(runtimes: list[str], repeats: int = 3) -> dict[str, Any]:
         for runtime, backend in backends.items():
             loaded = {n: getattr(backend.registry.network(n, "cpu"), "runtime", "torch") for n in kinds}
             m = masks[runtime]
-            dice = {k: round(_dice(m[k][0], masks["torch"][k][0]), 6) for k in m}
+            dice = {k: round(mask_dice(m[k][0], masks["torch"][k][0]), 6) for k in m}
             med = {k: float(np.median(v)) for k, v in times[runtime].items()}
             report[runtime] = {"loaded_as": loaded, "median_ms": {k: round(1000 * v, 1) for k, v in med.items()},
                                "ratio_to_torch": {k: round(v / torch_ms[k], 3) for k, v in med.items()},
                                "dice_to_torch": dice,
                                "repeat_identical": all(all(np.array_equal(v[0], x) for x in v[1:]) for v in m.values()),
                                "voxels": {k: int(np.count_nonzero(v[0])) for k, v in m.items()},
-                               "dice_to_truth": {k: round(_dice(v[0], gt), 4) for k, v in m.items()},
+                               "dice_to_truth": {k: round(mask_dice(v[0], gt), 4) for k, v in m.items()},
                                "click_quality_unchanged": all(v >= CLICK_DICE for v in dice.values())}
     finally:
         for backend in backends.values():

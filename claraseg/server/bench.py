@@ -246,5 +246,7 @@ def main(out: Path | None = None, quick: bool = False, models: Path | None = Non
     text = json.dumps(report, indent=1, default=float)
     print(text)
     if out:
-        Path(out).write_text(text)
+        from claraseg.io import write_text_atomic
+
+        write_text_atomic(Path(out), text)
     return 0 if all(report["targets"].values()) else 1

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from claraseg.errors import DatastoreNotFoundError, TrainingDataError, UnknownModelError
+from claraseg.io import write_text_atomic
 
 from .datastore import DEFAULT_TAG, Datastore, check_id
 from .validation import AutoMLOptions, check_job_request
@@ -168,7 +169,7 @@ class TrainJobs:
         job_id = f"{AUTOML_PREFIX}{model.split('@')[0]}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         d = self.automl_root / job_id
         d.mkdir(parents=True)
-        (d / "datalist.json").write_text(json.dumps(datalist, indent=1))
+        write_text_atomic(d / "datalist.json", json.dumps(datalist, indent=1))
         settings = AutoMLSettings(bundle=str(bundle), data=str(d / "datalist.json"), job_dir=str(d), **options)
         try:
             AutoMLController(settings)  # checks the search space and the settings before anything runs
@@ -177,7 +178,7 @@ class TrainJobs:
 
             shutil.rmtree(d, ignore_errors=True)
             raise
-        (d / "settings.json").write_text(json.dumps({"model": model, "settings": vars(settings)}, indent=1))
+        write_text_atomic(d / "settings.json", json.dumps({"model": model, "settings": vars(settings)}, indent=1))
         self._procs[job_id] = start_search(settings)
         return {"job_id": job_id, "id": job_id, "model": model, "state": "starting"}
 

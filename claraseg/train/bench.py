@@ -19,7 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from claraseg.io import LabelInfo, crop, make_phantom, read_image, read_labels_json, write_image
+from claraseg.io import (
+    LabelInfo,
+    crop,
+    make_phantom,
+    read_image,
+    read_labels_json,
+    write_image,
+    write_text_atomic,
+)
 
 #: The structures of the benchmark segmentation bundle (names of the sample CT's labels).
 CACHE_LABELS = {1: "liver", 2: "spleen", 3: "kidney_right", 4: "kidney_left", 5: "stomach"}
@@ -94,7 +102,7 @@ def bench_cache(data_dir: Path, workdir: Path, threads: int = 2, epochs: int = 4
     write_image(_keep(label, {v: i.name for v, i in label.labels.items()}, keep), workdir / "val_label.nii.gz")
     datalist = {"training": entries, "validation": [{"image": str(workdir / "val.nii.gz"),
                                                      "label": str(workdir / "val_label.nii.gz")}]}
-    (workdir / "datalist.json").write_text(json.dumps(datalist))
+    write_text_atomic(workdir / "datalist.json", json.dumps(datalist))
     results: dict[str, Any] = {"machine": machine(), "threads": threads, "training_cases": len(entries),
                                "preprocessing": "load NIfTI, RAS, resample to 1.5 mm (CT 3 mm -> 244x202x224), "
                                                 "window, foreground indices | random: 2 pos/neg crops 48^3, flip, scale",
@@ -152,7 +160,7 @@ def _slab(image, label, value: int, name: str, k0: int, k1: int, path_stem: Path
 def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[str], threads: int = 2,
                 budget_s: float | None = 540.0, interactions: int = 5, overrides: dict[str, Any] | None = None,
                 untuned: list[str] | tuple[str, ...] = UNTUNED, iterations: int | None = None,
-                guard: bool = True) -> dict[str, Any]:
+                guard: bool = True, noise_seeds: int = 0, noise_scale: float = 1e-3) -> dict[str, Any]:
     """Fine-tune an interactive bundle on the lower half (in slices) of each structure of the sample CT and
     evaluate the click protocol before and after on the upper half; each part in an image cropped to it.
 
@@ -161,7 +169,9 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
     The ``untuned`` structures are never trained on: their lower halves are the job's guard cases (no
     structure may lose more than ``training#max_label_drop`` there), their upper halves are tested
     before/after like the tuned ones (``guard=False``: tested only, not given to the job). ``iterations`` fixes the number of optimizer steps (reproducible);
-    ``budget_s`` stops the training earlier after that much time."""
+    ``budget_s`` stops the training earlier after that much time. ``noise_seeds`` > 0 also measures the
+    test's own precision (:func:`perturbation_floor`): the same protocol with the starting model's weights
+    each multiplied by ``1 + noise_scale * N(0, 1)``."""
     import shutil
 
     from claraseg.engine.backend import LocalBackend
@@ -202,8 +212,9 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
     # The job validates on the slabs between the trained and the tested slices, and guards the lower
     # halves of the untuned structures.
     datalist = {"training": train_entries, "validation": val_entries, "guard": guard_entries if guard else []}
+    # Validation every training#val_interval iterations of the bundle's fine-tune settings (or overrides).
     settings = {"training#max_time_s": budget_s, "training#max_iterations": iterations or 10**6,
-                "training#val_interval": 50, "training#checkpoint_interval": 25, **(overrides or {})}
+                "training#checkpoint_interval": 25, **(overrides or {})}
     t0 = time.time()
     job = FineTuneJob(start, datalist, settings, workdir / f"job_{int(t0)}", threads=threads, device="cpu").start()
     status = job.wait()
@@ -232,6 +243,8 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
                          "change_at_last": round(row["after"][-1] - row["before"][-1], 4)}
         finally:
             session.close()
+    floor = perturbation_floor(models, base, kind, workdir, [t[0] for t in tests], per, interactions,
+                               noise_seeds, noise_scale) if noise_seeds else None
     backend.close()
     events = job.events()
     final = [e for e in events if e["event"] == "state" and e["state"] == "completed"][-1]
@@ -269,7 +282,67 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
             "published": status["published"], "publish_skipped": final.get("publish_skipped"),
             "interactions": interactions, **means(tuned_rows), "untuned_summary": means(untuned_rows),
             "worst_change_at_last_any_structure": min(v["change_at_last"] for v in per.values()),
-            "per_structure": per, "job": str(job.workdir)}
+            "per_structure": per, "job": str(job.workdir), "weight_change": weight_change(models, base, published),
+            **({"noise_floor": floor} if floor else {})}
+
+
+def weight_change(models: Path, base: str, published: str) -> dict[str, float] | None:
+    """How far the published weights moved: ``||w - w0|| / ||w0||`` over all floating-point tensors."""
+    from claraseg.models.bundle import read_weights
+
+    folder = models / (base if published == f"{base}@v1" else published)
+    if not (folder / "models" / "model.pt").is_file():
+        return None
+    w0 = read_weights(models / base / "models" / "model.pt")
+    w = read_weights(folder / "models" / "model.pt")
+    keys = [k for k in w0 if w0[k].is_floating_point()]
+    num = sum(float(((w[k].float() - w0[k].float()) ** 2).sum()) for k in keys)
+    den = sum(float((w0[k].float() ** 2).sum()) for k in keys)
+    return {"relative_l2": round((num / den) ** 0.5, 6)}
+
+
+def perturbation_floor(models: Path, base: str, kind: str, workdir: Path, names: list[str], per: dict[str, Any],
+                       interactions: int, seeds: int, scale: float) -> dict[str, Any]:
+    """The test's precision: the click protocol on the same held-out slices with the starting model's
+    weights each multiplied by ``1 + scale * N(0, 1)`` (``seeds`` draws), as the Dice change per structure
+    after the last click against the unperturbed model. A change a model this close to the starting one
+    makes is noise of the protocol (one deterministic click sequence per structure), not learning."""
+    import shutil
+
+    import torch
+
+    from claraseg.engine.backend import LocalBackend
+    from claraseg.evaluate.protocol import run_structure
+    from claraseg.models.bundle import read_weights
+
+    start = read_weights(models / base / "models" / "model.pt")
+    folder = workdir / "perturbed"
+    changes: dict[str, list[float]] = {n: [] for n in names}
+    for seed in range(seeds):
+        if folder.exists():
+            shutil.rmtree(folder)
+        shutil.copytree(models / base, folder / base, ignore=shutil.ignore_patterns("*.pt"))
+        g = torch.Generator().manual_seed(seed)
+        state = {k: (v.float() * (1 + scale * torch.randn(v.shape, generator=g)) if v.is_floating_point() else v)
+                 for k, v in start.items()}
+        torch.save(state, folder / base / "models" / "model.pt")
+        backend = LocalBackend(folder, device="cpu", idle_timeout=None)
+        try:
+            for name in names:
+                sub = read_image(workdir / f"heldout_{name}_image.nii.gz")
+                truth = read_image(workdir / f"heldout_{name}_label.nii.gz", label=True).array > 0
+                session = backend.open_session(sub)
+                try:
+                    r = run_structure(session, base, kind, truth, name=name, interactions=interactions)
+                finally:
+                    session.close()
+                changes[name].append(round(float(r.dice[-1]) - per[name]["before"][-1], 4))
+        finally:
+            backend.close()
+    every = [abs(c) for v in changes.values() for c in v]
+    return {"scale": scale, "seeds": seeds, "change_at_last": changes,
+            "median_abs_change": round(float(np.median(every)), 4), "max_abs_change": round(float(max(every)), 4),
+            "share_beyond_0.02": round(float(np.mean([c > 0.02 for c in every])), 3)}
 
 
 def bench_throughput(data_dir: Path, workdir: Path, bundles: list[Path], threads: int = 2, iterations: int = 20,

@@ -72,6 +72,9 @@ def register(sub) -> None:
     ba.add_argument("--threads", type=int, default=2)
     ba.add_argument("--untuned", default="liver,kidney_right,stomach,aorta,vertebrae_L3",
                     help="structures never tuned: guard cases (lower halves) and tested for forgetting (upper halves)")
+    ba.add_argument("--noise-seeds", type=int, default=0,
+                    help="also re-test the starting model with its weights perturbed by 0.1 %% (this many draws): "
+                         "the protocol's own precision")
     ba.add_argument("--no-guard", action="store_true", help="test the untuned structures without giving them to the job")
     ba.add_argument("--budget", type=float, default=540.0, help="training time budget (s); 0: none")
     ba.add_argument("--iterations", type=int, help="optimizer steps (reproducible; the budget may stop earlier)")
@@ -126,7 +129,7 @@ def _bench_adapt(args) -> int:
                          threads=args.threads, budget_s=args.budget or None, interactions=args.interactions,
                          overrides=dict(parse_override(o) for o in args.override),
                          untuned=[u for u in args.untuned.split(",") if u], iterations=args.iterations,
-                         guard=not args.no_guard)
+                         guard=not args.no_guard, noise_seeds=args.noise_seeds)
     _write_result(result, args.out)
     if args.out:
         from claraseg.train.plot import plot_adaptation
@@ -150,7 +153,9 @@ def _write_result(result: dict, out: str | None) -> None:
     print(text)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
+        from claraseg.io import write_text_atomic
+
+        write_text_atomic(Path(out), text + "\n")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -253,7 +258,9 @@ def _mmar(args) -> int:
     result = translate_mmar(read_config_file(args.config))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result.config, indent=2) + "\n")
+    from claraseg.io import write_text_atomic
+
+    write_text_atomic(out, json.dumps(result.config, indent=2) + "\n")
     print(f"wrote {out}")
     for d in result.dropped:
         print(f"  not translated (the job runner provides it): {d}")

@@ -74,12 +74,18 @@ def segmentation_config(meta: dict[str, Any], inference: dict[str, Any]) -> dict
 
 def recipe_config(recipe: dict[str, Any]) -> dict[str, Any]:
     """A claraseg pretrain recipe (``configs/train.json`` with ``claraseg_recipe``: flat settings, not a MONAI
-    config) as config layers: batch size and the fine-tuning learning rate (``finetune_learning_rate``;
+    config) as config layers: batch size, the fine-tuning learning rate (``finetune_learning_rate``;
     the pre-training ``learning_rate`` is for training from scratch and would wash out what the model
-    knows); the rest stays readable as ``@recipe``."""
+    knows) and ``finetune``, job settings of a fine-tune (``training#...``: e.g. ``trainable``, ``l2sp``);
+    the rest stays readable as ``@recipe``."""
     out: dict[str, Any] = {"recipe": recipe}
     if "batch_size" in recipe:
         out["training"] = {"batch_size": int(recipe["batch_size"])}
+    finetune = recipe.get("finetune")
+    if finetune is not None:
+        if not isinstance(finetune, dict):
+            raise ConfigError(f"train.json 'finetune' must be an object of job settings (training#...), got {finetune!r}")
+        out["training"] = {**out.get("training", {}), **copy.deepcopy(finetune)}
     if "finetune_learning_rate" in recipe:
         out["optimizer"] = {"lr": float(recipe["finetune_learning_rate"])}
     return out

@@ -27,6 +27,7 @@ from typing import Any
 
 import claraseg
 from claraseg.errors import ClarasegError
+from claraseg.io import write_text_atomic
 from claraseg.train.config import load_overrides
 from claraseg.train.events import FINAL_STATES, iter_events, read_events, summarize
 from claraseg.train.spec import JobSpec, check_model_name
@@ -122,7 +123,7 @@ class FineTuneJob:
         with open(self.workdir / "worker.log", "ab") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.workdir),
                                           start_new_session=True)
-        (self.workdir / "process.json").write_text(json.dumps({"pid": self._proc.pid, "started": time.time(),
+        write_text_atomic(self.workdir / "process.json", json.dumps({"pid": self._proc.pid, "started": time.time(),
                                                                "command": cmd}))
 
     def pid(self) -> int | None:

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from claraseg.io import atomic_path
+
 
 def plot_curves(events: list[dict[str, Any]], path: str | os.PathLike, title: str | None = None) -> Path:
     """Draw loss and learning rate per iteration and the validation Dice (baseline dashed) into ``path``."""
@@ -39,10 +41,11 @@ def plot_curves(events: list[dict[str, Any]], path: str | os.PathLike, title: st
         fig.suptitle(title)
     fig.tight_layout()
     out = Path(path)
-    tmp = out.with_name(out.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        with atomic_path(out, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from claraseg.io import write_text_atomic
 from claraseg.train.spec import check_model_name
 
 
@@ -51,7 +52,7 @@ def stage_bundle(bundle: Path, meta: dict[str, Any], state: dict[str, torch.Tens
     new["version"] = bump_patch(str(meta.get("version", "0.0.0")))
     new.setdefault("changelog", {})[new["version"]] = (
         f"fine-tuned by claraseg job {record['job']}: validation Dice {record['baseline_dice']} -> {record['best_dice']}")
-    (out / "configs" / "metadata.json").write_text(json.dumps(new, indent=2) + "\n")
+    write_text_atomic(out / "configs" / "metadata.json", json.dumps(new, indent=2) + "\n")
     return out
 
 

@@ -126,6 +126,23 @@ def select_trainable(network: torch.nn.Module, patterns: list[str] | None) -> in
     return tuned
 
 
+def configure_validation(task, parser, bundle: Path, kind: str, folder: Path, device: torch.device,
+                         clicks: bool = True) -> None:
+    """Set an interactive task's validation from the config: ``validation_samples`` ROI samples, and with
+    ``validation_clicks`` > 0 (and ``clicks``) the click protocol through the engine, its bundle copy in
+    ``folder`` (:class:`~claraseg.train.clickval.ClickValidation`; close it with ``task.clicks.close()``)."""
+    if "validation_samples" in parser and hasattr(task, "validation_samples"):
+        task.validation_samples = int(cfg.parsed(parser, "validation_samples"))
+    if "validation_clicks" in parser and hasattr(task, "clicks") and clicks:
+        n = cfg.parsed(parser, "validation_clicks")
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 20:
+            raise ConfigError(f"validation_clicks must be an integer in 0..20 (0: ROI samples), got {n!r}")
+        if n:
+            from claraseg.train.clickval import ClickValidation
+
+            task.clicks = ClickValidation(bundle, folder, kind, n, device=str(device))
+
+
 def lost_structures(baseline: dict[str, float], current: dict[str, float], drop: float) -> dict[str, float]:
     """``{structure: Dice lost}`` of the structures whose Dice fell more than ``drop`` below the baseline's."""
     return {k: round(baseline[k] - v, 4) for k, v in current.items() if k in baseline and v < baseline[k] - drop}
@@ -234,17 +251,8 @@ class Runner:
         # L2-SP pulls the tuned weights toward the starting model's (read before a resumed checkpoint).
         self.anchor = {n: p.detach().clone() for n, p in network.named_parameters()
                        if p.requires_grad} if settings["l2sp"] > 0 else {}
-        if "validation_samples" in parser and hasattr(self.task, "validation_samples"):
-            self.task.validation_samples = int(cfg.parsed(parser, "validation_samples"))
-        if "validation_clicks" in parser and hasattr(self.task, "clicks") and self.dist.rank == 0:
-            clicks = cfg.parsed(parser, "validation_clicks")
-            if not isinstance(clicks, int) or isinstance(clicks, bool) or not 0 <= clicks <= 20:
-                raise ConfigError(f"validation_clicks must be an integer in 0..20 (0: ROI samples), got {clicks!r}")
-            if clicks:
-                from claraseg.train.clickval import ClickValidation
-
-                self.task.clicks = ClickValidation(bundle, self.workdir / "validation_models", kind, clicks,
-                                                   device=str(self.device))
+        configure_validation(self.task, parser, bundle, kind, self.workdir / "validation_models", self.device,
+                             clicks=self.dist.rank == 0)
         if hasattr(self.task, "attach"):
             self.task.attach(network)
         ev.emit("info", message="configuration validated", kind=kind, settings=settings, warm_start=warm,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from claraseg.errors import ConfigError
+from claraseg.io import write_text_atomic
 
 
 @dataclass
@@ -27,7 +28,7 @@ class JobSpec:
     nproc: int = 1                      # processes (torchrun); > 1 runs DDP
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=1))
+        write_text_atomic(Path(path), json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> JobSpec:

@@ -9,6 +9,7 @@ import pytest
 
 from claraseg.engine.boundary import refine_boundary
 from claraseg.engine.masks import BoxMask
+from claraseg.evaluate.protocol import dice
 
 SIZE = (48, 48, 40)  # i, j, k
 CENTRE = np.array([24.0, 24.0, 20.0])
@@ -26,11 +27,6 @@ def _image(truth: np.ndarray, contrast: float = 200.0, noise: float = 20.0, seed
     return (100.0 + contrast * truth + rng.normal(0.0, noise, truth.shape)).astype(np.float32)
 
 
-def _dice(a, b) -> float:
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    return 2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
-
-
 def _box(a: np.ndarray) -> BoxMask:
     return BoxMask(SIZE, np.zeros(3, np.int64), a.astype(np.uint8))
 
@@ -46,8 +42,8 @@ def test_a_boundary_one_voxel_off_moves_to_the_edge(radius):
     truth = _ball(10.0)
     mask = _ball(radius)
     out = _full(refine_boundary(_image(truth), (1, 1, 1), _box(mask), (2.0, 2.0, 2.0)))
-    assert _dice(mask, truth) < 0.92
-    assert _dice(out, truth) > 0.97
+    assert dice(mask, truth) < 0.92
+    assert dice(out, truth) > 0.97
     changed = np.argwhere(out != mask)
     dist = np.linalg.norm(changed[:, ::-1] - CENTRE, axis=1)
     assert np.all(np.abs(dist - radius) <= 2.0)
@@ -59,8 +55,8 @@ def test_a_grid_far_coarser_than_the_image_measures_distances_on_blocks():
     truth = _ball(12.0)
     mask = _ball(9.5)
     out = _full(refine_boundary(_image(truth), (1, 1, 1), _box(mask), (4.0, 4.0, 4.0)))
-    assert _dice(mask, truth) < 0.85
-    assert _dice(out, truth) > 0.95
+    assert dice(mask, truth) < 0.85
+    assert dice(out, truth) > 0.95
     k, j, i = np.indices(truth.shape)
     dist = np.sqrt((i - CENTRE[0]) ** 2 + (j - CENTRE[1]) ** 2 + (k - CENTRE[2]) ** 2)
     deep = dist < 9.5 - 8.0  # more than 2 ROI voxels inside: never in the band
@@ -83,7 +79,7 @@ def test_anisotropic_grid_refines_only_along_its_coarse_axis():
     truth = _ball(10.0)
     mask = _ball(10.0) & (np.abs(np.indices(truth.shape)[0] - CENTRE[2]) <= 8)  # cut 2 voxels short along k
     out = _full(refine_boundary(_image(truth), (1, 1, 1), _box(mask), (0.8, 0.8, 2.5)))
-    assert _dice(out, truth) > _dice(mask, truth) + 0.01
+    assert dice(out, truth) > dice(mask, truth) + 0.01
     grown = np.argwhere(out & ~mask)
     assert len(grown) and np.all(np.abs(grown[:, 0] - CENTRE[2]) > 8)
 
@@ -93,7 +89,7 @@ def test_no_contrast_leaves_the_mask_almost_as_it_was():
     mask = _ball(10.0)
     flat = _image(np.zeros(mask.shape, bool))
     out = _full(refine_boundary(flat, (1, 1, 1), _box(mask), (2.0, 2.0, 2.0)))
-    assert _dice(out, mask) > 0.97
+    assert dice(out, mask) > 0.97
 
 
 def test_clicks_keep_their_answers():
@@ -119,17 +115,17 @@ def test_small_or_empty_masks_come_back_unchanged():
 def test_deepgrow3d_clicks_refine_their_boundary_when_the_bundle_asks(tiny_backend, small_phantom, monkeypatch):
     """``boundary_refine`` in a DeepGrow 3D bundle runs the refinement on every click's result, with the
     re-fit model's grid and all of the object's clicks; without it the click's result is unchanged."""
-    from claraseg.engine import session as session_module
+    from claraseg.engine import stages as stages_module
 
     bundle = tiny_backend.registry.get("deepgrow3d")
     calls = []
-    real = session_module.refine_boundary
+    real = stages_module.refine_boundary
 
     def spy(voxels, spacing, mask, roi, fg, bg, **kw):
         calls.append((roi, np.asarray(fg).tolist(), np.asarray(bg).tolist(), kw, mask.stop - mask.start - 1))
         return real(voxels, spacing, mask, roi, fg, bg, **kw)
 
-    monkeypatch.setattr(session_module, "refine_boundary", spy)
+    monkeypatch.setattr(stages_module, "refine_boundary", spy)
     s = tiny_backend.open_session(small_phantom[0])
     try:
         monkeypatch.setitem(bundle.settings, "boundary_refine", None)
@@ -168,18 +164,18 @@ def test_dextr3d_refines_its_points_result_and_its_corrections_when_its_bundle_a
                                                                                    monkeypatch):
     """A DEXTR3D bundle with ``boundary_refine`` refines the result of its extreme points and of every
     correcting click, on the grid of the points' box (the ROI it ran on)."""
-    from claraseg.engine import session as session_module
+    from claraseg.engine import stages as stages_module
     from claraseg.engine.runners import dextr_roi
 
     bundle = tiny_backend.registry.get("dextr3d")
     calls = []
-    real = session_module.refine_boundary
+    real = stages_module.refine_boundary
 
     def spy(voxels, spacing, mask, roi, fg, bg, **kw):
         calls.append((np.asarray(roi), np.asarray(fg).tolist(), np.asarray(bg).tolist()))
         return real(voxels, spacing, mask, roi, fg, bg, **kw)
 
-    monkeypatch.setattr(session_module, "refine_boundary", spy)
+    monkeypatch.setattr(stages_module, "refine_boundary", spy)
     monkeypatch.setitem(bundle.settings, "boundary_refine", {"band": 1.0})
     image = small_phantom[0]
     points = [[10, 24, 12], [38, 24, 12], [24, 10, 12], [24, 38, 12], [24, 24, 4], [24, 24, 20]]
@@ -208,5 +204,5 @@ def test_a_flat_image_or_an_object_at_the_border_is_handled():
     truth = (k < 12) & (np.abs(i - 24) < 12) & (np.abs(j - 24) < 12)   # a slab on the k = 0 face
     short = (k < 12) & (np.abs(i - 24) < 11) & (np.abs(j - 24) < 11)   # one voxel short in i and j
     out = _full(refine_boundary(_image(truth), (1, 1, 1), _box(short), (2.0, 2.0, 2.0)))
-    assert _dice(out, truth) > _dice(short, truth) + 0.03
+    assert dice(out, truth) > dice(short, truth) + 0.03
     assert out[0].any() and not out[20:].any()

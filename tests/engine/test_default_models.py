@@ -8,16 +8,11 @@ import json
 import numpy as np
 import pytest
 
+from claraseg.evaluate.protocol import dice, run_structure
 from claraseg.guidance import extreme_points
-from claraseg.models.heldout import click_protocol
 from claraseg.models.registry import PACKAGED_DIR, ModelRegistry
 
 KINDS = ("deepgrow3d", "deepgrow2d", "dextr3d", "segmentation")
-
-
-def _dice(a, b):
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +47,13 @@ def test_deepgrow3d_clicks_on_ct_kidney_and_phantom_liver(default_backend, ct_pa
     image, label = ct_pair
     names = {info.name: v for v, info in label.labels.items()}
     s = default_backend.open_session(image)
-    dices, _ = click_protocol(s, "deepgrow3d", label.array == names["kidney_right"], 5)
+    dices = run_structure(s, "deepgrow3d", "deepgrow3d", label.array == names["kidney_right"], interactions=5).dice
     s.close()
     assert dices[-1] > 0.7, dices
     assert dices[-1] > dices[0]  # clicks improve the mask
     image, label = make_phantom(seed=5002, size_ijk=(96, 96, 48))
     s = default_backend.open_session(image)
-    dices, _ = click_protocol(s, "deepgrow3d", label.array == 1, 5)
+    dices = run_structure(s, "deepgrow3d", "deepgrow3d", label.array == 1, interactions=5).dice
     s.close()
     assert dices[-1] > 0.75, dices
 
@@ -71,7 +66,7 @@ def test_dextr3d_on_fresh_phantom(default_backend):
     s = default_backend.open_session(image)
     d = s.extreme_points("dextr3d", extreme_points(gt).tolist())
     s.close()
-    assert _dice(d.to_full(), gt) > 0.75
+    assert dice(d.to_full(), gt) > 0.75
 
 
 def test_deepgrow2d_on_a_ct_slice(default_backend, ct_pair):
@@ -82,7 +77,7 @@ def test_deepgrow2d_on_a_ct_slice(default_backend, ct_pair):
     gt = np.zeros_like(gt3)
     gt[k] = gt3[k]
     s = default_backend.open_session(image)
-    dices, _ = click_protocol(s, "deepgrow2d", gt, 3, slice_axis=2)
+    dices = run_structure(s, "deepgrow2d", "deepgrow2d", gt, interactions=3, slice_axis=2).dice
     s.close()
     assert max(dices) > 0.75, dices
 
@@ -94,7 +89,7 @@ def test_segmentation_finds_the_liver(default_backend, ct_pair):
     d = s.auto_segment("segmentation")
     s.close()
     liver = [v for v, n in d.labels.items() if n == "liver"][0]
-    assert _dice(d.to_full() == liver, label.array == names["liver"]) > 0.6
+    assert dice(d.to_full() == liver, label.array == names["liver"]) > 0.6
 
 
 def _rough_phantom_liver(backend, seed: int):
@@ -131,7 +126,7 @@ def test_dextr_refit_improves_a_rough_mask_and_respects_clicks(default_backend):
     start, crop = found
     full = np.zeros(gt.shape, bool)
     full[tuple(slice(a, a + n) for a, n in zip(np.asarray(start)[::-1], crop.shape))] = crop > 0
-    assert _dice(full, gt) > _dice(rough, gt) + 0.03
+    assert dice(full, gt) > dice(rough, gt) + 0.03
     # A background click deep inside: the re-fit (which reads clicks) leaves that voxel out, or is refused
     # for containing it; a stricter agreement than it reaches refuses it.
     carved = refit_with_dextr(net, bundle.settings, vol, mask, none, inside[None], "cpu", 0.5)
@@ -167,7 +162,7 @@ def test_refit_passes_refit_the_refit(default_backend, monkeypatch):
     two = s._refit({**settings, "shape_refit_passes": 2}, mask, fg, none, (fg, none))
     assert np.array_equal(full(one), full(first))
     assert np.array_equal(full(two), full(second))
-    assert _dice(full(two) > 0, gt) > _dice(rough, gt) + 0.03
+    assert dice(full(two) > 0, gt) > dice(rough, gt) + 0.03
     # shape_refit_tta_flips: the passes before the last run with that many flips, the last with DEXTR3D's own.
     flat = refit_with_dextr(net, {**bundle.settings, "tta_flips": 1}, vol, mask, fg, none, "cpu", 0.5)
     assert flat is not None
@@ -182,7 +177,7 @@ def test_refit_passes_refit_the_refit(default_backend, monkeypatch):
     assert np.array_equal(full(s._refit({**settings, "shape_refit_threshold": 0.3}, mask, fg, none, (fg, none))), full(low))
     assert np.count_nonzero(full(low)) > np.count_nonzero(full(first))
     # shape_refit_contradiction reaches every pass (what each mode does: test_refit_contradiction.py).
-    from claraseg.engine import session as session_module
+    from claraseg.engine import stages
 
     seen = []
 
@@ -190,7 +185,7 @@ def test_refit_passes_refit_the_refit(default_backend, monkeypatch):
         seen.append(args[-1])
         return refit_with_dextr(*args)
 
-    monkeypatch.setattr(session_module, "refit_with_dextr", spy)
+    monkeypatch.setattr(stages, "refit_with_dextr", spy)
     s._refit({**settings, "shape_refit_passes": 2, "shape_refit_contradiction": "merge"}, mask, fg, none, (fg, none))
     s._refit(settings, mask, fg, none, (fg, none))
     assert seen == ["merge", "merge", "refuse"]
@@ -205,9 +200,9 @@ def test_clicks_correct_a_dextr3d_result_on_held_out_ct(default_backend, ct_pair
     names = {info.name: v for v, info in label.labels.items()}
     gt = label.array == names["iliopsoas_left"]
     s = default_backend.open_session(image)
-    first = s.extreme_points("dextr3d", extreme_points(gt).tolist(), "eval")  # click_protocol's object
-    start = _dice(first.to_full(), gt)
-    dices, _ = click_protocol(s, "dextr3d", gt, 5, first=first)
+    # The protocol's first interaction is the extreme points; its clicks then go to DEXTR3D itself.
+    dices = run_structure(s, "dextr3d", "dextr3d", gt, interactions=6).dice
     s.close()
+    start = dices[0]
     assert start > 0.6, start
     assert dices[-1] > start + 0.03, (start, dices)

@@ -12,6 +12,7 @@ import torch
 
 from claraseg.engine import LocalBackend
 from claraseg.engine import session as session_module
+from claraseg.engine import stages as stages_module
 from claraseg.engine.runners import box_points
 from claraseg.errors import ConfigError
 from claraseg.guidance import extreme_points
@@ -136,14 +137,15 @@ class _Calls:
 
     def __init__(self, monkeypatch):
         self.names: list[str] = []
-        for name in ("run_dextr", "run_deepgrow", "refit_with_dextr"):
-            real = getattr(session_module, name)
+        for module, name in ((session_module, "run_dextr"), (session_module, "run_deepgrow"),
+                             (stages_module, "refit_with_dextr")):
+            real = getattr(module, name)
 
             def spy(*args, _real=real, _name=name, **kwargs):
                 self.names.append(_name)
                 return _real(*args, **kwargs)
 
-            monkeypatch.setattr(session_module, name, spy)
+            monkeypatch.setattr(module, name, spy)
 
 
 def test_a_session_routes_clicks_to_the_dextr_model_that_takes_them(click_models, small_phantom, monkeypatch):

@@ -2,7 +2,7 @@
 
 Exact by construction (checked for equality): the extreme points from the outermost slices, the
 non-zero box from axis reductions, the in-place intensity transform, the one-copy ROI sampling, the
-in-place axis-by-axis paste-back, the boundary refinement's distance transform.
+in-place axis-by-axis paste-back, the boundary refinement's distance transform and block spreading.
 Within float tolerance (checked on the default bundles and a crop of the sample CT): the networks'
 convolutions on oneDNN at every batch size and the test-time flips in one batch, against the plain
 module run one flip at a time; whole clicks (DeepGrow 3D with its re-fit passes, DEXTR3D) by Dice.
@@ -10,16 +10,18 @@ module run one flip at a time; whole clicks (DeepGrow 3D with its re-fit passes,
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
-from claraseg.engine import runners
+from claraseg.engine import boundary, runners
 from claraseg.engine.boundary import edt
 from claraseg.engine.masks import BoxMask, nonzero_box
 from claraseg.engine.onednn import OneDnnConv, onednn_network
-from claraseg.engine.session import normaliser
+from claraseg.engine.session import compact_array, normaliser
 from claraseg.guidance import extreme_points, sample_roi, square_roi
 from claraseg.guidance.roi import _resample_axis_aligned
 from claraseg.io.geometry import bounding_box
@@ -57,6 +59,28 @@ def test_extreme_points_and_boxes_equal_the_reference_exactly():
     assert BoxMask((5, 4, 3), None, np.zeros((3, 4, 5), np.uint8)).is_empty
 
 
+def _reference_compact(a):
+    if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        for dt in (np.uint8, np.int8, np.int16, np.uint16, np.int32):
+            if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max and np.dtype(dt).itemsize <= a.dtype.itemsize:
+                return a.astype(dt)
+        return a.copy()
+    big = float(np.abs(a).max()) if a.size else 0.0
+    return a.astype(np.float16) if big < 60000 and a.dtype.itemsize > 2 else a.copy()
+
+
+def test_session_voxels_are_compacted_as_before():
+    rng = np.random.default_rng(6)
+    for dt in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.int64, np.float16, np.float32, np.float64, bool):
+        for scale in (1, 300, 1e5):
+            a = rng.normal(0, scale, (6, 7, 8)).astype(dt)
+            for view in (a, a[:, ::2], np.zeros((0, 3, 3), dt)):
+                got, ref = compact_array(view), _reference_compact(view)
+                assert got.dtype == ref.dtype and np.array_equal(got, ref)
+                assert got is not view and not np.shares_memory(got, view)
+
+
 def test_distance_transform_equals_scipys_exactly():
     rng = np.random.default_rng(2)
     for t, m in enumerate(_random_masks(120, seed=2)):
@@ -64,6 +88,30 @@ def test_distance_transform_equals_scipys_exactly():
         ref = ndimage.distance_transform_edt(m, sampling=sampling)
         assert np.array_equal(edt(m, sampling), ref)
         assert np.array_equal(edt(~m, sampling), ndimage.distance_transform_edt(~m, sampling=sampling))
+
+
+def test_signed_distance_on_blocks_equals_the_out_of_place_formula_exactly():
+    rng = np.random.default_rng(5)
+    for m in _random_masks(60, seed=5):
+        if not m.any():
+            continue
+        f = tuple(int(v) for v in rng.integers(1, 4, 3))
+        scale = rng.random(3) * 0.5 + 0.1
+        a = boundary._blocks(m.astype(np.float32), f)
+        rep = a
+        for axis, k in enumerate(f):
+            rep = np.repeat(rep, k, axis=axis)
+        assert np.array_equal(boundary._unblock(a, f, m.shape), rep[: m.shape[0], : m.shape[1], : m.shape[2]])
+        coarse = a >= 0.5
+        if not coarse.any():
+            coarse = a > 0
+        signed = boundary._edt_pair(coarse, tuple(scale * np.asarray(f)))
+        for axis, k in enumerate(f):
+            signed = np.repeat(signed, k, axis=axis)
+        signed = signed[: m.shape[0], : m.shape[1], : m.shape[2]]
+        step = float(scale.min())
+        ref = np.where(m, np.maximum(signed, step), np.minimum(signed, -step))
+        assert np.array_equal(boundary._signed_distance(m, scale, f), ref)
 
 
 def _reference_resample(values, scale, offset, size):
@@ -108,9 +156,21 @@ def test_in_place_normalisation_and_one_copy_sampling_are_exact():
 
 @pytest.fixture(scope="module")
 def default_backend():
+    """The default bundles with their networks on torch (``CLARASEG_RUNTIME=torch`` while they load): the
+    fast path under test is the torch module's."""
     from claraseg.engine import LocalBackend
 
     backend = LocalBackend(device="cpu", idle_timeout=None)
+    saved = os.environ.get("CLARASEG_RUNTIME")
+    os.environ["CLARASEG_RUNTIME"] = "torch"
+    try:
+        for model in ("deepgrow3d", "dextr3d", "deepgrow2d"):
+            assert isinstance(backend.registry.network(model, "cpu"), torch.nn.Module)
+    finally:
+        if saved is None:
+            os.environ.pop("CLARASEG_RUNTIME", None)
+        else:
+            os.environ["CLARASEG_RUNTIME"] = saved
     yield backend
     backend.close()
 
@@ -130,8 +190,6 @@ def _reference_forward(net, x, kind, device, tta=1):
                                                ("deepgrow2d", (4, 1, 128, 128), 4)])
 def test_onednn_batched_flips_agree_with_the_plain_module_one_flip_at_a_time(default_backend, model, shape, tta):
     net = default_backend.registry.network(model, "cpu")
-    if not isinstance(net, torch.nn.Module):
-        pytest.skip(f"{model} runs on a runtime object here, not a torch module")
     fast = onednn_network(net)
     assert fast is not net and onednn_network(net) is fast
     assert any(isinstance(m, OneDnnConv) for m in fast.modules())

@@ -10,7 +10,6 @@ from claraseg.guidance import (
     extreme_points,
     gaussian_heatmap,
     jitter_points,
-    next_click,
     random_click,
     sample_from_roi,
     sample_roi,
@@ -40,29 +39,22 @@ def test_heatmap_max_over_points_empty_and_floor():
     assert sigma_in_voxels(1.0, [3.0, 3.0, 3.0], min_sigma_vox=1.5).tolist() == [1.5, 1.5, 1.5]
 
 
-def test_next_click_is_deepest_point_and_fg_bg():
+def test_random_click_stays_inside_the_error():
     gt = np.zeros((11, 11, 11), np.uint8)
     gt[2:9, 2:9, 2:9] = 1
-    ijk, fg = next_click(np.zeros_like(gt), gt)
-    assert fg and ijk.tolist() == [5, 5, 5]
-    # A false-positive blob bigger than the false negatives gets a background click in it.
-    pred = gt.copy()
-    pred[0:2, :, :] = 1
-    pred[5, 5, 5] = 0
-    ijk, fg = next_click(pred, gt)
-    assert not fg and ijk[2] in (0, 1)
-    assert next_click(gt, gt) is None
-    # Random variants stay inside the error.
     rng = np.random.default_rng(0)
+    ijk, fg = random_click(np.zeros_like(gt), gt, rng, p_deepest=1.0)
+    assert fg and ijk.tolist() == [5, 5, 5]  # the deepest voxel of the object
     for _ in range(5):
         ijk, fg = random_click(np.zeros_like(gt), gt, rng, p_deepest=0.0)
         assert fg and gt[ijk[2], ijk[1], ijk[0]] == 1
+    assert random_click(gt, gt, rng) is None
 
 
-def test_next_click_on_2d_slice_stored_as_3d():
+def test_random_click_on_2d_slice_stored_as_3d():
     gt = np.zeros((1, 9, 9), np.uint8)
     gt[0, 1:8, 2:7] = 1
-    ijk, fg = next_click(np.zeros_like(gt), gt)
+    ijk, fg = random_click(np.zeros_like(gt), gt, np.random.default_rng(0), p_deepest=1.0)
     # The 2D distance is used (not 1 everywhere from padding the size-1 axis): i is centred, j ties.
     assert fg and ijk[0] == 4 and ijk[1] in (3, 4, 5) and ijk[2] == 0
 

@@ -12,6 +12,7 @@ import pytest
 
 from claraseg.backend import MIN_EXTREME_POINTS
 from claraseg.engine import session as session_module
+from claraseg.engine import stages as stages_module
 from claraseg.errors import InvalidPointsError, MaskDeltaError
 from claraseg.guidance import extreme_points
 from claraseg.io import MaskDelta
@@ -22,8 +23,9 @@ class _Runs:
 
     def __init__(self, monkeypatch):
         self.calls: list[tuple[str, list, list]] = []
-        for name in ("run_dextr", "run_deepgrow", "refit_with_dextr"):
-            real = getattr(session_module, name)
+        for module, name in ((session_module, "run_dextr"), (session_module, "run_deepgrow"),
+                             (stages_module, "refit_with_dextr")):
+            real = getattr(module, name)
             sig = inspect.signature(real)
 
             def spy(*args, _real=real, _name=name, _sig=sig, **kwargs):
@@ -32,7 +34,7 @@ class _Runs:
                 self.calls.append((_name, _as_list(fg), _as_list(bg)))
                 return _real(*args, **kwargs)
 
-            monkeypatch.setattr(session_module, name, spy)
+            monkeypatch.setattr(module, name, spy)
 
     @property
     def names(self) -> list[str]:

@@ -29,7 +29,7 @@ UI_OF = {
     ROOT / "ClaraTrainModule" / "ClaraTrainModule.py": ROOT / "ClaraTrainModule" / "Resources" / "UI" / "ClaraTrainModule.ui",
 }
 #: Lib modules that need Slicer's MRML libraries (slicer-core is enough: no Qt).
-NEEDS_MRML = {"ClaraAnnotateLib.nodes", "ClaraAnnotateLib.interaction",
+NEEDS_MRML = {"ClaraAnnotateLib.nodes", "ClaraAnnotateLib.interaction", "ClaraAnnotateLib.pointlists",
               "ClaraTrainModuleLib.export", "ClaraTrainModuleLib.plots", "ClaraTrainModuleLib.trainer"}
 #: Lib modules that need Slicer's desktop application (Qt); everything else must import without Slicer.
 NEEDS_QT = {"ClaraAnnotateLib.desktop", "ClaraTrainModuleLib.desktop"}

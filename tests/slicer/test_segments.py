@@ -67,15 +67,6 @@ def test_object_mask_matches_pasting_every_delta_into_a_full_volume():
     assert obj.delta.is_empty
 
 
-def test_dice():
-    a = np.zeros((4, 4, 4), bool)
-    b = np.zeros((4, 4, 4), bool)
-    assert s.dice(a, b) == 1.0
-    a[0, :2] = True
-    b[0, 1:3] = True
-    assert s.dice(a, b) == 0.5
-
-
 def test_same_mask_compares_tight_boxes():
     full = np.zeros((6, 7, 8), np.uint8)
     full[2:4, 1:5, 3:6] = 1

@@ -91,7 +91,10 @@ def test_frozen_layers_stay_and_l2sp_keeps_the_weights_near_the_start(tmp_path, 
 
     start = {k: v.float() for k, v in read_weights(deepgrow3d / "models" / "model.pt").items()}
     runs = {}
-    for tag, extra in (("plain", {}), ("l2sp", {"training#l2sp": 50.0}), ("head", {"training#trainable": [r"^model\.2\."]})):
+    # Every parameter tuned, no penalty (the bundle's train.json sets both for its own fine-tunes).
+    plain = {"training#l2sp": 0.0, "training#trainable": None}
+    for tag, extra in (("plain", plain), ("l2sp", {**plain, "training#l2sp": 50.0}),
+                       ("head", {**plain, "training#trainable": [r"^model\.2\."]})):
         result = fine_tune(deepgrow3d, phantom, tmp_path / tag, iterations=4, structures=["liver", "spleen"],
                            overrides={**QUICK, "optimizer#lr": 1e-3, "training#val_interval": 100, **extra},
                            threads=1)
@@ -152,3 +155,21 @@ def test_click_validation_runs_the_protocol_and_hands_back_images_the_engine_ref
     assert rest == [1] and str(tmp_path / "thin.nii.gz") in validation.refused
     assert len(curves["liver"]) == 1 and len(curves["liver"][0]) == 3
     assert all(0.0 <= d <= 1.0 for d in curves["liver"][0])
+
+
+def test_the_bundles_train_json_sets_the_fine_tune_settings(tmp_path, deepgrow3d):
+    """A recipe train.json's ``finetune`` object becomes the job's ``training#`` settings (overrides win);
+    a ``finetune`` that is not an object is refused."""
+    from claraseg.train import config as cfg
+
+    recipe = json.loads((deepgrow3d / "configs" / "train.json").read_text())
+    bundle = Path(shutil.copytree(deepgrow3d, tmp_path / "deepgrow3d"))
+    recipe["finetune"] = {"l2sp": 2.5, "trainable": ["^model\\.2\\."], "val_interval": 7}
+    (bundle / "configs" / "train.json").write_text(json.dumps(recipe))
+    settings = cfg.settings_from(cfg.make_parser(bundle, {"training#val_interval": 9}))
+    assert settings["l2sp"] == 2.5 and settings["trainable"] == ["^model\\.2\\."] and settings["val_interval"] == 9
+    assert settings["batch_size"] == recipe["batch_size"]
+    recipe["finetune"] = ["l2sp"]
+    (bundle / "configs" / "train.json").write_text(json.dumps(recipe))
+    with pytest.raises(ConfigError, match="finetune"):
+        cfg.make_parser(bundle)
