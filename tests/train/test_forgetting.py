@@ -203,3 +203,30 @@ def test_a_server_job_guards_the_datastores_other_labelled_images(tmp_path):
     assert [Path(e["image"]).parent.name for e in guard] == ["case2", "case4"]
     assert "original" in guard[0]["label"] and "final" in guard[1]["label"]
     assert jobs._guard(jobs._datalist(None, "final"), "final")[0]["image"] == str(store.image_path("case2"))
+
+
+def test_step_loss_adds_the_l2sp_penalty_and_keeps_norm_statistics_frozen():
+    """The job's loss of a batch: the task's loss plus l2sp/2 * ||w - w0||^2 over the tuned weights; with
+    freeze_norm a BatchNorm layer's running statistics do not move however many batches it sees."""
+    from claraseg.train.runner import Runner
+
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.BatchNorm3d(2), torch.nn.Conv3d(2, 1, 1))
+
+    class Task:
+        def batch_loss(self, model, batch, device):
+            return model(batch).mean()
+
+    runner = Runner.__new__(Runner)
+    runner.task, runner.device = Task(), torch.device("cpu")
+    runner.anchor = {n: p.detach().clone() for n, p in net.named_parameters()}
+    with torch.no_grad():
+        net[2].weight.add_(0.5)  # moved away from the start by 0.5 in each of its 2 values
+    batch = torch.randn(2, 1, 6, 6, 6)
+    stats = net[1].running_mean.clone()
+    loss = Runner._step_loss(runner, net, {"l2sp": 4.0, "freeze_norm": True})(net, batch)
+    plain = Task().batch_loss(net, batch, None)
+    assert float(loss - plain) == pytest.approx(0.5 * 4.0 * 2 * 0.25, rel=1e-5)
+    assert torch.equal(net[1].running_mean, stats)
+    net.train()
+    Runner._step_loss(runner, net, {"l2sp": 0.0, "freeze_norm": False})(net, batch)
+    assert not torch.equal(net[1].running_mean, stats)
