@@ -207,9 +207,8 @@ def share_malloc_arena() -> bool:
     never calls it; a program that hosts the engine on threads may call it itself, before they allocate.
 
     A thread's own arena hands out the engine's large, short-lived arrays through fresh memory maps,
-    page-faulted in on every click: measured in one process, the same DeepGrow 3D click took 626 ms
-    median on a worker thread against 574 ms on the main thread, and 576 / 581 ms with one arena
-    (``MALLOC_ARENA_MAX=1``). Returns whether it was applied (glibc only; elsewhere a no-op)."""
+    page-faulted in on every click, which makes a click on a worker thread slower than on the main thread
+    (the measurement is in docs/server.md). Returns whether it was applied (glibc only; elsewhere a no-op)."""
     if not sys.platform.startswith("linux"):
         return False
     try:

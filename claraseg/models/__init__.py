@@ -8,6 +8,8 @@
   :mod:`~claraseg.models.inputs` (network inputs, shared with the engine), :mod:`~claraseg.models.volumes`,
   :mod:`~claraseg.models.augment` and :mod:`~claraseg.models.click_sampling`.
 - :mod:`~claraseg.models.pretrain`: ``claraseg pretrain``, the recipe of the default weights.
+- :mod:`~claraseg.models.inference_config` / :mod:`~claraseg.models.transforms`: the interactive bundles'
+  ``inference.json`` and the MONAI transforms it runs (``python -m monai.bundle run``).
 - :mod:`~claraseg.models.testing`: ``make_tiny_bundle`` for tests.
 
 Torch is imported lazily, so reading descriptors does not need it.

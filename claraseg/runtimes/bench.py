@@ -2,7 +2,8 @@
 measured in one run on this machine, and the click check that decides whether a faster runtime may be
 the default (the same clicks on torch and on the runtime, Dice of their masks).
 
-Variants: torch eager (the reference), channels-last memory format, ``torch.compile`` (inductor),
+Variants: torch eager (the reference), torch with every convolution on oneDNN (the engine's torch path),
+channels-last memory format, ``torch.compile`` (inductor),
 int8 dynamic quantization (torch's, and ONNX Runtime's on the ONNX file), ONNX Runtime, OpenVINO; on a CUDA
 device also float32 / float16 / bfloat16 autocast. The forwards of all variants are interleaved (one
 of each per round) so that other work on the machine slows them alike; medians and ratios to torch eager
@@ -31,8 +32,9 @@ from claraseg.runtimes.export import input_shape
 CLICK_DICE = 0.999
 
 
-#: The variants besides torch eager, in the order they are built.
-VARIANTS = ("channels_last", "torch_compile", "torch_int8_dynamic", "onnxruntime", "openvino",
+#: The variants besides torch eager, in the order they are built. ``torch_onednn`` is what the engine runs
+#: for a torch bundle (:func:`claraseg.engine.onednn.onednn_network`: every convolution on oneDNN).
+VARIANTS = ("torch_onednn", "channels_last", "torch_compile", "torch_int8_dynamic", "onnxruntime", "openvino",
             "onnxruntime_int8_dynamic")
 
 
@@ -55,7 +57,7 @@ def _variants(bundle, module, threads: int, only=None) -> tuple[dict[str, Any], 
                 out[name] = make()
             build_s[name] = round(time.perf_counter() - t0, 2)
         except Exception as e:  # one variant that does not build here must not end the benchmark
-            skipped[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            skipped[name] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
 
     def channels_last():
         fmt = torch.channels_last_3d if len(input_shape(bundle)) == 4 else torch.channels_last
@@ -96,6 +98,15 @@ def _variants(bundle, module, threads: int, only=None) -> tuple[dict[str, Any], 
             root.setLevel(level)
         return nets.OnnxRuntimeNet(dst, module, input_shape(bundle), threads)
 
+    def onednn():
+        from claraseg.engine.onednn import onednn_network
+
+        net = onednn_network(module)
+        if net is module:
+            raise RuntimeError("oneDNN is not available to this torch")
+        return net
+
+    add("torch_onednn", onednn)
     add("channels_last", channels_last)
     add("torch_compile", compiled)
     add("torch_int8_dynamic", torch_int8)
@@ -133,11 +144,13 @@ def bench_network(bundle, threads: int, repeats: int, batch: int = 1, only=None)
                 net(x)
                 times[name].append(time.perf_counter() - t0)
     eager = float(np.median(times["torch_eager"]))
+    onednn = float(np.median(times["torch_onednn"])) if "torch_onednn" in times else None
     rows = {}
     for name in variants:
         med = float(np.median(times[name]))
         rows[name] = {"median_ms": round(1000 * med, 2), "p90_ms": round(1000 * float(np.percentile(times[name], 90)), 2),
-                      "ratio_to_eager": round(med / eager, 3), **agree[name],
+                      "ratio_to_eager": round(med / eager, 3),
+                      **({"ratio_to_onednn": round(med / onednn, 3)} if onednn else {}), **agree[name],
                       **({"build_s": build_s[name]} if name in build_s else {})}
     return {"input": [batch, *input_shape(bundle)], "repeats": repeats, "variants": rows, "skipped": skipped}
 
@@ -172,11 +185,12 @@ def bench_cuda(bundle, repeats: int, batch: int = 1) -> dict[str, Any]:
     return {"device": torch.cuda.get_device_name(0), "input": [batch, *input_shape(bundle)], "variants": rows}
 
 
-def click_check(runtimes: list[str], repeats: int = 2) -> dict[str, Any]:
+def click_check(runtimes: list[str], repeats: int = 3) -> dict[str, Any]:
     """The same interactions on torch and on each runtime (the packaged bundles, ``runtime`` set): a
     DeepGrow 3D click (with its DEXTR3D shape re-fit), six extreme points (DEXTR3D), a DeepGrow 2D click, on
-    the sample CT's spleen crop (or a phantom without the sample data). Dice of every mask against torch's,
-    whether a repeat gives the same mask, and the median latency of each interaction."""
+    the sample CT's spleen crop (or a phantom without the sample data), ``repeats`` rounds with the
+    runtimes interleaved in each. Dice of every mask against torch's, whether the repeats give the same
+    mask, the median latency of each interaction and its ratio to torch's."""
     import json
 
     from scipy import ndimage
@@ -189,54 +203,59 @@ def click_check(runtimes: list[str], repeats: int = 2) -> dict[str, Any]:
     centre = inside[len(inside) // 2][::-1].tolist()
     nz = np.argwhere(gt)[:, ::-1]
     points = [nz[nz[:, a].argmin()].tolist() for a in range(3)] + [nz[nz[:, a].argmax()].tolist() for a in range(3)]
+    kinds = ("deepgrow3d", "dextr3d", "deepgrow2d")
 
-    def run(backend) -> tuple[dict[str, list[np.ndarray]], dict[str, float]]:
-        masks: dict[str, list[np.ndarray]] = {}
-        ms: dict[str, list[float]] = {}
-        for _ in range(repeats):
-            s = backend.open_session(image)
-            for name, call in (("deepgrow3d_click", lambda s=s: s.click("deepgrow3d", foreground=[centre], object_id="a")),
-                               ("dextr3d_points", lambda s=s: s.extreme_points("dextr3d", points, object_id="b")),
-                               ("deepgrow2d_click", lambda s=s: s.click("deepgrow2d", foreground=[centre],
-                                                                        object_id="c", slice_axis=2))):
-                t0 = time.perf_counter()
-                delta = call()
-                ms.setdefault(name, []).append(time.perf_counter() - t0)
-                full = np.zeros(image.array.shape, np.uint8)
-                delta.paste(full, value=1)
-                masks.setdefault(name, []).append(full > 0)
-            s.close()
-        return masks, {k: round(1000 * float(np.median(v)), 1) for k, v in ms.items()}
+    def run_once(backend, masks: dict[str, list[np.ndarray]], times: dict[str, list[float]]) -> None:
+        s = backend.open_session(image)
+        for name, call in (("deepgrow3d_click", lambda: s.click("deepgrow3d", foreground=[centre], object_id="a")),
+                           ("dextr3d_points", lambda: s.extreme_points("dextr3d", points, object_id="b")),
+                           ("deepgrow2d_click", lambda: s.click("deepgrow2d", foreground=[centre],
+                                                                object_id="c", slice_axis=2))):
+            t0 = time.perf_counter()
+            delta = call()
+            times.setdefault(name, []).append(time.perf_counter() - t0)
+            full = np.zeros(image.array.shape, np.uint8)
+            delta.paste(full, value=1)
+            masks.setdefault(name, []).append(full > 0)
+        s.close()
 
-    report: dict[str, Any] = {"case": source, "repeats": repeats}
+    report: dict[str, Any] = {"case": source, "repeats": repeats, "interleaved": True}
     root = Path(tempfile.mkdtemp(prefix="claraseg-click-check-"))
+    backends = {}
     try:
-        results = {}
         for runtime in ["torch", *runtimes]:
             folder = root / runtime
-            for name in ("deepgrow3d", "dextr3d", "deepgrow2d"):
+            for name in kinds:
                 shutil.copytree(PACKAGED_DIR / name, folder / name)
                 meta_path = folder / name / "configs" / "metadata.json"
                 meta = json.loads(meta_path.read_text())
                 meta["claraseg"]["runtime"] = runtime
                 meta_path.write_text(json.dumps(meta))
-            backend = LocalBackend(folder, device="cpu", idle_timeout=None)
-            backend.warmup()
-            loaded = {n: getattr(backend.registry.network(n, "cpu"), "runtime", "torch")
-                      for n in ("deepgrow3d", "dextr3d", "deepgrow2d")}
-            try:
-                results[runtime] = run(backend) + (loaded,)
-            finally:
-                backend.close()
-        ref_masks = results["torch"][0]
-        for runtime, (masks, ms, loaded) in results.items():
-            dice = {k: round(mask_dice(masks[k][0], ref_masks[k][0]), 6) for k in masks}
-            report[runtime] = {"loaded_as": loaded, "median_ms": ms, "dice_to_torch": dice,
-                               "repeat_identical": all(all(np.array_equal(m[0], x) for x in m[1:]) for m in masks.values()),
-                               "voxels": {k: int(np.count_nonzero(masks[k][0])) for k in masks},
-                               "dice_to_truth": {k: round(mask_dice(masks[k][0], gt), 4) for k in masks},
+            backends[runtime] = LocalBackend(folder, device="cpu", idle_timeout=None)
+            backends[runtime].warmup()
+        masks: dict[str, dict[str, list[np.ndarray]]] = {r: {} for r in backends}
+        times: dict[str, dict[str, list[float]]] = {r: {} for r in backends}
+        for backend in backends.values():
+            run_once(backend, {}, {})  # warm-up round (first allocations, lazily built state)
+        for _ in range(repeats):
+            for runtime, backend in backends.items():
+                run_once(backend, masks[runtime], times[runtime])
+        torch_ms = {k: float(np.median(v)) for k, v in times["torch"].items()}
+        for runtime, backend in backends.items():
+            loaded = {n: getattr(backend.registry.network(n, "cpu"), "runtime", "torch") for n in kinds}
+            m = masks[runtime]
+            dice = {k: round(mask_dice(m[k][0], masks["torch"][k][0]), 6) for k in m}
+            med = {k: float(np.median(v)) for k, v in times[runtime].items()}
+            report[runtime] = {"loaded_as": loaded, "median_ms": {k: round(1000 * v, 1) for k, v in med.items()},
+                               "ratio_to_torch": {k: round(v / torch_ms[k], 3) for k, v in med.items()},
+                               "dice_to_torch": dice,
+                               "repeat_identical": all(all(np.array_equal(v[0], x) for x in v[1:]) for v in m.values()),
+                               "voxels": {k: int(np.count_nonzero(v[0])) for k, v in m.items()},
+                               "dice_to_truth": {k: round(mask_dice(v[0], gt), 4) for k, v in m.items()},
                                "click_quality_unchanged": all(v >= CLICK_DICE for v in dice.values())}
     finally:
+        for backend in backends.values():
+            backend.close()
         shutil.rmtree(root, ignore_errors=True)
     return report
 
@@ -261,7 +280,8 @@ def _click_case():
     return image, label.array == 1, "phantom seed 3, liver"
 
 
-def run_bench_runtimes(models: list[str], *, threads: int = 2, repeats: int = 10, clicks: bool = True) -> dict[str, Any]:
+def run_bench_runtimes(models: list[str], *, threads: int = 2, repeats: int = 10, clicks: bool = True,
+                       click_repeats: int = 3) -> dict[str, Any]:
     """The whole benchmark (see the module docstring)."""
     import torch
 
@@ -291,7 +311,7 @@ def run_bench_runtimes(models: list[str], *, threads: int = 2, repeats: int = 10
         entry["cuda"] = bench_cuda(bundle, repeats)
         report["networks"][model] = entry
     if clicks:
-        report["clicks"] = click_check([r for r in ("onnxruntime", "openvino") if nets.available(r)])
+        report["clicks"] = click_check([r for r in ("onnxruntime", "openvino") if nets.available(r)], click_repeats)
     report["load_average_after"] = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     report["wall_s"] = round(time.time() - t0, 1)
     return report
@@ -315,16 +335,17 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"{model} input {bench['input']} ({bench['repeats']} interleaved rounds):")
             for name, r in bench["variants"].items():
                 lines.append(f"  {name:26s} median {r['median_ms']:8.1f} ms  p90 {r['p90_ms']:8.1f} ms  "
-                             f"x{r['ratio_to_eager']:<6} max prob diff {r['max_prob_diff']:.1e}  "
+                             f"x{r['ratio_to_eager']:<6} (x{r.get('ratio_to_onednn', '-')} of oneDNN) max prob diff {r['max_prob_diff']:.1e}  "
                              f"mask Dice {r['mask_dice']}")
             for name, why in bench["skipped"].items():
                 lines.append(f"  {name:26s} not measured: {why}")
     clicks = report.get("clicks")
     if clicks:
         lines.append(f"clicks on {clicks['case']}:")
-        for runtime in [k for k in clicks if k not in ("case", "repeats")]:
+        for runtime in [k for k in clicks if k not in ("case", "repeats", "interleaved")]:
             c = clicks[runtime]
-            lines.append(f"  {runtime:12s} ms {c['median_ms']} Dice to torch {c['dice_to_torch']} "
+            lines.append(f"  {runtime:12s} ms {c['median_ms']} ratio to torch {c['ratio_to_torch']} "
+                         f"Dice to torch {c['dice_to_torch']} "
                          f"repeat identical {c['repeat_identical']} quality unchanged {c['click_quality_unchanged']}")
     lines.append(f"wall {report['wall_s']} s")
     return "\n".join(lines)

@@ -31,8 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(Dice of the same clicks on torch and on each runtime).")
     b.add_argument("--threads", type=int, default=2, help="CPU threads (default %(default)s)")
     b.add_argument("--repeats", type=int, default=10, help="timed forwards per variant (default %(default)s)")
-    b.add_argument("--models", default="deepgrow3d,dextr3d", help="comma-separated (default %(default)s)")
+    b.add_argument("--models", default="deepgrow3d,dextr3d",
+                   help="networks to time, comma-separated; '' for none (default %(default)s)")
     b.add_argument("--no-clicks", action="store_true", help="skip the click check")
+    b.add_argument("--click-repeats", type=int, default=3, help="rounds of the click check (default %(default)s)")
     b.add_argument("--json", type=Path, default=None, help="write the report here")
     b.set_defaults(func=_bench)
 
@@ -60,7 +62,7 @@ def _bench(args: argparse.Namespace) -> int:
     from claraseg.runtimes.bench import format_report, run_bench_runtimes
 
     report = run_bench_runtimes([m.strip() for m in args.models.split(",") if m.strip()], threads=args.threads,
-                                repeats=args.repeats, clicks=not args.no_clicks)
+                                repeats=args.repeats, clicks=not args.no_clicks, click_repeats=args.click_repeats)
     print(format_report(report))
     if args.json:
         write_json_atomic(args.json, report)

@@ -196,10 +196,38 @@ def onnx_path(bundle: Bundle, module=None) -> Path:
     shape = input_shape(bundle)
     key = f"{digest[:20]}-{'x'.join(map(str, shape))}-opset{OPSET}-torch{torch.__version__.split('+')[0]}"
     path = cache_dir() / "onnx" / f"{bundle.name}-{key}.onnx"
-    if not path.is_file():
-        net = module if module is not None else bundle.load_network("cpu")
-        export_onnx(net, shape, path, {"claraseg_model": bundle.name, "claraseg_weights_sha256": digest})
+    if path.is_file():
+        try:
+            os.utime(path)  # recently used: kept by the pruning below
+        except OSError:
+            pass
+        return path
+    net = module if module is not None else bundle.load_network("cpu")
+    export_onnx(net, shape, path, {"claraseg_model": bundle.name, "claraseg_weights_sha256": digest})
+    prune_cache(path.parent, CACHE_KEEP)
     return path
+
+
+#: Exported files kept in ``<cache>/onnx`` (the most recently used; fine-tune validations export every
+#: checkpoint they run).
+CACHE_KEEP = 48
+
+
+def prune_cache(folder: Path, keep: int, pattern: str = "*.onnx") -> list[Path]:
+    """Delete all but the ``keep`` most recently used files of ``folder`` matching ``pattern``; returns
+    what was deleted."""
+    try:
+        files = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return []
+    gone = []
+    for old in files[keep:]:
+        try:
+            old.unlink()
+            gone.append(old)
+        except OSError:
+            pass
+    return gone
 
 
 def make_net(runtime: str, bundle: Bundle, module, threads: int):
@@ -278,7 +306,8 @@ def checked_net(runtime: str, bundle: Bundle, module, threads: int, reference=No
     try:
         net = make_net(runtime, bundle, module, threads)
     except Exception as e:  # an export or compile failure must leave the bundle on torch
-        return None, f"{runtime} failed to load the network ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        first = (str(e).splitlines() or [""])[0][:200]
+        return None, f"{runtime} failed to load the network ({type(e).__name__}: {first})"
     record = _agreement_record(net, runtime)
     try:
         diff = float(json.loads(record.read_text(encoding="utf-8"))["max_prob_diff"])
@@ -295,6 +324,7 @@ def checked_net(runtime: str, bundle: Bundle, module, threads: int, reference=No
     try:
         write_json_atomic(record, {"model": bundle.name, "runtime": runtime, "max_prob_diff": diff,
                                    "tolerance": TOLERANCE[runtime], "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+        prune_cache(record.parent, 8 * CACHE_KEEP, "*.json")
     except OSError as e:  # a read-only cache: measure again next time
         _warn_once(f"cannot record the runtime check in {record} ({e})")
     return net, diff

@@ -150,6 +150,12 @@ def test_a_runtime_that_disagrees_falls_back_to_torch(tiny_versions, monkeypatch
     bundle.settings["runtime"] = "onnxruntime"
     module = bundle.load_network("cpu")
     assert isinstance(nets.runtime_net(bundle, module, "cpu"), nets.OnnxRuntimeNet)
+    # The agreement was recorded for this file, and is read back at the next load instead of measured.
+    records = list((nets.cache_dir() / "checked").glob("*-onnxruntime*.json"))
+    assert records and all(json.loads(r.read_text())["max_prob_diff"] <= 1e-4 for r in records)
+    monkeypatch.setattr(nets, "max_prob_diff", lambda a, b: 1.0)
+    assert isinstance(nets.runtime_net(bundle, module, "cpu"), nets.OnnxRuntimeNet)
+    monkeypatch.undo()
     monkeypatch.setitem(nets.TOLERANCE, "onnxruntime", -1.0)  # nothing can agree within a negative tolerance
     with caplog.at_level("WARNING"):
         assert nets.runtime_net(bundle, module, "cpu") is module
@@ -171,3 +177,17 @@ def test_schema_refuses_unknown_runtimes_and_amp_types(tiny_versions, tmp_path, 
     (folder / "configs" / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match=f"claraseg.{key} must be"):
         read_bundle(folder)
+
+
+def test_cache_keeps_the_most_recently_used_exports(tmp_path):
+    import os
+    import time
+
+    for n in range(5):
+        (tmp_path / f"m{n}.onnx").write_bytes(b"x")
+        t = time.time() - 100 + n
+        os.utime(tmp_path / f"m{n}.onnx", (t, t))
+    (tmp_path / "other.json").write_text("{}")
+    gone = nets.prune_cache(tmp_path, 2)
+    assert sorted(p.name for p in gone) == ["m0.onnx", "m1.onnx", "m2.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m3.onnx", "m4.onnx", "other.json"]
