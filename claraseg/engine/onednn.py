@@ -1,12 +1,12 @@
-"""CPU convolutions of a torch network on oneDNN whatever the batch size.
+"""CPU convolutions of a torch network on oneDNN for a batch of one too.
 
 PyTorch runs a float32 CPU convolution on oneDNN only when its heuristics expect a gain: a batch of one
 small volume (a DeepGrow 3D click: one 4 x 64^3 input, whose layers all have batch x channels x depth x
 height <= 20480) falls back to the im2col + GEMM kernel (``slow_conv3d``), several times slower on
 these networks than oneDNN, which the same layers use for a batch of two or more. :func:`onednn_network`
-gives a view of the network whose ``Conv2d``/``Conv3d`` layers call oneDNN directly, sharing the
-original's parameters. The outputs agree with the original's within float32 rounding (the kernels sum in
-another order; the test-time-flip batches already ran on oneDNN).
+gives a view of the network whose ``Conv2d``/``Conv3d`` layers call oneDNN directly for a batch of one,
+sharing the original's parameters; batches (test-time flips) keep PyTorch's own dispatch. The outputs of a
+batch of one agree with the original's within float32 rounding (the kernels sum in another order).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ class OneDnnConv(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
-        if x.device.type != "cpu" or x.dtype != torch.float32 or c.weight.dtype != torch.float32 \
-                or torch.is_grad_enabled():
-            return c(x)
+        if x.shape[0] != 1 or x.device.type != "cpu" or x.dtype != torch.float32 \
+                or c.weight.dtype != torch.float32 or torch.is_grad_enabled():
+            return c(x)  # a batch (test-time flips): PyTorch's own dispatch, which picks oneDNN for these layers
         return torch.mkldnn_convolution(x.contiguous(), c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups)
 
 

@@ -65,8 +65,8 @@ def forward(net, x: torch.Tensor, kind: str, device: str, tta: int = 1) -> torch
     """Sigmoid probabilities ``[k, j, i]`` (2D: ``[1, j, i]``) of an input ``[C, k, j, i]``; mixed
     precision on CUDA, float32 on CPU (deterministic run to run). ``tta`` > 1 averages the
     probabilities over that many flips of the input (test-time augmentation; the models are trained
-    with random flips), one batch. A torch network on CPU runs its convolutions on oneDNN at every batch
-    size (:func:`~claraseg.engine.onednn.onednn_network`); any other ``net`` (a runtime object) is called
+    with random flips), one batch. A torch network on CPU runs its convolutions on oneDNN for a batch
+    of one too (:func:`~claraseg.engine.onednn.onednn_network`); any other ``net`` (a runtime object) is called
     as it is."""
     if device == "cpu":
         net = onednn_network(net)
