@@ -1,5 +1,5 @@
 """Inference of each model kind on a prepared session volume: choose the ROI, resample, encode the
-guidance exactly as in training (:mod:`claraseg.models.training`), run the network and map the
+guidance exactly as in training (:mod:`claraseg.models.inputs`), run the network and map the
 probabilities back onto the session grid.
 
 A runner returns ``(start, crop)``: the session-grid box it decided, and the new 0/1 mask inside it.
@@ -26,7 +26,7 @@ from claraseg.guidance import (
     square_roi,
 )
 from claraseg.guidance.roi import slice_axes
-from claraseg.models.training import (
+from claraseg.models.inputs import (
     deepgrow_sigma,
     dextr_input,
     dextr_margin,
@@ -315,7 +315,7 @@ def run_dextr(net, settings: dict, vol: Volume, points: np.ndarray, device: str,
               fg: np.ndarray | None = None, bg: np.ndarray | None = None, mask=None):
     """DEXTR3D: the points' box plus ``margin_mm`` stretched onto the ROI, points as a heat-map channel.
 
-    A bundle that takes clicks (:func:`~claraseg.models.training.dextr_takes_clicks`) also reads the
+    A bundle that takes clicks (:func:`~claraseg.models.inputs.dextr_takes_clicks`) also reads the
     object's clicks ``fg``/``bg`` (N, 3) and its current ``mask`` (a
     :class:`~claraseg.engine.masks.BoxMask`); without them those channels are empty, as for a first
     segmentation from the points. A bundle that does not take clicks ignores them."""

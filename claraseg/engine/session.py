@@ -35,8 +35,8 @@ from claraseg.errors import (
     SessionNotFoundError,
 )
 from claraseg.io import Image, MaskDelta, check_finite, check_points_inside
+from claraseg.models.inputs import dextr_takes_clicks
 from claraseg.models.preprocess import guess_modality, intensity_params
-from claraseg.models.training import dextr_takes_clicks
 
 if TYPE_CHECKING:
     from claraseg.engine.backend import LocalBackend

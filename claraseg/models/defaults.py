@@ -59,12 +59,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "shape_refit_model": "dextr3d",
         "shape_refit_min_agreement": 0.5,
         # The re-fit is run again on its own result (3 passes; the first two with 2 test-time flips, which
-        # only set the next box and mask), from a DeepGrow 3D result cut at 0.6 (a tighter estimate gives a
-        # better box). Training cut the network-in-the-loop clicks at the threshold its history records
-        # (``settings_at_training``).
+        # only set the next box and mask), from the DeepGrow 3D result cut at ``threshold``. Training cut the
+        # network-in-the-loop clicks at the threshold its history records (``settings_at_training``).
         "shape_refit_passes": 3,
         "shape_refit_tta_flips": 2,
-        "threshold": 0.6,
+        # The DeepGrow 3D result is cut at 0.4: a large organ's first result is a low-confidence blob around
+        # the click, and a lower cut takes more of it (results/split_validation_first_click.json).
+        "threshold": 0.4,
         # A re-fit that contradicts a click (a background click inside it, a foreground click outside) is
         # kept and the clicks are honoured on it ("honour"); "merge" takes the click's own result in the
         # region of the re-fit's additions (or removals) that holds the contradicted click; "refuse" leaves

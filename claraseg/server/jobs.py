@@ -1,7 +1,8 @@
 """Fine-tuning jobs behind ``/train/``: bundles from the models folder, data from the datastore.
 
 A job trains a model bundle on the datastore's images and their latest labels of one tag (``final`` by
-default), in its own process (:class:`claraseg.train.job.FineTuneJob`); the server only starts, lists,
+default), guarding the other labelled images (none of their structures may get worse, see
+docs/training.md), in its own process (:class:`claraseg.train.job.FineTuneJob`); the server only starts, lists,
 follows and stops jobs. An AutoML job (``/automl/{model}``) runs a ``claraseg automl`` search over the
 search space declared in that bundle's ``configs/train.json``, on the same data, in its own process.
 """
@@ -21,6 +22,8 @@ from .datastore import DEFAULT_TAG, Datastore, check_id
 from .validation import AutoMLOptions, check_job_request
 
 AUTOML_PREFIX = "automl-"
+#: The datastore's other labelled images a fine-tune job guards (validated, never trained on).
+GUARD_SCANS = 4
 #: Settings a client may give an AutoML job in ``{"automl": {...}}`` (as the ``claraseg automl`` flags).
 AUTOML_OPTIONS = tuple(AutoMLOptions.model_fields)
 
@@ -71,12 +74,29 @@ class TrainJobs:
         out = []
         for image_id in ids:
             check_id(str(image_id), "image id")
-            rec = self.datastore.label_record(image_id, tag)
-            out.append({"image": str(self.datastore.image_path(image_id)),
-                        "label": str(self.datastore.label_path(image_id, tag, rec["version"])),
-                        "labels": rec.get("label_names", {})})
+            out.append(self._entry(image_id, tag))
         if not out:
             raise TrainingDataError(f"the datastore has no image with a label tagged {tag!r}; save labels first")
+        return out
+
+    def _entry(self, image_id: str, tag: str) -> dict[str, Any]:
+        rec = self.datastore.label_record(image_id, tag)
+        return {"image": str(self.datastore.image_path(image_id)),
+                "label": str(self.datastore.label_path(image_id, tag, rec["version"])),
+                "labels": rec.get("label_names", {})}
+
+    def _guard(self, training: list[dict[str, Any]], tag: str) -> list[dict[str, Any]]:
+        """The datastore's other labelled images (their latest label, of ``tag`` when they have one), at
+        most :data:`GUARD_SCANS`: a fine-tune job checks it loses none of their structures."""
+        used = {e["image"] for e in training}
+        out = []
+        for image_id in self.datastore.list_images():
+            tags = self.datastore.label_tags(image_id)
+            if not tags or str(self.datastore.image_path(image_id)) in used:
+                continue
+            out.append(self._entry(image_id, tag if tag in tags else tags[0]))
+            if len(out) == GUARD_SCANS:
+                break
         return out
 
     def list(self, kind: str) -> list[dict[str, Any]]:
@@ -96,7 +116,9 @@ class TrainJobs:
             job = self._get(check_id(str(body["resume"]), "job id")).resume()
         else:
             tag = check_id(str(body.get("tag") or DEFAULT_TAG), "label tag")
-            job = self.manager.create(self._bundle(model), self._datalist(body.get("images"), tag),
+            training = self._datalist(body.get("images"), tag)
+            guard = self._guard(training, tag)
+            job = self.manager.create(self._bundle(model), {"training": training, "guard": guard} if guard else training,
                                       body["overrides"], name=body.get("name"),
                                       registry=self.models_dir, device=str(body.get("device") or "auto"))
             job.start()

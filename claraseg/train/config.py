@@ -52,6 +52,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "l2sp": 0.0,                  # L2-SP: loss + l2sp/2 * sum of squared differences to the starting weights
     "trainable": None,            # null: every parameter; else regexes of the parameter names that are tuned
     "freeze_norm": False,         # normalisation layers keep their running statistics (eval mode) while training
+    "max_guard_cases": 8,         # guard structures checked (the largest ones; each costs a validation run)
     "sw_batch_size": 1,           # sliding-window validation
 }
 _SETTING_TYPES: dict[str, tuple[type, ...]] = {
@@ -61,7 +62,7 @@ _SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "deterministic": (bool,), "seed": (int,), "val_fraction": (float, int), "min_val_cases": (int,),
     "publish": (bool,), "require_improvement": (bool,), "sw_batch_size": (int,),
     "max_label_drop": (float, int, type(None)), "l2sp": (float, int), "trainable": (list, type(None)),
-    "freeze_norm": (bool,),
+    "freeze_norm": (bool,), "max_guard_cases": (int,),
 }
 DATASET_TYPES = ("plain", "cache", "smart", "persistent")
 #: Config ids a job instantiates; ``lr_scheduler`` and ``loss`` are optional (see :func:`validate`).
@@ -232,6 +233,8 @@ def settings_from(parser) -> dict[str, Any]:
                 re.compile(pattern)
             except re.error as e:
                 raise ConfigError(f"training#trainable: {pattern!r} is not a regular expression ({e})") from None
+    if settings["max_guard_cases"] < 0:
+        raise ConfigError(f"training#max_guard_cases must be at least 0, got {settings['max_guard_cases']}")
     if not 0 < settings["cache_rate"] <= 1 or not 0 < settings["replace_rate"] <= 1:
         raise ConfigError("training#cache_rate and training#replace_rate must lie in (0, 1]")
     return settings

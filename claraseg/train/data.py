@@ -246,6 +246,9 @@ def prepare_data(datalist, model_labels: dict[int, str], kind: str, out_dir: str
     wanted = {normalize_name(s) for s in structures} if structures else None
     notes: list[str] = []
     guard: list[Case] = []
+    # Guard structures of the interactive kinds: (voxels, order, file tag, entry, image, label, value, name),
+    # written once the largest max_guard_cases are known.
+    candidates: list[tuple] = []
 
     def prepare(entries: list[dict], tag: str, select: set[str] | None) -> list[Case]:
         cases: list[Case] = []
@@ -262,17 +265,22 @@ def prepare_data(datalist, model_labels: dict[int, str], kind: str, out_dir: str
                 cases.append(Case(entry["image"], str(path), entry["label"], held))
                 continue
             identity = {v: names.get(v, f"label_{v}") for v in set(names) | set(np.unique(label.array).tolist()) if v}
+            values, counts = np.unique(label.array, return_counts=True)
+            voxels = dict(zip(values.tolist(), counts.tolist()))
             for value, name in sorted(identity.items()):
-                chosen = select is None or normalize_name(name) in select
+                chosen = tag != "guard" and (select is None or normalize_name(name) in select)
+                if not chosen:
+                    # A guard structure this small gives too noisy a Dice to judge a model by.
+                    if voxels.get(value, 0) >= GUARD_MIN_VOXELS:
+                        candidates.append((voxels[value], len(candidates), f"guard_{tag}{n:03d}", entry, image,
+                                           label, value, name))
+                    continue
                 mask = (label.array == value).astype(np.uint8)
-                if (not chosen or tag == "guard") and int(mask.sum()) < GUARD_MIN_VOXELS:
-                    continue  # a guard structure this small gives too noisy a Dice to judge a model by
                 if not mask.any():
                     raise TrainingDataError(f"{what}: label {value} {name!r} is empty (no voxels); draw it or leave it out")
-                path = out_dir / f"{tag if chosen else 'guard_' + tag}{n:03d}_{normalize_name(name)}.nii.gz"
+                path = out_dir / f"{tag}{n:03d}_{normalize_name(name)}.nii.gz"
                 write_image(image.with_array(mask, labels={1: LabelInfo(name)}), path)
-                case = Case(entry["image"], str(path), entry["label"], {1: name})
-                (cases if chosen else guard).append(case)
+                cases.append(Case(entry["image"], str(path), entry["label"], {1: name}))
         if select is not None and tag != "guard":
             found = {normalize_name(c.structures[1]) for c in cases}
             missing = sorted(select - found)
@@ -288,7 +296,17 @@ def prepare_data(datalist, model_labels: dict[int, str], kind: str, out_dir: str
         val = prepare(val_entries, "val", wanted)
     else:
         train, val = split_cases(train, settings["val_fraction"], settings["min_val_cases"], settings["seed"], what)
-    guard += prepare(guard_entries, "guard", None)
+    limit = int(settings.get("max_guard_cases", 8))
+    guard += prepare(guard_entries, "guard", None)[:limit]  # segmentation: whole guard scans
+    # Every guard structure costs a click-protocol run per validation: the largest ones are kept.
+    keep = sorted(candidates, key=lambda c: (-c[0], c[1]))[:max(0, limit - len(guard))]
+    if len(candidates) > len(keep):
+        notes.append(f"guard: the {len(keep)} largest of {len(candidates)} structures not trained on are checked "
+                     f"(training#max_guard_cases)")
+    for _voxels, _order, stem, entry, image, label, value, name in sorted(keep, key=lambda c: c[1]):
+        path = out_dir / f"{stem}_{normalize_name(name)}.nii.gz"
+        write_image(image.with_array((label.array == value).astype(np.uint8), labels={1: LabelInfo(name)}), path)
+        guard.append(Case(entry["image"], str(path), entry["label"], {1: name}))
     prepared = PreparedData(train, val, notes, guard)
     prepared.save(out_dir / "prepared.json")
     return prepared

@@ -115,13 +115,24 @@ def test_deepgrow_bundles_take_a_current_mask_and_2d_clicks(kidney, engine, tmp_
     assert dice(got2, expect2) >= 0.99 and got2[k].any() and not np.delete(got2, k, axis=0).any()
 
 
-def test_the_engine_reads_only_network_def_of_inference_json():
-    """The server builds networks from inference.json without the run's inputs: nothing in it refers to
-    request data, and building the network evaluates no pipeline."""
-    from claraseg.models.bundle import read_bundle
+def test_no_request_data_reaches_the_run_entries_of_inference_json(tmp_path):
+    """The pipeline entries of inference.json (the run's inputs, transforms, expressions) are not job
+    overrides a client may send (claraseg.server.validation), and the engine builds a network from the file
+    without running its pipeline: a copy whose pipeline cannot run still gives its network."""
+    import shutil
 
-    for kind in ("deepgrow3d", "deepgrow2d", "dextr3d"):
-        bundle = read_bundle(PACKAGED_DIR / kind)
-        assert bundle.inference["image"] == "" and "run" in bundle.inference
-        net = bundle.build_network()
-        assert sum(p.numel() for p in net.parameters()) > 0
+    from claraseg.errors import ConfigError
+    from claraseg.models.bundle import read_bundle
+    from claraseg.server.validation import check_overrides
+
+    inference = read_bundle(PACKAGED_DIR / "deepgrow3d").inference
+    for key in ("image", "foreground", "output", "run", "network", "models_dir", "preprocessing#transforms#0#keys",
+                "inferer#network", "postprocessing#transforms#2#output", "imports"):
+        assert key.split("#")[0] in inference
+        with pytest.raises(ConfigError, match="not allowed from a client"):
+            check_overrides({key: "/tmp/x"})
+    copy = shutil.copytree(PACKAGED_DIR / "deepgrow3d", tmp_path / "deepgrow3d")
+    broken = {**inference, "run": ["$1 / 0"], "preprocessing": {"_target_": "no.such.Transform"}}
+    (copy / "configs" / "inference.json").write_text(json.dumps(broken))
+    net = read_bundle(copy).build_network()
+    assert sum(p.numel() for p in net.parameters()) > 0

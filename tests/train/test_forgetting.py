@@ -52,6 +52,15 @@ def test_unselected_structures_and_guard_scans_become_guard_cases(tmp_path, phan
     assert len(guarded) >= 3
     reloaded = type(data).load(tmp_path / "data" / "prepared.json")
     assert [c.label for c in reloaded.guard] == [c.label for c in data.guard]
+    # Each guard structure costs a validation run: only the largest max_guard_cases are kept.
+    capped = prepare_data(datalist, {}, "deepgrow3d", tmp_path / "capped",
+                          {**DEFAULT_SETTINGS, "val_fraction": 0.5, "max_guard_cases": 2}, ["liver", "spleen"])
+    from claraseg.io import read_image
+
+    sizes = sorted(int(read_image(c.label, label=True).array.sum()) for c in data.guard)
+    assert len(capped.guard) == 2
+    assert sorted(int(read_image(c.label, label=True).array.sum()) for c in capped.guard) == sizes[-2:]
+    assert any("max_guard_cases" in n for n in capped.notes)
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -173,3 +182,51 @@ def test_the_bundles_train_json_sets_the_fine_tune_settings(tmp_path, deepgrow3d
     (bundle / "configs" / "train.json").write_text(json.dumps(recipe))
     with pytest.raises(ConfigError, match="finetune"):
         cfg.make_parser(bundle)
+
+
+def test_a_server_job_guards_the_datastores_other_labelled_images(tmp_path):
+    """Jobs started over HTTP train on the images of one label tag and guard the datastore's other
+    labelled images (their latest label; unlabelled images are not used)."""
+    from claraseg.io import make_phantom
+    from claraseg.server.datastore import Datastore
+    from claraseg.server.jobs import TrainJobs
+
+    store = Datastore(tmp_path / "store")
+    for n, tag in ((1, "final"), (2, "original"), (3, None), (4, "final")):
+        image, label = make_phantom(seed=50 + n, size_ijk=(24, 24, 16))
+        store.add_image(f"case{n}", image)
+        if tag:
+            store.save_label(f"case{n}", label, tag=tag)
+    jobs = TrainJobs(tmp_path / "models", store, tmp_path / "jobs")
+    training = jobs._datalist(["case1"], "final")
+    guard = jobs._guard(training, "final")
+    assert [Path(e["image"]).parent.name for e in guard] == ["case2", "case4"]
+    assert "original" in guard[0]["label"] and "final" in guard[1]["label"]
+    assert jobs._guard(jobs._datalist(None, "final"), "final")[0]["image"] == str(store.image_path("case2"))
+
+
+def test_step_loss_adds_the_l2sp_penalty_and_keeps_norm_statistics_frozen():
+    """The job's loss of a batch: the task's loss plus l2sp/2 * ||w - w0||^2 over the tuned weights; with
+    freeze_norm a BatchNorm layer's running statistics do not move however many batches it sees."""
+    from claraseg.train.runner import Runner
+
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.BatchNorm3d(2), torch.nn.Conv3d(2, 1, 1))
+
+    class Task:
+        def batch_loss(self, model, batch, device):
+            return model(batch).mean()
+
+    runner = Runner.__new__(Runner)
+    runner.task, runner.device = Task(), torch.device("cpu")
+    runner.anchor = {n: p.detach().clone() for n, p in net.named_parameters()}
+    with torch.no_grad():
+        net[2].weight.add_(0.5)  # moved away from the start by 0.5 in each of its 2 values
+    batch = torch.randn(2, 1, 6, 6, 6)
+    stats = net[1].running_mean.clone()
+    loss = Runner._step_loss(runner, net, {"l2sp": 4.0, "freeze_norm": True})(net, batch)
+    plain = Task().batch_loss(net, batch, None)
+    assert float(loss - plain) == pytest.approx(0.5 * 4.0 * 2 * 0.25, rel=1e-5)
+    assert torch.equal(net[1].running_mean, stats)
+    net.train()
+    Runner._step_loss(runner, net, {"l2sp": 0.0, "freeze_norm": False})(net, batch)
+    assert not torch.equal(net[1].running_mean, stats)
