@@ -335,7 +335,7 @@ def _choice_key(bundle: Bundle, threads: int, batch: int) -> str:
 
     versions = [f"{name}{_package_version(name)}" for name in ("onnxruntime", "openvino") if available(name)]
 
-    return "|".join([bundle.name, weights_digest(bundle)[:20], f"threads{threads}", f"batch{batch}",
+    return "|".join([bundle.name, weights_digest(bundle)[:20], f"threads{threads}", f"batch{batch}", "engine-torch",
                      f"torch{torch.__version__}", *versions, _cpu_name()])
 
 
@@ -345,6 +345,8 @@ def choose_runtime(bundle: Bundle, module, threads: int, repeats: int = 3) -> tu
     in ``<cache>/runtime_choice.json`` per weights, thread count, versions and CPU. Returns
     ``(runtime, record)``."""
     import torch
+
+    from claraseg.engine.onednn import onednn_network
 
     batch = int(bundle.settings.get("tta_flips", 1))
     key = _choice_key(bundle, threads, batch)
@@ -365,6 +367,8 @@ def choose_runtime(bundle: Bundle, module, threads: int, repeats: int = 3) -> tu
         if net is None:
             refused[runtime] = str(info)
             continue
+        if runtime == "torch" and batch == 1:
+            net = onednn_network(net)  # what the engine's forward runs for a torch network at batch 1
         ms[runtime] = _median_ms(net, x, repeats)
     best = min(ms, key=ms.get)
     record = {"runtime": best, "median_ms": ms, "refused": refused, "batch": batch, "threads": threads,

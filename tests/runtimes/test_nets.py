@@ -191,3 +191,25 @@ def test_cache_keeps_the_most_recently_used_exports(tmp_path):
     gone = nets.prune_cache(tmp_path, 2)
     assert sorted(p.name for p in gone) == ["m0.onnx", "m1.onnx", "m2.onnx"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m3.onnx", "m4.onnx", "other.json"]
+
+
+def test_auto_times_torch_as_the_engine_runs_it(tiny_versions, runtime_cache, monkeypatch):
+    """At batch 1 the engine's forward runs a torch network through oneDNN (claraseg.engine.onednn), so
+    ``auto`` must time that network, not the plain module PyTorch sends to its slow batch-1 kernel."""
+    from claraseg.engine import onednn
+
+    timed = []
+    real_median = nets._median_ms
+
+    def median(net, x, repeats):
+        timed.append(net)
+        return real_median(net, x, repeats)
+
+    monkeypatch.setattr(nets, "_median_ms", median)
+    bundle = ModelRegistry(tiny_versions).get("deepgrow3d")
+    assert int(bundle.settings.get("tta_flips", 1)) == 1
+    module = bundle.load_network("cpu")
+    nets.choose_runtime(bundle, module, threads=1, repeats=1)
+    torch_timed = [n for n in timed if not hasattr(n, "runtime")]
+    assert torch_timed and all(n is onednn.onednn_network(module) for n in torch_timed)
+    assert onednn.onednn_network(module) is not module  # the tiny network has convolutions to convert
