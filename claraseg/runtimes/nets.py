@@ -20,6 +20,7 @@ torch (with one warning). An input of another shape than the export's runs on to
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import os
@@ -79,8 +80,9 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-class _ExportedNet:
-    """A runtime over an ONNX file; inputs of another shape, or not on the CPU, go to ``module``."""
+class _ExportedNet(abc.ABC):
+    """A runtime over an ONNX file; inputs of another shape, or not on the CPU, go to ``module``. A
+    subclass runs the file (``_run``)."""
 
     runtime = "?"
 
@@ -98,8 +100,9 @@ class _ExportedNet:
         out = self._run(np.ascontiguousarray(x.detach().to(torch.float32).numpy()))
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
+    @abc.abstractmethod
     def _run(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The network's output for the float32 batch ``x``."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shape={self.shape}, threads={self.threads})"
