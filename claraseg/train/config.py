@@ -41,7 +41,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "val_interval": 50,           # iterations between validations (and at the end)
     "checkpoint_interval": 10,    # iterations between checkpoints (resume loses at most this many)
     "log_interval": 1,            # iterations between iteration events
-    "amp": True,                  # mixed precision, used on CUDA only
+    "amp": True,                  # mixed precision on CUDA only: true (bfloat16 where native, else float16), or "float16"/"bfloat16"
     "deterministic": False,       # seeded, deterministic algorithms: identical loss curves run to run
     "seed": 0,
     "val_fraction": 0.2,          # held-out part of the cases (or structures, interactive kinds)
@@ -58,7 +58,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 _SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "max_iterations": (int,), "max_epochs": (int, type(None)), "max_time_s": (float, int, type(None)), "batch_size": (int,), "grad_accumulation": (int,),
     "num_workers": (int,), "dataset": (str,), "cache_rate": (float, int), "replace_rate": (float, int), "copy_cache": (bool,),
-    "val_interval": (int,), "checkpoint_interval": (int,), "log_interval": (int,), "amp": (bool,),
+    "val_interval": (int,), "checkpoint_interval": (int,), "log_interval": (int,), "amp": (bool, str),
     "deterministic": (bool,), "seed": (int,), "val_fraction": (float, int), "min_val_cases": (int,),
     "publish": (bool,), "require_improvement": (bool,), "sw_batch_size": (int,),
     "max_label_drop": (float, int, type(None)), "l2sp": (float, int), "trainable": (list, type(None)),
@@ -216,6 +216,8 @@ def settings_from(parser) -> dict[str, Any]:
             raise ConfigError(f"job setting training#{key} must be at least 1, got {settings[key]}")
     if settings["dataset"] not in DATASET_TYPES:
         raise ConfigError(f"training#dataset = {settings['dataset']!r}; choose one of {list(DATASET_TYPES)}")
+    if isinstance(settings["amp"], str) and settings["amp"] not in ("auto", "float16", "bfloat16"):
+        raise ConfigError(f"training#amp = {settings['amp']!r}; choose true, false, 'auto', 'float16' or 'bfloat16'")
     if not 0 < settings["val_fraction"] < 1:
         raise ConfigError(f"training#val_fraction must lie in (0, 1), got {settings['val_fraction']}")
     drop = settings["max_label_drop"]
