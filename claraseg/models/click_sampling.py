@@ -86,13 +86,13 @@ def simulate_clicks(img: torch.Tensor, gt: np.ndarray, roi_label: np.ndarray, se
     # From scratch: a first click, then possibly the network's own predictions. With domain randomisation,
     # objects cut by the ROI or by the scan's field of view (large organs, thin slabs) start from scratch
     # more often: the first click is where they fail.
-    p_scratch = 0.4
-    if train_sampling("deepgrow", train)["domain_randomization"] and (cut or _touches_border(gt)):
-        p_scratch = 0.65
+    sampling = train_sampling("deepgrow", train)
+    p_scratch = float(sampling["p_from_scratch"])
+    if sampling["domain_randomization"] and (cut or _touches_border(gt)):
+        p_scratch = float(sampling["p_from_scratch_cut"])
     if rng.random() < p_scratch:
         prev = np.zeros_like(gt)
         add(random_click(prev, gt, rng, p_deepest=0.6))
-        sampling = train_sampling("deepgrow", train)
         if predict is not None and rng.random() < sampling["p_model_in_loop"]:
             for _ in range(int(rng.integers(1, sampling["max_loop_clicks"] + 1))):
                 pred = predict(interactive_input(img, fg, bg, prev, sigma)) > settings["threshold"]

@@ -39,7 +39,6 @@ from claraseg.models.defaults import create_bundle
 from claraseg.models.sources import (
     EVAL_PHANTOM_SEEDS,
     MIN_VOXELS,
-    P_BY_SIZE,
     TRAIN_PHANTOM_SEEDS,
     draw_structure,
     load_split_sources,
@@ -211,11 +210,13 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
     loss_fn = make_loss(kind)
     run = predictor(net, kind)
     lr0, batch = float(train_cfg["learning_rate"]) * lr_scale, int(train_cfg["batch_size"])
+    sampling = train_sampling(kind, train_cfg)
 
     def draw():
         xs, ys = [], []
         while len(xs) < batch:
-            vol, st = draw_structure(sources, rng)
+            vol, st = draw_structure(sources, rng, p_by_size=float(sampling["p_by_size"]),
+                                     by_size_power=float(sampling["by_size_power"]))
             r = make_sample(kind, vol, st, settings, rng, run, train_cfg)
             if r is not None:
                 xs.append(network_input(r[0], kind)[0])
@@ -244,7 +245,6 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
     if channels_option:
         recipe += f" --channels {channels_option}"
     recipe += train_recipe_options(kind, train_cfg)
-    sampling = train_sampling(kind, train_cfg)
     record = {
         "recipe": recipe,
         "previous_stages": previous,
@@ -262,7 +262,8 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
         "final_loss": round(float(np.mean(losses[-100:])), 4) if losses else None,
         "validation_dice_roi": round(vd, 4), "validation_history": history,
         "data": {"split": "claraseg/evaluate/scan_split.json (train)", "sources": source_weights(sources),
-                 "structures_per_source": counts, "min_voxels": MIN_VOXELS, "p_by_size": P_BY_SIZE,
+                 "structures_per_source": counts, "min_voxels": MIN_VOXELS, "p_by_size": sampling["p_by_size"],
+                 "by_size_power": sampling["by_size_power"],
                  "train_phantom_seeds": TRAIN_PHANTOM_SEEDS},
         "heldout": split_record(Path(data_dir)),
         "augmentation": "random rotation (25 deg) and flips, ROI spacing (object scale), intensity scale/shift/gamma/"

@@ -1,16 +1,23 @@
-"""The schema of a bundle's ``claraseg`` settings (``configs/metadata.json``), one pydantic model per kind.
+"""The schemas of a bundle's settings, as pydantic models.
 
-:func:`check_settings` validates a section when the bundle is read (so a bad constant is reported with the
-key it is under, not inside a click) and leaves the section as it is: the engine and training read the
-plain dict. Keys the schema does not name (``intensity`` details, ``labels``, ``training``...) pass
-through; a key it names must have the type and range given in its ``description``, which is also what the
+- ``claraseg`` settings (``configs/metadata.json``), one model per kind: :func:`check_settings` validates a
+  section when the bundle is read (so a bad constant is reported with the key it is under, not inside a
+  click) and leaves the section as it is: the engine and training read the plain dict. Keys the schema
+  does not name (``intensity`` details, ``labels``, ``training``...) pass through.
+- A fine-tune job's settings (the ``training`` element of its config: the kind's defaults, ``train.json``
+  and its ``finetune`` section, the job's ``training#...`` overrides): :class:`JobSettings`, checked by
+  :func:`check_job_settings`, which returns them with the defaults filled in.
+
+A key a schema names must have the type and range given in its ``description``, which is also what the
 error message says.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
@@ -164,4 +171,98 @@ def check_settings(settings: dict[str, Any], kind: str, where: str | Path) -> No
         raise ConfigError(f"{where}: claraseg.guidance of a {kind} model lacks {need}")
 
 
-__all__ = ["DEXTR_CHANNELS", "SCHEMAS", "check_settings"]
+
+def _setting(default: Any, description: str, **limits) -> Any:
+    return Field(default=default, description=description, **limits)
+
+
+class JobSettings(BaseModel):
+    """A fine-tune job's settings (``training#<name>``; docs/training.md), with their defaults. Types are
+    strict: ``"3"`` or ``true`` is not an integer, a float is not an integer."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_iterations: Annotated[int, Strict(), _setting(100, "an integer >= 1 (optimizer steps of the whole job)", ge=1)]
+    max_epochs: Annotated[Optional[Annotated[int, Strict(), Field(ge=1)]], _setting(
+        None, "null or an integer >= 1 (stop earlier after this many passes over the training set)")]
+    max_time_s: Annotated[Optional[Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]], _setting(
+        None, "null or a number > 0 (stop earlier after this much training time, in seconds)")]
+    batch_size: Annotated[int, Strict(), _setting(2, "an integer >= 1 (images per batch)", ge=1)]
+    grad_accumulation: Annotated[int, Strict(), _setting(
+        1, "an integer >= 1 (batches whose gradients are summed before one optimizer step)", ge=1)]
+    num_workers: Annotated[int, Strict(), _setting(0, "an integer >= 0 (DataLoader worker processes)", ge=0)]
+    dataset: Annotated[Literal["plain", "cache", "smart", "persistent"], _setting(
+        "cache", 'one of "plain", "cache", "smart", "persistent"')]
+    cache_rate: Annotated[float, Strict(), _setting(
+        1.0, "a number in (0, 1] (cache: fraction of cases cached; smart: fraction in the window)", gt=0, le=1)]
+    replace_rate: Annotated[float, Strict(), _setting(
+        0.25, "a number in (0, 1] (smart: fraction of the window replaced per epoch)", gt=0, le=1)]
+    copy_cache: Annotated[bool, Strict(), _setting(
+        False, "true or false (cache/smart: deep-copy cached items per access, for in-place transforms)")]
+    val_interval: Annotated[int, Strict(), _setting(50, "an integer >= 1 (iterations between validations)", ge=1)]
+    checkpoint_interval: Annotated[int, Strict(), _setting(
+        10, "an integer >= 1 (iterations between checkpoints)", ge=1)]
+    log_interval: Annotated[int, Strict(), _setting(1, "an integer >= 1 (iterations between iteration events)", ge=1)]
+    amp: Annotated[Union[Annotated[bool, Strict()], Literal["auto", "float16", "bfloat16"]], _setting(
+        True, 'true, false, "auto", "float16" or "bfloat16" (mixed precision, on CUDA only; true = "auto": '
+              'bfloat16 where the GPU has it natively, else float16)')]
+    deterministic: Annotated[bool, Strict(), _setting(
+        False, "true or false (seeded, deterministic algorithms: identical loss curves run to run)")]
+    seed: Annotated[int, Strict(), _setting(0, "an integer >= 0", ge=0)]
+    val_fraction: Annotated[float, Strict(), _setting(
+        0.2, "a number in (0, 1) (held-out part of the cases, or structures for interactive kinds)", gt=0, lt=1)]
+    min_val_cases: Annotated[int, Strict(), _setting(1, "an integer >= 1", ge=1)]
+    publish: Annotated[bool, Strict(), _setting(True, "true or false (publish the best model as a new version)")]
+    require_improvement: Annotated[bool, Strict(), _setting(
+        False, "true or false (publish only when the best Dice beats the starting model's)")]
+    max_label_drop: Annotated[Optional[Annotated[float, Strict(), Field(ge=0, le=1)]], _setting(
+        None, "null or a number in [0, 1] (a validation counts as best only if no label or structure lost "
+              "more Dice than this)")]
+    l2sp: Annotated[float, Strict(), _setting(
+        0.0, "a finite number >= 0 (L2-SP: loss + l2sp/2 * sum of squared differences to the starting "
+             "weights)", ge=0, allow_inf_nan=False)]
+    trainable: Annotated[Optional[list[Annotated[str, Strict()]]], _setting(
+        None, "null or a non-empty list of regular expressions (parameter names)", min_length=1)]
+    freeze_norm: Annotated[bool, Strict(), _setting(
+        False, "true or false (normalisation layers keep their running statistics while training)")]
+    max_guard_cases: Annotated[int, Strict(), _setting(
+        8, "an integer >= 0 (guard structures checked, the largest ones)", ge=0)]
+    sw_batch_size: Annotated[int, Strict(), _setting(1, "an integer >= 1 (sliding-window validation)", ge=1)]
+
+    @field_validator("trainable")
+    @classmethod
+    def _regexes(cls, v):
+        for pattern in v or ():
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{pattern!r} is not a regular expression ({e})") from None
+        return v
+
+
+#: The job settings' defaults (:class:`JobSettings`).
+JOB_DEFAULTS: dict[str, Any] = JobSettings().model_dump()
+
+
+def check_job_settings(given: Any, where: str = "'training'") -> dict[str, Any]:
+    """The job settings: :data:`JOB_DEFAULTS` updated by ``given`` (a mapping of setting names), checked
+    by :class:`JobSettings`; a :class:`ConfigError` names the setting, its value and what it must be. The
+    values are returned as given (an integer stays an integer where a number is asked for)."""
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"config element {where} must be an object of job settings, got {type(given).__name__}")
+    unknown = sorted(str(k) for k in given if k not in JobSettings.model_fields)
+    if unknown:
+        raise ConfigError(f"unknown job setting(s) {unknown} in {where}; known: {sorted(JobSettings.model_fields)}")
+    settings = {**JOB_DEFAULTS, **given}
+    try:
+        JobSettings.model_validate(settings)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = str(err["loc"][0])
+        value = settings.get(key)
+        if err["type"] == "value_error":
+            raise ConfigError(f"job setting training#{key}: {str(err['msg']).removeprefix('Value error, ')}") from None
+        raise ConfigError(f"job setting training#{key} = {value!r} must be {_description(JobSettings, key)}") from None
+    return settings
+
+
+__all__ = ["DEXTR_CHANNELS", "JOB_DEFAULTS", "SCHEMAS", "JobSettings", "check_job_settings", "check_settings"]

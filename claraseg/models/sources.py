@@ -73,15 +73,18 @@ def source_weights(sources) -> dict[str, float]:
     return {k: v / total for k, v in w.items()}
 
 
-def draw_structure(sources: dict[str, list[TrainingVolume]], rng: np.random.Generator):
+def draw_structure(sources: dict[str, list[TrainingVolume]], rng: np.random.Generator, *,
+                   p_by_size: float = P_BY_SIZE, by_size_power: float = 0.5):
     """A (volume, structure) pair: source by :func:`source_weights`, volume uniformly, structure uniformly
-    or (:data:`P_BY_SIZE`) in proportion to the square root of its volume in mm³."""
+    or (``p_by_size``) in proportion to its volume in mm³ to the power ``by_size_power`` (the square root
+    by default)."""
     weights = source_weights(sources)
     names = list(weights)
     p = np.array([weights[k] for k in names])
     vols = sources[names[int(rng.choice(len(names), p=p))]]
     vol = vols[int(rng.integers(len(vols)))]
-    if len(vol.structures) > 1 and rng.random() < P_BY_SIZE:
-        size = np.sqrt(np.array([len(s.coords) for s in vol.structures], dtype=np.float64) * float(np.prod(vol.spacing)))
+    if len(vol.structures) > 1 and rng.random() < p_by_size:
+        mm3 = np.array([len(s.coords) for s in vol.structures], dtype=np.float64) * float(np.prod(vol.spacing))
+        size = mm3 ** float(by_size_power)
         return vol, vol.structures[int(rng.choice(len(size), p=size / size.sum()))]
     return vol, vol.structures[int(rng.integers(len(vol.structures)))]

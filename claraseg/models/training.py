@@ -52,13 +52,14 @@ P_CUT_FIELD_OF_VIEW = 0.3
 
 def _choose_spacing(settings: dict, extent_mm: float, roi_voxels: int, rng: np.random.Generator,
                     train: dict | None = None) -> float:
-    """ROI spacing of a training sample: the first click's field of view (35 %), else the spacing at
+    """ROI spacing of a training sample: the first click's field of view (``p_first_click_roi``), else the spacing at
     which the object's extent, times a random factor, fills ``fill`` of the ROI. The factor is uniform
     in 0.85..1.4, or log-uniform in train.json's ``roi_scale_range`` when set: a low end below 1 lets
     the object overflow the ROI, as a refinement ROI sized from an under-segmented mask does."""
     lo, hi = settings["spacing_range_mm"]
-    if rng.random() < 0.35:  # the first click's fixed field of view, objects small or cut off
-        top = 2.0 if train_sampling("deepgrow", train)["domain_randomization"] else 1.5
+    sampling = train_sampling("deepgrow", train)
+    if rng.random() < float(sampling["p_first_click_roi"]):  # the first click's field of view: objects small or cut off
+        top = 2.0 if sampling["domain_randomization"] else 1.5
         s = settings["first_click_spacing_mm"] * float(np.exp(rng.uniform(np.log(0.7), np.log(top))))
         return float(np.clip(s, lo, hi))
     scale = (train or {}).get("roi_scale_range")

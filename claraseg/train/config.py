@@ -16,54 +16,18 @@ Everything is resolved by MONAI's :class:`~monai.bundle.ConfigParser` (``_target
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from claraseg.errors import ClarasegError, ConfigError
+from claraseg.models.schema import JOB_DEFAULTS, check_job_settings
 
-#: Job settings and their defaults; a bundle's ``training`` section and the overrides change them.
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "max_iterations": 100,        # optimizer steps of the whole job
-    "max_epochs": None,           # stop earlier after this many passes over the training set
-    "max_time_s": None,           # stop earlier after this much training time (not reproducible)
-    "batch_size": 2,              # images per batch (each may yield several crops: batch-by-transform)
-    "grad_accumulation": 1,       # batches whose gradients are summed before one optimizer step
-    "num_workers": 0,             # DataLoader worker processes
-    "dataset": "cache",           # plain | cache | smart | persistent
-    "cache_rate": 1.0,            # cache: fraction of cases cached; smart: fraction in the window
-    "replace_rate": 0.25,         # smart: fraction of the window replaced per epoch
-    "copy_cache": False,          # cache/smart: deep-copy cached items per access (for in-place transforms)
-    "val_interval": 50,           # iterations between validations (and at the end)
-    "checkpoint_interval": 10,    # iterations between checkpoints (resume loses at most this many)
-    "log_interval": 1,            # iterations between iteration events
-    "amp": True,                  # mixed precision on CUDA only: true (bfloat16 where native, else float16), or "float16"/"bfloat16"
-    "deterministic": False,       # seeded, deterministic algorithms: identical loss curves run to run
-    "seed": 0,
-    "val_fraction": 0.2,          # held-out part of the cases (or structures, interactive kinds)
-    "min_val_cases": 1,
-    "publish": True,              # publish the best model as a new version on success
-    "require_improvement": False, # publish only when the best Dice beats the starting model's
-    "max_label_drop": None,       # a validation counts as best only if no label/structure lost more Dice than this
-    "l2sp": 0.0,                  # L2-SP: loss + l2sp/2 * sum of squared differences to the starting weights
-    "trainable": None,            # null: every parameter; else regexes of the parameter names that are tuned
-    "freeze_norm": False,         # normalisation layers keep their running statistics (eval mode) while training
-    "max_guard_cases": 8,         # guard structures checked (the largest ones; each costs a validation run)
-    "sw_batch_size": 1,           # sliding-window validation
-}
-_SETTING_TYPES: dict[str, tuple[type, ...]] = {
-    "max_iterations": (int,), "max_epochs": (int, type(None)), "max_time_s": (float, int, type(None)), "batch_size": (int,), "grad_accumulation": (int,),
-    "num_workers": (int,), "dataset": (str,), "cache_rate": (float, int), "replace_rate": (float, int), "copy_cache": (bool,),
-    "val_interval": (int,), "checkpoint_interval": (int,), "log_interval": (int,), "amp": (bool, str),
-    "deterministic": (bool,), "seed": (int,), "val_fraction": (float, int), "min_val_cases": (int,),
-    "publish": (bool,), "require_improvement": (bool,), "sw_batch_size": (int,),
-    "max_label_drop": (float, int, type(None)), "l2sp": (float, int), "trainable": (list, type(None)),
-    "freeze_norm": (bool,), "max_guard_cases": (int,),
-}
+#: Job settings and their defaults (:class:`claraseg.models.schema.JobSettings`, which also checks them);
+#: a bundle's ``training`` section, its ``train.json`` ``finetune`` section and the overrides change them.
+DEFAULT_SETTINGS: dict[str, Any] = dict(JOB_DEFAULTS)
 DATASET_TYPES = ("plain", "cache", "smart", "persistent")
 #: Config ids a job instantiates; ``lr_scheduler`` and ``loss`` are optional (see :func:`validate`).
 REQUIRED_IDS = ("network_def", "optimizer", "train#preprocessing", "validate#preprocessing")
@@ -196,50 +160,9 @@ def add_scripts_path(bundle: str | os.PathLike) -> None:
 
 
 def settings_from(parser) -> dict[str, Any]:
-    """The job settings: :data:`DEFAULT_SETTINGS` updated by the config's ``training`` element."""
-    settings = dict(DEFAULT_SETTINGS)
-    if "training" in parser:
-        given = _parsed(parser, "training")
-        if not isinstance(given, Mapping):
-            raise ConfigError(f"config element 'training' must be an object of job settings, got {type(given).__name__}")
-        unknown = sorted(set(given) - set(DEFAULT_SETTINGS))
-        if unknown:
-            raise ConfigError(f"unknown job setting(s) {unknown} in 'training'; known: {sorted(DEFAULT_SETTINGS)}")
-        settings.update(given)
-    for key, types in _SETTING_TYPES.items():
-        value = settings[key]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise ConfigError(f"job setting training#{key} = {value!r} must be {' or '.join(t.__name__ for t in types)}")
-    for key in ("max_iterations", "batch_size", "grad_accumulation", "val_interval", "checkpoint_interval",
-                "log_interval", "min_val_cases", "sw_batch_size"):
-        if settings[key] < 1:
-            raise ConfigError(f"job setting training#{key} must be at least 1, got {settings[key]}")
-    if settings["dataset"] not in DATASET_TYPES:
-        raise ConfigError(f"training#dataset = {settings['dataset']!r}; choose one of {list(DATASET_TYPES)}")
-    if isinstance(settings["amp"], str) and settings["amp"] not in ("auto", "float16", "bfloat16"):
-        raise ConfigError(f"training#amp = {settings['amp']!r}; choose true, false, 'auto', 'float16' or 'bfloat16'")
-    if not 0 < settings["val_fraction"] < 1:
-        raise ConfigError(f"training#val_fraction must lie in (0, 1), got {settings['val_fraction']}")
-    drop = settings["max_label_drop"]
-    if drop is not None and not 0 <= drop <= 1:
-        raise ConfigError(f"training#max_label_drop must be null or lie in [0, 1], got {drop}")
-    if not (math.isfinite(settings["l2sp"]) and settings["l2sp"] >= 0):
-        raise ConfigError(f"training#l2sp must be a finite number >= 0, got {settings['l2sp']}")
-    if settings["trainable"] is not None:
-        patterns = settings["trainable"]
-        if not patterns or not all(isinstance(p, str) for p in patterns):
-            raise ConfigError(f"training#trainable must be null or a non-empty list of regular expressions "
-                              f"(parameter names), got {patterns!r}")
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ConfigError(f"training#trainable: {pattern!r} is not a regular expression ({e})") from None
-    if settings["max_guard_cases"] < 0:
-        raise ConfigError(f"training#max_guard_cases must be at least 0, got {settings['max_guard_cases']}")
-    if not 0 < settings["cache_rate"] <= 1 or not 0 < settings["replace_rate"] <= 1:
-        raise ConfigError("training#cache_rate and training#replace_rate must lie in (0, 1]")
-    return settings
+    """The job settings: :data:`DEFAULT_SETTINGS` updated by the config's ``training`` element, checked by
+    :func:`claraseg.models.schema.check_job_settings` (a :class:`ConfigError` names the setting)."""
+    return check_job_settings(_parsed(parser, "training") if "training" in parser else {})
 
 
 def _parsed(parser, key: str) -> Any:

@@ -142,7 +142,6 @@ def test_amp_setting_takes_a_flag_or_a_dtype_name():
     bundle = Path(__file__).resolve().parents[2] / "claraseg" / "automl" / "bundles" / "tiny_seg"
     for amp in (True, False, "auto", "float16", "bfloat16"):
         assert cfg.settings_from(cfg.make_parser(bundle, {"training#amp": amp}))["amp"] == amp
-    with pytest.raises(ConfigError, match="training#amp = 'int8'"):
-        cfg.settings_from(cfg.make_parser(bundle, {"training#amp": "int8"}))
-    with pytest.raises(ConfigError, match="training#amp = 1 must be bool or str"):
-        cfg.settings_from(cfg.make_parser(bundle, {"training#amp": 1}))
+    for bad in ("int8", 1, None):
+        with pytest.raises(ConfigError, match=f"training#amp = {bad!r} must be true, false, \"auto\""):
+            cfg.settings_from(cfg.make_parser(bundle, {"training#amp": bad}))
