@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
@@ -202,7 +202,9 @@ class JobSettings(BaseModel):
     checkpoint_interval: Annotated[int, Strict(), _setting(
         10, "an integer >= 1 (iterations between checkpoints)", ge=1)]
     log_interval: Annotated[int, Strict(), _setting(1, "an integer >= 1 (iterations between iteration events)", ge=1)]
-    amp: Annotated[bool, Strict(), _setting(True, "true or false (mixed precision, used on CUDA only)")]
+    amp: Annotated[Union[Annotated[bool, Strict()], Literal["auto", "float16", "bfloat16"]], _setting(
+        True, 'true, false, "auto", "float16" or "bfloat16" (mixed precision, on CUDA only; true = "auto": '
+              'bfloat16 where the GPU has it natively, else float16)')]
     deterministic: Annotated[bool, Strict(), _setting(
         False, "true or false (seeded, deterministic algorithms: identical loss curves run to run)")]
     seed: Annotated[int, Strict(), _setting(0, "an integer >= 0", ge=0)]

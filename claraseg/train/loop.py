@@ -2,7 +2,8 @@
 (:mod:`claraseg.train.runner`) and AutoML's in-process trials (:mod:`claraseg.automl.tinyloop`).
 
 :class:`TrainingLoop` counts optimizer steps (``iteration``, from 1), with gradient accumulation over
-``grad_accumulation`` batches, AMP on CUDA (``torch.autocast`` + ``GradScaler``), an iteration and a
+``grad_accumulation`` batches, AMP on CUDA (:func:`amp_dtype`: ``torch.autocast`` in bfloat16, or in float16
+with a ``GradScaler``; float32 on CPU), an iteration and a
 wall-time budget, and a per-iteration learning-rate schedule and/or a per-epoch scheduler. Everything
 else is a handler (:class:`Handler`): events, TensorBoard, validation with the best checkpoint, the
 resumable checkpoint, cancellation, progress logs. The data is a :class:`BatchSource`: the batches of one
@@ -17,6 +18,7 @@ tiny task (results/train/engine_benchmark.json, docs/training.md).
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 import os
 import random
@@ -74,6 +76,29 @@ def peak_memory_mb() -> float | None:
         return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024.0 if sys.platform != "darwin" else rss / 2**20
+
+
+#: The mixed-precision dtypes a training run may name (``amp``); ``True`` or ``"auto"`` choose per device.
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def amp_dtype(device: torch.device | str, amp: bool | str | None, bf16_supported: bool | None = None) -> torch.dtype | None:
+    """The autocast dtype of a training run on ``device``, or None for float32: always None on CPU (results
+    stay identical run to run) and with ``amp`` false. ``True`` or ``"auto"``: bfloat16 where the GPU
+    computes it natively (``bf16_supported``, asked of torch when None), else float16; ``"float16"`` or
+    ``"bfloat16"`` name it. float16 steps go through a ``GradScaler`` (its small range underflows
+    gradients), bfloat16 ones need none."""
+    if amp is None or amp is False or torch.device(device).type != "cuda":
+        return None
+    if amp is True or amp == "auto":
+        if bf16_supported is None:
+            bf16_supported = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if bf16_supported else torch.float16
+    if isinstance(amp, str) and amp in AMP_DTYPES:
+        return AMP_DTYPES[amp]
+    from claraseg.errors import ConfigError
+
+    raise ConfigError(f"amp = {amp!r}: choose true, false, 'auto', 'float16' or 'bfloat16'")
 
 
 def cosine_schedule(lr0: float, floor: float = 0.05) -> Callable[[float], float]:
@@ -187,21 +212,22 @@ class TrainingLoop:
     ``step_loss(model, batch)`` returns the loss of one batch (the caller moves data to its device).
     ``lr_schedule(progress)`` (progress in [0, 1] of the iteration or time budget, whichever is further)
     sets the learning rate before each step; ``epoch_scheduler`` (a torch LR scheduler) is stepped after
-    each epoch. ``state`` resumes a run (iteration, epoch, cursor of a checkpoint).
+    each epoch. ``state`` resumes a run (iteration, epoch, cursor of a checkpoint). ``amp``: mixed
+    precision on CUDA, see :func:`amp_dtype` (``self.amp_dtype``; ``self.scaler`` for float16).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  step_loss: Callable[[torch.nn.Module, Any], torch.Tensor], data: BatchSource, *,
                  device: torch.device | str = "cpu", max_iterations: float = math.inf,
-                 max_time_s: float | None = None, grad_accumulation: int = 1, amp: bool = False,
+                 max_time_s: float | None = None, grad_accumulation: int = 1, amp: bool | str = False,
                  lr_schedule: Callable[[float], float] | None = None, epoch_scheduler: Any = None,
                  handlers: Sequence[Handler] = (), state: LoopState | None = None) -> None:
         self.model, self.optimizer, self.step_loss, self.data = model, optimizer, step_loss, data
         self.device = torch.device(device)
         self.max_time_s = max_time_s
         self.accum = max(1, int(grad_accumulation))
-        self.amp = bool(amp) and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.amp_dtype = amp_dtype(self.device, amp)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.lr_schedule, self.epoch_scheduler = lr_schedule, epoch_scheduler
         self.handlers = list(handlers)
         self.state = state or LoopState()
@@ -215,6 +241,15 @@ class TrainingLoop:
         if self.max_time_s:
             p = max(p, s.elapsed_s / self.max_time_s)
         return min(p, 1.0)
+
+    @property
+    def amp(self) -> bool:
+        return self.amp_dtype is not None
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _fire(self, name: str) -> None:
         for h in self.handlers:
@@ -238,7 +273,7 @@ class TrainingLoop:
                     lr = self.lr_schedule(self.progress())
                     for g in self.optimizer.param_groups:
                         g["lr"] = lr
-                with torch.autocast(self.device.type, enabled=self.amp):
+                with self._autocast():
                     loss = self.step_loss(self.model, batch) / self.accum
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
@@ -437,6 +472,6 @@ class ProgressHandler(Handler):
             self.last_t = time.time()
 
 
-__all__ = ["BatchSource", "CancelHandler", "CheckpointHandler", "EventsHandler", "Handler", "LoaderSource",
+__all__ = ["AMP_DTYPES", "BatchSource", "CancelHandler", "CheckpointHandler", "EventsHandler", "Handler", "LoaderSource",
            "LoopState", "ProgressHandler", "StreamSource", "TensorBoardHandler", "TrainingLoop", "ValidationHandler",
-           "atomic_torch_save", "cosine_schedule", "peak_memory_mb", "rng_state", "seed_everything", "set_rng_state"]
+           "amp_dtype", "atomic_torch_save", "cosine_schedule", "peak_memory_mb", "rng_state", "seed_everything", "set_rng_state"]

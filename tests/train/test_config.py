@@ -134,3 +134,14 @@ def test_adaptation_plot_is_written(tmp_path):
               "per_structure": {"a": {"before": [0.2, 0.4, 0.5], "after": [0.4, 0.6, 0.7]}}}
     out = plot_adaptation(result, tmp_path / "adapt.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_amp_setting_takes_a_flag_or_a_dtype_name():
+    from pathlib import Path
+
+    bundle = Path(__file__).resolve().parents[2] / "claraseg" / "automl" / "bundles" / "tiny_seg"
+    for amp in (True, False, "auto", "float16", "bfloat16"):
+        assert cfg.settings_from(cfg.make_parser(bundle, {"training#amp": amp}))["amp"] == amp
+    for bad in ("int8", 1, None):
+        with pytest.raises(ConfigError, match=f"training#amp = {bad!r} must be true, false, \"auto\""):
+            cfg.settings_from(cfg.make_parser(bundle, {"training#amp": bad}))
