@@ -87,17 +87,6 @@ def forward(net, x: torch.Tensor, kind: str, device: str, tta: int = 1) -> torch
     return out[None] if kind == "deepgrow2d" else out
 
 
-def _reaches(pred: np.ndarray, click_roi: np.ndarray, reach_vox: float) -> bool:
-    """Whether the 0/1 ROI mask ``pred`` ``[k, j, i]`` extends ``reach_vox`` ROI voxels or more from the click
-    ``[i, j, k]`` (ROI voxels): the result is then bounded by how far the network carries a click, not by
-    the object, and a wider field of view is needed."""
-    nz = np.argwhere(pred)
-    if len(nz) == 0:
-        return False
-    d2 = ((nz[:, ::-1] - np.asarray(click_roi, np.float64)) ** 2).sum(axis=1)
-    return bool(d2.max() >= reach_vox ** 2)
-
-
 def _roi_mask_extent(pred: np.ndarray, roi: Roi) -> tuple[float, np.ndarray, bool] | None:
     """(largest extent in mm, centre in ROI voxels [i, j, k], touches the ROI border) of a 0/1 ROI mask."""
     nz = np.argwhere(pred)
@@ -195,14 +184,10 @@ def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarr
     # the spacing ("wider"), or ("from_result") with the cut result as the current mask, in an ROI centred
     # on it and sized from it as for a correction click (at least 1.8x the spacing).
     grow = settings.get("first_click_grow", "wider")
-    reach = float(settings.get("first_click_reach_vox", 0.0))
     for _ in range(int(settings.get("first_click_grow_passes", 1)) if first else 0):
         with stage("grow_check"):
             info = _roi_mask_extent(prob.numpy() > settings["threshold"], roi)
-        if info is None or s >= srange[1]:
-            break
-        if not info[2] and not (reach > 0 and len(fg) and _reaches(prob.numpy() > settings["threshold"],
-                                                                 roi.index_to_roi(fg, sp)[0], reach)):
+        if info is None or not info[2] or s >= srange[1]:
             break
         if grow == "from_result":
             with stage("paste"):
