@@ -204,6 +204,7 @@ def run_structure(
     slice_axis: int = 2,
     jitter_seed: int | None = None,
     object_id: str | None = None,
+    first_click_seed: int | None = None,
 ) -> StructureResult:
     """Run the protocol for one structure and return its Dice curve, NoC, AUC and latencies.
 
@@ -217,6 +218,10 @@ def run_structure(
         slice_axis: ``deepgrow2d`` only: 0 = i, 1 = j, 2 = k.
         jitter_seed: ``dextr3d`` only: jitter the extreme points by +-3 voxels with this seed.
         object_id: the session object to use (cleared afterwards); defaults to the label value.
+        first_click_seed: click kinds only: the first click is a voxel drawn with this seed among those of
+            the structure at least half as deep inside it as its deepest one (:func:`first_click_at_depth`),
+            instead of the deepest; the next clicks follow the protocol. Several seeds give several
+            plausible click sequences of one structure.
     """
     truth = truth.astype(bool, copy=False)
     if interactions < 1:
@@ -249,7 +254,10 @@ def run_structure(
                 step_kind = "extreme_points"
             else:
                 box = region if kind in SLICE_KINDS else _union_box(region, obj.box)
-                point, foreground = _protocol_click(obj.full, truth, box, kind, slice_axis, rng)
+                if number == 1 and first_click_seed is not None:
+                    point, foreground = first_click_at_depth(truth, box, first_click_seed), True
+                else:
+                    point, foreground = _protocol_click(obj.full, truth, box, kind, slice_axis, rng)
                 points = [point]
                 click_model = refine_model if (kind in EXTREME_KINDS and refine_model) else model
                 t0 = time.perf_counter()
@@ -283,6 +291,20 @@ def run_structure(
         auc=dice_auc(curve, first_refinement), interactions=steps, exact_at=exact_at,
         slice=slice_info, jitter_seed=jitter_seed,
     )
+
+
+def first_click_at_depth(truth: np.ndarray, box: tuple[slice, ...], seed: int, depth: float = 0.5) -> list[int]:
+    """A first click ``[i, j, k]`` inside ``box``: a voxel of the structure drawn with ``seed`` among those
+    whose distance to its border is at least ``depth`` times the deepest voxel's (the protocol's own first
+    click), so that it stays well inside, as a user's would."""
+    t = truth[box].astype(bool)
+    flat = tuple(a for a, n in enumerate(t.shape) if n == 1)  # a slice (2D kinds): depth within the slice
+    plane = np.squeeze(t, axis=flat) if flat else t
+    dist = ndimage.distance_transform_edt(np.pad(plane, 1))[(slice(1, -1),) * plane.ndim]
+    dist = np.expand_dims(dist, flat) if flat else dist
+    candidates = np.argwhere(dist >= depth * dist.max())
+    pick = candidates[np.random.default_rng(seed).integers(len(candidates))]
+    return [int(p + s.start) for p, s in zip(pick, box)][::-1]
 
 
 def _compute_ms(session: Session, latency_ms: float) -> float:

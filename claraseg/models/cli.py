@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="input channels of the interactive bundles, comma-separated (DEXTR3D: "
                         "image,extreme_points or image,extreme_points,foreground,background,mask); with "
                         "--continue the trained weights are kept and widened")
+    p.add_argument("--network", choices=("unet", "context"), default=None,
+                   help="network of the 3D interactive bundles: MONAI's UNet, or the UNet with a context branch "
+                        "that sees the whole ROI (claraseg.models.nets.ContextUNet); with --continue the trained "
+                        "UNet weights are kept")
     p.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                    help="set a click-sampling key of the interactive bundles' train.json for this run (JSON value; "
                         "repeatable), e.g. --train max_loop_clicks=8; the recipe records it")
@@ -50,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
                        iterations=args.iterations, seed=args.seed, evaluate=not args.no_eval,
                        warm_start=args.warm_start, lr_scale=args.lr_scale,
                        channels=[c.strip() for c in args.channels.split(",") if c.strip()] if args.channels else None,
-                       train_overrides=parse_train_options(args.train))
+                       train_overrides=parse_train_options(args.train), network=args.network)
     print(json.dumps({k: {f: v.get(f) for f in ("iterations", "minutes", "final_loss", "validation_dice_roi",
                                                     "dice_on_training_ct", "validation_metrics")}
                       for k, v in records.items()}, indent=2))

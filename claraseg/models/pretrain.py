@@ -173,10 +173,44 @@ def set_input_channels(bundle_dir: Path, kind: str, channels: list[str]) -> bool
     return True
 
 
+#: ``claraseg pretrain --network`` -> the ``_target_`` of the interactive bundles' ``network_def``.
+NETWORKS = {"unet": "UNet", "context": "claraseg.models.nets.ContextUNet"}
+
+
+def set_network(bundle_dir: Path, kind: str, name: str) -> bool:
+    """Give a DeepGrow 3D or DEXTR3D bundle the network ``name`` of :data:`NETWORKS` (``claraseg pretrain
+    --network``), keeping the UNet's shape; returns whether anything changed. With ``--continue`` the
+    trained UNet weights are carried over (:func:`claraseg.models.nets.unet_to_context_state`)."""
+    from claraseg.models.bundle import INFERENCE
+
+    if name not in NETWORKS:
+        raise TrainingDataError(f"--network {name}: choose from {', '.join(NETWORKS)}")
+    if kind not in ("deepgrow3d", "dextr3d"):
+        raise TrainingDataError(f"--network {name}: only the 3D interactive models (deepgrow3d, dextr3d) take it")
+    inf_path = bundle_dir / INFERENCE
+    inference = json.loads(inf_path.read_text())
+    if inference["network_def"].get("_target_") == NETWORKS[name]:
+        return False
+    inference["network_def"]["_target_"] = NETWORKS[name]
+    write_json_atomic(inf_path, inference)
+    return True
+
+
+def _warm_state(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trained ``state`` fitted to ``net``: input channels widened, and a UNet's weights carried into a
+    :class:`~claraseg.models.nets.ContextUNet` (its context branch starting fresh)."""
+    from claraseg.models.nets import ContextUNet, unet_to_context_state
+
+    state = {k: v.float() for k, v in state.items()}
+    if isinstance(net, ContextUNet) and not any(k.startswith("context.") for k in state):
+        return unet_to_context_state(state, net.state_dict())
+    return widen_input_channels(state, net.state_dict())
+
+
 def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: float, iterations: int | None,
                       seed: int, progress: Callable[[str], None] = log.info, warm_start: bool = False,
                       lr_scale: float = 1.0, channels_option: str | None = None,
-                      train_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                      train_overrides: dict[str, Any] | None = None, network_option: str | None = None) -> dict[str, Any]:
     """Train a DeepGrow 2D/3D or DEXTR3D bundle in place; returns the training record.
 
     With ``warm_start`` the bundle's current weights are trained further (a further stage of the recipe,
@@ -195,7 +229,7 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
     previous: list[dict[str, Any]] = []
     if warm_start:
         state = torch.load(bundle.weights_path, map_location="cpu", weights_only=True)
-        net.load_state_dict(widen_input_channels({k: v.float() for k, v in state.items()}, net.state_dict()))
+        net.load_state_dict(_warm_state(net, state))
         old = read_training_history(bundle_dir)
         previous = list(old.get("previous_stages", [])) + [{k: old.get(k) for k in (
             "recipe", "seed", "iterations", "minutes", "learning_rate", "validation_dice_roi", "p_model_in_loop",
@@ -244,6 +278,8 @@ def train_interactive(kind: str, bundle_dir: Path, data_dir: Path, *, minutes: f
         recipe += f" --continue --lr-scale {lr_scale:g}"
     if channels_option:
         recipe += f" --channels {channels_option}"
+    if network_option:
+        recipe += f" --network {network_option}"
     recipe += train_recipe_options(kind, train_cfg)
     record = {
         "recipe": recipe,
@@ -395,12 +431,13 @@ def pretrain(models: list[str], out: Path, data_dir: Path, *, minutes: float | d
              iterations: int | None = None,
              seed: int = DEFAULT_SEED, fresh: bool = True, evaluate: bool = True,
              warm_start: bool = False, lr_scale: float = 1.0, channels: list[str] | None = None,
-             train_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+             train_overrides: dict[str, Any] | None = None, network: str | None = None) -> dict[str, Any]:
     """Create (``fresh``) and train the named default bundles under ``out``; returns their records.
     ``warm_start`` continues the interactive bundles from their current weights (implies not fresh).
     ``channels`` sets the input channels of the interactive bundles (:func:`set_input_channels`; with
     ``warm_start`` the trained weights are kept and widened). ``train_overrides`` replace sampling keys
-    of the interactive bundles' train.json for this run (:func:`train_interactive`)."""
+    of the interactive bundles' train.json for this run (:func:`train_interactive`). ``network`` sets the
+    3D interactive bundles' network (:func:`set_network`)."""
     fresh = fresh and not warm_start
     check_train_overrides(train_overrides)
     if train_overrides and "segmentation" in models:
@@ -414,15 +451,19 @@ def pretrain(models: list[str], out: Path, data_dir: Path, *, minutes: float | d
         budget = minutes.get(kind, 30.0) if isinstance(minutes, dict) else float(minutes)
         if fresh or not (bundle_dir / METADATA).exists():
             create_bundle(bundle_dir, kind)
+        if network and kind in ("deepgrow2d", "segmentation"):
+            raise TrainingDataError(f"--network {network}: only the 3D interactive models (deepgrow3d, dextr3d) take it")
         if channels and kind != "segmentation":
             set_input_channels(bundle_dir, kind, channels)
+        if network:
+            set_network(bundle_dir, kind, network)
         if kind == "segmentation":
             records[kind] = train_segmentation(bundle_dir, data_dir, minutes=budget, iterations=iterations, seed=seed)
         else:
             records[kind] = train_interactive(kind, bundle_dir, data_dir, minutes=budget, iterations=iterations,
                                               seed=seed, warm_start=warm_start, lr_scale=lr_scale,
                                               channels_option=",".join(channels) if channels else None,
-                                              train_overrides=train_overrides)
+                                              train_overrides=train_overrides, network_option=network)
             if evaluate:
                 records[kind]["validation_metrics"] = record_validation(bundle_dir, data_dir)
     return records

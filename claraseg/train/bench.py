@@ -160,7 +160,8 @@ def _slab(image, label, value: int, name: str, k0: int, k1: int, path_stem: Path
 def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[str], threads: int = 2,
                 budget_s: float | None = 540.0, interactions: int = 5, overrides: dict[str, Any] | None = None,
                 untuned: list[str] | tuple[str, ...] = UNTUNED, iterations: int | None = None,
-                guard: bool = True, noise_seeds: int = 0, noise_scale: float = 1e-3) -> dict[str, Any]:
+                guard: bool = True, noise_seeds: int = 0, noise_scale: float = 1e-3,
+                replay_untuned: bool = False, click_sequences: int = 1) -> dict[str, Any]:
     """Fine-tune an interactive bundle on the lower half (in slices) of each structure of the sample CT and
     evaluate the click protocol before and after on the upper half; each part in an image cropped to it.
 
@@ -168,7 +169,12 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
     validation (which picks the checkpoint to publish), so the upper half is never seen before the test.
     The ``untuned`` structures are never trained on: their lower halves are the job's guard cases (no
     structure may lose more than ``training#max_label_drop`` there), their upper halves are tested
-    before/after like the tuned ones (``guard=False``: tested only, not given to the job). ``iterations`` fixes the number of optimizer steps (reproducible);
+    before/after like the tuned ones (``guard=False``: tested only, not given to the job). ``replay_untuned``:
+    the first two thirds of each untuned lower half are the datalist's ``replay`` scans (rehearsed while
+    training), the last third its guard. ``click_sequences`` > 1 also tests each structure by that many
+    click sequences (the protocol's own and ones with a first click drawn inside the structure:
+    ``first_click_seed``), reported as ``*_mean`` beside the protocol's own sequence.
+    ``iterations`` fixes the number of optimizer steps (reproducible);
     ``budget_s`` stops the training earlier after that much time. ``noise_seeds`` > 0 also measures the
     test's own precision (:func:`perturbation_floor`): the same protocol with the starting model's weights
     each multiplied by ``1 + noise_scale * N(0, 1)``."""
@@ -196,7 +202,7 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
     nk = image.size_ijk[2]
     # Per structure: the image below the middle of its slice range is trained on (or guards), the image
     # above held out; both are cropped there, so a label never stops inside the image where the organ goes on.
-    train_entries, val_entries, guard_entries, tests = [], [], [], []
+    train_entries, val_entries, guard_entries, replay_entries, tests = [], [], [], [], []
     for name in structures:
         _mask, lo, mid, hi = heldout_slices(label, by_name[name])
         q = min(lo + max(1, (2 * (mid - lo)) // 3), mid - 1)
@@ -206,12 +212,18 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
         tests.append((name, mid, nk, True))
     for name in untuned:
         _mask, lo, mid, hi = heldout_slices(label, by_name[name])
-        guard_entries.append(_slab(image, label, by_name[name], name, 0, mid, workdir / f"guard_{name}"))
+        if replay_untuned:
+            q = min(lo + max(1, (2 * (mid - lo)) // 3), mid - 1)
+            replay_entries.append(_slab(image, label, by_name[name], name, 0, q, workdir / f"replay_{name}"))
+            guard_entries.append(_slab(image, label, by_name[name], name, q, mid, workdir / f"guard_{name}"))
+        else:
+            guard_entries.append(_slab(image, label, by_name[name], name, 0, mid, workdir / f"guard_{name}"))
         _slab(image, label, by_name[name], name, mid, nk, workdir / f"heldout_{name}")
         tests.append((name, mid, nk, False))
     # The job validates on the slabs between the trained and the tested slices, and guards the lower
     # halves of the untuned structures.
-    datalist = {"training": train_entries, "validation": val_entries, "guard": guard_entries if guard else []}
+    datalist = {"training": train_entries, "validation": val_entries, "guard": guard_entries if guard else [],
+                "replay": replay_entries}
     # Validation every training#val_interval iterations of the bundle's fine-tune settings (or overrides).
     settings = {"training#max_time_s": budget_s, "training#max_iterations": iterations or 10**6,
                 "training#checkpoint_interval": 25, **(overrides or {})}
@@ -232,19 +244,27 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
         truth = read_image(workdir / f"heldout_{name}_label.nii.gz", label=True).array > 0
         session = backend.open_session(sub)
         try:
-            row = {}
+            row: dict[str, Any] = {}
             for tag, model in (("before", f"{base}@v1"), ("after", published)):
                 if tag == "after" and model == f"{base}@v1":
-                    row[tag] = row["before"]
+                    row[tag], row["runs_after"] = row["before"], row["runs_before"]
                     continue
-                r = run_structure(session, model, kind, truth, name=name, interactions=interactions)
-                row[tag] = [round(float(d), 4) for d in r.dice]
-            per[name] = {"tuned": tuned, "heldout_slices_k": [mid, hi], "voxels": int(truth.sum()), **row,
+                runs = [[round(float(d), 4) for d in run_structure(
+                    session, model, kind, truth, name=name, interactions=interactions,
+                    first_click_seed=seed or None, object_id=f"eval-{seed}").dice] for seed in range(click_sequences)]
+                row[tag], row[f"runs_{tag}"] = runs[0], runs
+            per[name] = {"tuned": tuned, "heldout_slices_k": [mid, hi], "voxels": int(truth.sum()),
+                         "before": row["before"], "after": row["after"],
                          "change_at_last": round(row["after"][-1] - row["before"][-1], 4)}
+            if click_sequences > 1:
+                for tag in ("before", "after"):
+                    per[name][f"{tag}_mean"] = [round(float(v), 4) for v in np.mean(row[f"runs_{tag}"], axis=0)]
+                    per[name][f"{tag}_sequences"] = row[f"runs_{tag}"]
+                per[name]["change_at_last_mean"] = round(per[name]["after_mean"][-1] - per[name]["before_mean"][-1], 4)
         finally:
             session.close()
     floor = perturbation_floor(models, base, kind, workdir, [t[0] for t in tests], per, interactions,
-                               noise_seeds, noise_scale) if noise_seeds else None
+                               noise_seeds, noise_scale, click_sequences) if noise_seeds else None
     backend.close()
     events = job.events()
     final = [e for e in events if e["event"] == "state" and e["state"] == "completed"][-1]
@@ -257,14 +277,19 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
                                         for i in range(interactions)] for t in ("before", "after")},
                 "mean_dice_at_last_interaction": {t: round(float(np.mean([v[t][-1] for v in rows.values()])), 4)
                                                   for t in ("before", "after")},
-                "worst_change_at_last": min(v["change_at_last"] for v in rows.values())}
+                "worst_change_at_last": min(v["change_at_last"] for v in rows.values()),
+                **({"mean_dice_curve_over_sequences": {
+                    t: [round(float(np.mean([v[f"{t}_mean"][i] for v in rows.values()])), 4)
+                        for i in range(interactions)] for t in ("before", "after")},
+                    "worst_change_at_last_mean": min(v["change_at_last_mean"] for v in rows.values())}
+                   if click_sequences > 1 else {})}
 
     tuned_rows = {k: v for k, v in per.items() if v["tuned"]}
     untuned_rows = {k: v for k, v in per.items() if not v["tuned"]}
     weights = start / "models" / "model.pt"
     settings_event = next((e for e in events if e.get("message") == "configuration validated"), {})
     return {"machine": machine(), "threads": threads, "bundle": str(bundle), "kind": kind, "structures": structures,
-            "untuned": list(untuned), "guard": guard, "overrides": overrides or {}, "job_settings": settings_event.get("settings"),
+            "untuned": list(untuned), "guard": guard, "replay_untuned": replay_untuned, "overrides": overrides or {}, "job_settings": settings_event.get("settings"),
             "tuned_parameters": settings_event.get("tuned_parameters"),
             "weights": {"sha256": hashlib.sha256(weights.read_bytes()).hexdigest()[:16],
                         "modified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(weights.stat().st_mtime))},
@@ -282,6 +307,9 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
             "published": status["published"], "publish_skipped": final.get("publish_skipped"),
             "interactions": interactions, **means(tuned_rows), "untuned_summary": means(untuned_rows),
             "worst_change_at_last_any_structure": min(v["change_at_last"] for v in per.values()),
+            "click_sequences": click_sequences,
+            **({"worst_change_at_last_mean_any_structure": min(v["change_at_last_mean"] for v in per.values())}
+               if click_sequences > 1 else {}),
             "per_structure": per, "job": str(job.workdir), "weight_change": weight_change(models, base, published),
             **({"noise_floor": floor} if floor else {})}
 
@@ -302,11 +330,12 @@ def weight_change(models: Path, base: str, published: str) -> dict[str, float] |
 
 
 def perturbation_floor(models: Path, base: str, kind: str, workdir: Path, names: list[str], per: dict[str, Any],
-                       interactions: int, seeds: int, scale: float) -> dict[str, Any]:
+                       interactions: int, seeds: int, scale: float, click_sequences: int = 1) -> dict[str, Any]:
     """The test's precision: the click protocol on the same held-out slices with the starting model's
     weights each multiplied by ``1 + scale * N(0, 1)`` (``seeds`` draws), as the Dice change per structure
     after the last click against the unperturbed model. A change a model this close to the starting one
-    makes is noise of the protocol (one deterministic click sequence per structure), not learning."""
+    makes is noise of the protocol (one deterministic click sequence per structure), not learning.
+    ``click_sequences`` > 1: also the change of the mean over that many sequences (``change_at_last_mean``)."""
     import shutil
 
     import torch
@@ -318,6 +347,7 @@ def perturbation_floor(models: Path, base: str, kind: str, workdir: Path, names:
     start = read_weights(models / base / "models" / "model.pt")
     folder = workdir / "perturbed"
     changes: dict[str, list[float]] = {n: [] for n in names}
+    mean_changes: dict[str, list[float]] = {n: [] for n in names}
     for seed in range(seeds):
         if folder.exists():
             shutil.rmtree(folder)
@@ -333,16 +363,27 @@ def perturbation_floor(models: Path, base: str, kind: str, workdir: Path, names:
                 truth = read_image(workdir / f"heldout_{name}_label.nii.gz", label=True).array > 0
                 session = backend.open_session(sub)
                 try:
-                    r = run_structure(session, base, kind, truth, name=name, interactions=interactions)
+                    last = [float(run_structure(session, base, kind, truth, name=name, interactions=interactions,
+                                                first_click_seed=s or None, object_id=f"eval-{s}").dice[-1])
+                            for s in range(click_sequences)]
                 finally:
                     session.close()
-                changes[name].append(round(float(r.dice[-1]) - per[name]["before"][-1], 4))
+                changes[name].append(round(last[0] - per[name]["before"][-1], 4))
+                if click_sequences > 1:
+                    mean_changes[name].append(round(float(np.mean(last)) - per[name]["before_mean"][-1], 4))
         finally:
             backend.close()
-    every = [abs(c) for v in changes.values() for c in v]
-    return {"scale": scale, "seeds": seeds, "change_at_last": changes,
-            "median_abs_change": round(float(np.median(every)), 4), "max_abs_change": round(float(max(every)), 4),
-            "share_beyond_0.02": round(float(np.mean([c > 0.02 for c in every])), 3)}
+    def summary(found: dict[str, list[float]]) -> dict[str, float]:
+        every = [abs(c) for v in found.values() for c in v]
+        return {"median_abs_change": round(float(np.median(every)), 4), "max_abs_change": round(float(max(every)), 4),
+                "share_beyond_0.02": round(float(np.mean([c > 0.02 for c in every])), 3)}
+
+    out = {"scale": scale, "seeds": seeds, "change_at_last": changes, **summary(changes)}
+    if click_sequences > 1:
+        out["click_sequences"] = click_sequences
+        out["change_at_last_mean"] = mean_changes
+        out["mean_over_sequences"] = summary(mean_changes)
+    return out
 
 
 def bench_throughput(data_dir: Path, workdir: Path, bundles: list[Path], threads: int = 2, iterations: int = 20,

@@ -76,9 +76,14 @@ def register(sub) -> None:
                     help="also re-test the starting model with its weights perturbed by 0.1 %% (this many draws): "
                          "the protocol's own precision")
     ba.add_argument("--no-guard", action="store_true", help="test the untuned structures without giving them to the job")
+    ba.add_argument("--replay-untuned", action="store_true",
+                    help="replay the first two thirds of the untuned structures' lower halves (the datalist's "
+                         "replay scans); the last third is their guard")
     ba.add_argument("--budget", type=float, default=540.0, help="training time budget (s); 0: none")
     ba.add_argument("--iterations", type=int, help="optimizer steps (reproducible; the budget may stop earlier)")
     ba.add_argument("--interactions", type=int, default=5)
+    ba.add_argument("--click-sequences", type=int, default=1,
+                    help="also test each structure by this many click sequences (first clicks drawn inside it)")
     ba.add_argument("-o", "--override", action="append", default=[], metavar="ID=VALUE")
     ba.add_argument("--out", help="write the JSON result here")
     ba.set_defaults(func=_bench_adapt)
@@ -129,7 +134,8 @@ def _bench_adapt(args) -> int:
                          threads=args.threads, budget_s=args.budget or None, interactions=args.interactions,
                          overrides=dict(parse_override(o) for o in args.override),
                          untuned=[u for u in args.untuned.split(",") if u], iterations=args.iterations,
-                         guard=not args.no_guard, noise_seeds=args.noise_seeds)
+                         guard=not args.no_guard, noise_seeds=args.noise_seeds, replay_untuned=args.replay_untuned,
+                         click_sequences=args.click_sequences)
     _write_result(result, args.out)
     if args.out:
         from claraseg.train.plot import plot_adaptation

@@ -42,24 +42,28 @@ class PreparedData:
 
     Guard cases are structures never trained on (the datalist's ``guard`` scans, and with a structure
     selection the label maps' other structures): validated like the held-out ones, they only decide
-    whether a checkpoint may be published (``training#max_label_drop``)."""
+    whether a checkpoint may be published (``training#max_label_drop``). Replay cases (interactive kinds)
+    are the datalist's ``replay`` scans: their structures are the pool the job's replayed samples come from
+    (rehearsal of what the model already knows); they are never validated."""
 
     train: list[Case]
     val: list[Case]
     notes: list[str] = field(default_factory=list)
     guard: list[Case] = field(default_factory=list)
+    replay: list[Case] = field(default_factory=list)
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps({"train": [c.to_dict() for c in self.train],
                                           "val": [c.to_dict() for c in self.val], "notes": self.notes,
-                                          "guard": [c.to_dict() for c in self.guard]}, indent=1))
+                                          "guard": [c.to_dict() for c in self.guard],
+                                          "replay": [c.to_dict() for c in self.replay]}, indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PreparedData:
         d = json.loads(Path(path).read_text())
         fix = lambda c: Case(**{**c, "structures": {int(k): v for k, v in c["structures"].items()}})  # noqa: E731
         return cls([fix(c) for c in d["train"]], [fix(c) for c in d["val"]], d.get("notes", []),
-                   [fix(c) for c in d.get("guard", [])])
+                   [fix(c) for c in d.get("guard", [])], [fix(c) for c in d.get("replay", [])])
 
 
 def normalize_name(name: str) -> str:
@@ -105,13 +109,14 @@ def read_datalist(datalist: str | os.PathLike | list | dict) -> tuple[list[dict]
     return _entries(train, base, "training"), None if val is None else _entries(val, base, "validation")
 
 
-def read_guard(datalist: str | os.PathLike | list | dict) -> list[dict]:
+def read_guard(datalist: str | os.PathLike | list | dict, part: str = "guard") -> list[dict]:
     """The datalist's ``guard`` entries (a ``{"training", "validation", "guard"}`` object): labelled scans
-    that are never trained on, only checked so that the fine-tuned model loses none of their structures."""
+    that are never trained on, only checked so that the fine-tuned model loses none of their structures.
+    ``part="replay"``: its ``replay`` entries, labelled scans whose structures are replayed while training."""
     data, base = _load_datalist(datalist)
-    if not isinstance(data, dict) or data.get("guard") is None:
+    if not isinstance(data, dict) or data.get(part) is None:
         return []
-    return _entries(data["guard"], base, "guard")
+    return _entries(data[part], base, part)
 
 
 def label_names(entry: dict, label: Image) -> dict[int, str]:
@@ -235,7 +240,7 @@ def prepare_data(datalist, model_labels: dict[int, str], kind: str, out_dir: str
     binary label (``structures`` selects some by name; the others of at least :data:`GUARD_MIN_VOXELS`
     voxels become guard cases). Then the cases are split into training and held-out ones (unless the
     datalist has its own ``validation`` list). Every structure of the datalist's ``guard`` scans is a
-    guard case (:class:`PreparedData`).
+    guard case; the ``replay`` scans (interactive kinds) are checked and kept whole (:class:`PreparedData`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -307,6 +312,19 @@ def prepare_data(datalist, model_labels: dict[int, str], kind: str, out_dir: str
         path = out_dir / f"{stem}_{normalize_name(name)}.nii.gz"
         write_image(image.with_array((label.array == value).astype(np.uint8), labels={1: LabelInfo(name)}), path)
         guard.append(Case(entry["image"], str(path), entry["label"], {1: name}))
-    prepared = PreparedData(train, val, notes, guard)
+    replay: list[Case] = []
+    for n, entry in enumerate(read_guard(datalist, "replay")):
+        if kind == "segmentation":
+            raise TrainingDataError("a datalist's 'replay' scans are for the interactive kinds (their structures are "
+                                    "replayed with simulated clicks); a segmentation job trains on every label")
+        image, label, resampled = load_pair(entry, n)
+        path = entry["label"]
+        if resampled:
+            path = str(out_dir / f"replay{n:03d}_label.nii.gz")
+            write_image(label, path)
+        if not np.any(label.array):
+            raise TrainingDataError(f"replay entry {n} ({Path(entry['label']).name}): the label map is empty")
+        replay.append(Case(entry["image"], path, entry["label"], label_names(entry, label)))
+    prepared = PreparedData(train, val, notes, guard, replay)
     prepared.save(out_dir / "prepared.json")
     return prepared

@@ -6,9 +6,9 @@ every constant comes from the bundle's ``claraseg`` metadata. Here they are wrap
 transforms, so the job's datasets (plain, cached, Smart Cache) cache the loaded, normalised volume and
 draw fresh clicks every time (seeded per item, so a resumed job draws the same ones).
 
-Replay: a fraction ``replay`` of the samples comes from a fixed pool of other structures (synthetic
-phantoms, or the pre-training data when ``replay_data`` names that folder), so a model fine-tuned on a
-few structures keeps refining the rest. The checkpoint that is published is chosen on the held-out
+Replay: a fraction ``replay`` of the samples comes from a fixed pool of other structures (the datalist's
+``replay`` scans when it has some; else synthetic phantoms, or the pre-training data when ``replay_data``
+names that folder), so a model fine-tuned on a few structures keeps refining the rest. The checkpoint that is published is chosen on the held-out
 structures under ``training#max_label_drop`` (default 0.02 here): none of them may lose more Dice than
 that against the starting model (figures of ``claraseg train bench-adapt`` in docs/training.md).
 """
@@ -23,6 +23,7 @@ import torch
 from monai.transforms import MapTransform, Randomizable
 
 from claraseg.errors import TrainingDataError
+from claraseg.train.data import GUARD_MIN_VOXELS
 
 #: Draws per sample before giving up on a structure too small for the drawn ROI.
 MAX_DRAWS = 20
@@ -137,6 +138,10 @@ class InteractiveSampled(Randomizable, MapTransform):
             check_replay_data(self.replay_data)
         self._pool: dict[str, list] | None = None
 
+    def use_replay_volumes(self, volumes: list) -> None:
+        """Replay these volumes' structures (the datalist's ``replay`` scans) instead of ``replay_data``."""
+        self._pool = {"replay": list(volumes)}
+
     def _replay_draw(self, rng: np.random.Generator):
         from claraseg.models.pretrain import draw_structure
 
@@ -190,6 +195,9 @@ def default_config(kind: str, meta: dict[str, Any]) -> dict[str, Any]:
         # Validation by the click protocol through the engine (this many clicks per structure; 0: by
         # validation_samples simulated-click ROI samples, one forward pass each).
         "validation_clicks": 5,
+        # Click sequences per structure (the protocol's own, then first clicks drawn inside the structure);
+        # a structure's Dice is their mean.
+        "validation_click_sequences": 1,
         # The published checkpoint is the best validation at which no held-out structure lost more than
         # 0.02 Dice against the starting model (nothing is published when none did).
         "training": {"max_label_drop": 0.02},
@@ -254,6 +262,17 @@ class InteractiveTask:
 
         if self.sampler is not None:
             self.sampler.predict = predictor(network, self.kind)
+
+    def use_replay_cases(self, cases: Sequence) -> str | None:
+        """The replayed samples come from these cases' structures (the datalist's ``replay`` scans); a note
+        for the ``data prepared`` event, or None when the job replays nothing."""
+        if not cases or self.sampler is None or not self.sampler.replay:
+            return "the datalist's replay scans are not used: replay is 0" if cases else None
+        load = LoadTrainingVolumed(self.settings["intensity"], min_voxels=GUARD_MIN_VOXELS)
+        volumes = [load({"image": c.image, "label": c.label})["volume"] for c in cases]
+        self.sampler.use_replay_volumes(volumes)
+        count = sum(len(v.structures) for v in volumes)
+        return f"replay: {self.sampler.replay:g} of the samples from {count} structures of {len(volumes)} replay scans"
 
     def _forward(self, network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return network(x[:, :, 0] if self.kind == "deepgrow2d" else x)

@@ -130,17 +130,21 @@ def configure_validation(task, parser, bundle: Path, kind: str, folder: Path, de
                          clicks: bool = True) -> None:
     """Set an interactive task's validation from the config: ``validation_samples`` ROI samples, and with
     ``validation_clicks`` > 0 (and ``clicks``) the click protocol through the engine, its bundle copy in
-    ``folder`` (:class:`~claraseg.train.clickval.ClickValidation`; close it with ``task.clicks.close()``)."""
+    ``folder`` (:class:`~claraseg.train.clickval.ClickValidation`; close it with ``task.clicks.close()``),
+    ``validation_click_sequences`` click sequences per structure."""
     if "validation_samples" in parser and hasattr(task, "validation_samples"):
         task.validation_samples = int(cfg.parsed(parser, "validation_samples"))
     if "validation_clicks" in parser and hasattr(task, "clicks") and clicks:
         n = cfg.parsed(parser, "validation_clicks")
         if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 20:
             raise ConfigError(f"validation_clicks must be an integer in 0..20 (0: ROI samples), got {n!r}")
+        sequences = cfg.parsed(parser, "validation_click_sequences") if "validation_click_sequences" in parser else 1
+        if not isinstance(sequences, int) or isinstance(sequences, bool) or not 1 <= sequences <= 10:
+            raise ConfigError(f"validation_click_sequences must be an integer in 1..10, got {sequences!r}")
         if n:
             from claraseg.train.clickval import ClickValidation
 
-            task.clicks = ClickValidation(bundle, folder, kind, n, device=str(device))
+            task.clicks = ClickValidation(bundle, folder, kind, n, device=str(device), sequences=sequences)
 
 
 def lost_structures(baseline: dict[str, float], current: dict[str, float], drop: float) -> dict[str, float]:
@@ -264,8 +268,12 @@ class Runner:
             prepare_data(spec.datalist, labels, kind, self.workdir / "data", settings, spec.structures)
         self.dist.barrier()
         data = PreparedData.load(prepared_path)
+        notes = list(data.notes)
+        if data.replay and hasattr(self.task, "use_replay_cases"):
+            note = self.task.use_replay_cases(data.replay)
+            notes += [note] if note else []
         ev.emit("info", message="data prepared", train_cases=len(data.train), val_cases=len(data.val),
-                guard_cases=len(data.guard), notes=data.notes)
+                guard_cases=len(data.guard), replay_cases=len(data.replay), notes=notes)
 
         resume = self._load_checkpoint(network, comps) or {}
         self.iteration = resume.get("iteration", 0)
