@@ -84,12 +84,24 @@ def _unblock(a: np.ndarray, f: tuple[int, int, int], shape) -> np.ndarray:
     return out[: shape[0], : shape[1], : shape[2]]
 
 
+def _feature_transform(a: np.ndarray, sampling: np.ndarray) -> np.ndarray:
+    """The nearest zero voxel's indices ``(3, ...)`` int32 of a boolean 3D array: scipy's feature transform
+    called on the array's bytes (scipy's wrapper first makes an int64 0/1 copy of the whole array and then
+    an int8 one), or through the wrapper where that entry point is missing."""
+    feature = getattr(getattr(ndimage, "_nd_image", None), "euclidean_feature_transform", None)
+    if a.dtype != np.bool_ or feature is None:
+        return ndimage.distance_transform_edt(a, sampling=sampling, return_distances=False, return_indices=True)
+    ft = np.zeros((3,) + a.shape, dtype=np.int32)
+    feature(np.ascontiguousarray(a).view(np.int8), np.ascontiguousarray(sampling, np.float64), ft)
+    return ft
+
+
 def edt(a: np.ndarray, sampling) -> np.ndarray:
     """``scipy.ndimage.distance_transform_edt(a, sampling=sampling)`` of a 3D array, the same values: scipy's
     feature transform, then its arithmetic (float64 offsets times the sampling, squared, summed over the
     axes in order, square root) one axis at a time instead of on ``(3, ...)`` temporaries."""
-    ft = ndimage.distance_transform_edt(a, sampling=sampling, return_distances=False, return_indices=True)
     sampling = np.broadcast_to(np.asarray(sampling, np.float64), (3,))
+    ft = _feature_transform(a, sampling)
     acc = None
     for axis in range(3):
         shape = [1, 1, 1]

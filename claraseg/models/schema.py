@@ -265,4 +265,64 @@ def check_job_settings(given: Any, where: str = "'training'") -> dict[str, Any]:
     return settings
 
 
-__all__ = ["DEXTR_CHANNELS", "JOB_DEFAULTS", "SCHEMAS", "JobSettings", "check_job_settings", "check_settings"]
+_Scale = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+_Range = Annotated[list[_Scale], Field(min_length=2, max_length=2)]
+_Probability = Annotated[float, Strict(), Field(ge=0, le=1, description="give a probability between 0 and 1")]
+
+
+class TrainSampling(BaseModel):
+    """The click-sampling keys of a training config (a bundle's ``train.json``, a fine-tune job's ``recipe``):
+    each optional, and (but ``roi_scale_range``) never null; other keys of the file pass through. The
+    descriptions are what the error message asks for."""
+
+    model_config = ConfigDict(extra="allow")
+    roi_scale_range: Annotated[Optional[_Range], Field(
+        default=None, description="give [low, high] with 0 < low <= high (the factor on an object's extent "
+                                  "when its training ROI is sized from it)")]
+    box_scale_range: Annotated[_Range, Field(
+        default=None, description="give [low, high] with 0 < low <= high (DEXTR3D with clicks: the factor on "
+                                  "the extreme points' box of a sample whose points come from an estimate)")]
+    p_correction: _Probability = None
+    p_model_in_loop: _Probability = None
+    p_first_click_roi: _Probability = None
+    p_from_scratch: _Probability = None
+    p_from_scratch_cut: _Probability = None
+    p_by_size: _Probability = None
+    domain_randomization: Annotated[bool, Strict(), Field(
+        default=None, description="give true or false (synthetic contrasts, bias fields, thick slices and cut "
+                                  "fields of view in the training samples)")]
+    by_size_power: Annotated[float, Strict(), Field(
+        default=None, ge=0, le=2, description="give a number between 0 and 2 (0: uniform, 0.5: square root of "
+                                              "the volume, 1: the volume)")]
+    max_loop_clicks: Annotated[int, Strict(), Field(default=None, ge=1, description="give an integer >= 1")]
+
+    @field_validator("roi_scale_range", "box_scale_range")
+    @classmethod
+    def _ordered(cls, v):
+        if v is not None and v[0] > v[1]:
+            raise ValueError("low > high")
+        return v
+
+
+def check_train_sampling(train: Any, defaults: Mapping[str, Any] | None = None) -> None:
+    """Refuse a training config whose click-sampling keys (:class:`TrainSampling`) a sampler could not use,
+    with a :class:`~claraseg.errors.TrainingDataError` naming the key, its value and what to give;
+    ``defaults`` (key -> default) are named when a key is null."""
+    from claraseg.errors import TrainingDataError
+
+    train = train or {}
+    if not isinstance(train, Mapping):
+        raise TrainingDataError(f"a training config must be an object of settings, got {type(train).__name__}")
+    for key in TrainSampling.model_fields:
+        if key != "roi_scale_range" and key in train and train[key] is None:
+            raise TrainingDataError(f"train.json {key} is null: give a value or leave the key out (the default "
+                                    f"is {(defaults or {}).get(key)})")
+    try:
+        TrainSampling.model_validate({k: list(v) if isinstance(v, tuple) else v for k, v in train.items()})
+    except ValidationError as e:
+        key = str(e.errors()[0]["loc"][0])
+        raise TrainingDataError(f"train.json {key} {train.get(key)!r}: {_description(TrainSampling, key)}") from None
+
+
+__all__ = ["DEXTR_CHANNELS", "JOB_DEFAULTS", "SCHEMAS", "JobSettings", "TrainSampling", "check_job_settings",
+           "check_settings", "check_train_sampling"]

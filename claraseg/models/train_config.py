@@ -5,50 +5,16 @@ samplers in :mod:`claraseg.models.training`."""
 
 from __future__ import annotations
 
-import numpy as np
-
-from claraseg.errors import TrainingDataError
-
-#: train.json's optional [low, high] factors, with what each scales.
-_TRAIN_RANGES = {
-    "roi_scale_range": "the factor on an object's extent when its training ROI is sized from it",
-    "box_scale_range": "DEXTR3D with clicks: the factor on the extreme points' box of a sample whose points "
-                       "come from an estimate",
-}
+from claraseg.models.schema import check_train_sampling
 
 
 def check_train_config(train: dict | None) -> None:
-    """The optional sampling keys of a training config: ``roi_scale_range`` and ``box_scale_range`` must
-    be [low, high] with 0 < low <= high; the ``p_*`` keys probabilities; ``by_size_power`` in 0..2."""
-    train = train or {}
-    for key, what in _TRAIN_RANGES.items():
-        scale = train.get(key)
-        if scale is None:
-            continue
-        ok = isinstance(scale, (list, tuple)) and len(scale) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
-        ok = ok and 0 < float(scale[0]) <= float(scale[1]) and np.isfinite(float(scale[1]))
-        if not ok:
-            raise TrainingDataError(f"train.json {key} {scale!r}: give [low, high] with 0 < low <= high ({what})")
-    for key in _PROBABILITIES:
-        v = train.get(key)
-        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1):
-            raise TrainingDataError(f"train.json {key} {v!r}: give a probability between 0 and 1")
-    v = train.get("domain_randomization")
-    if v is not None and not isinstance(v, bool):
-        raise TrainingDataError(f"train.json domain_randomization {v!r}: give true or false (synthetic contrasts, "
-                                "bias fields, thick slices and cut fields of view in the training samples)")
-    v = train.get("by_size_power")
-    if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 2):
-        raise TrainingDataError(f"train.json by_size_power {v!r}: give a number between 0 and 2 (0: uniform, "
-                                "0.5: square root of the volume, 1: the volume)")
-    v = train.get("max_loop_clicks")
-    if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-        raise TrainingDataError(f"train.json max_loop_clicks {v!r}: give an integer >= 1")
-    for key in (*_PROBABILITIES, "max_loop_clicks", "box_scale_range", "domain_randomization", "by_size_power"):
-        if key in train and train[key] is None:
-            raise TrainingDataError(f"train.json {key} is null: give a value or leave the key out (the default "
-                                    f"is {TRAIN_DEFAULTS['dextr3d'].get(key, TRAIN_DEFAULTS['deepgrow'].get(key))})")
+    """The optional sampling keys of a training config, checked by one schema
+    (:class:`claraseg.models.schema.TrainSampling`): ``roi_scale_range`` and ``box_scale_range`` must be
+    [low, high] with 0 < low <= high; the ``p_*`` keys probabilities; ``by_size_power`` in 0..2;
+    ``max_loop_clicks`` an integer >= 1; ``domain_randomization`` true or false. A
+    :class:`~claraseg.errors.TrainingDataError` names the key and what to give."""
+    check_train_sampling(train, {**TRAIN_DEFAULTS["deepgrow"], **TRAIN_DEFAULTS["dextr3d"]})
 
 
 #: The click-sampling keys of train.json and their defaults, per model family (DeepGrow 2D/3D, DEXTR3D).
@@ -70,11 +36,6 @@ TRAIN_DEFAULTS: dict[str, dict] = {
 TRAIN_SAMPLING_KEYS = ("p_correction", "p_model_in_loop", "max_loop_clicks", "box_scale_range", "roi_scale_range",
                        "domain_randomization", "p_first_click_roi", "p_from_scratch", "p_from_scratch_cut", "p_by_size",
                        "by_size_power")
-#: The sampling keys that are probabilities.
-_PROBABILITIES = ("p_correction", "p_model_in_loop", "p_first_click_roi", "p_from_scratch", "p_from_scratch_cut",
-                  "p_by_size")
-
-
 def train_sampling(kind: str, train: dict | None) -> dict:
     """The click-sampling values a training run of ``kind`` uses: train.json's, else the defaults."""
     defaults = TRAIN_DEFAULTS["dextr3d" if kind == "dextr3d" else "deepgrow"]

@@ -264,7 +264,7 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
         finally:
             session.close()
     floor = perturbation_floor(models, base, kind, workdir, [t[0] for t in tests], per, interactions,
-                               noise_seeds, noise_scale) if noise_seeds else None
+                               noise_seeds, noise_scale, click_sequences) if noise_seeds else None
     backend.close()
     events = job.events()
     final = [e for e in events if e["event"] == "state" and e["state"] == "completed"][-1]
@@ -330,11 +330,12 @@ def weight_change(models: Path, base: str, published: str) -> dict[str, float] |
 
 
 def perturbation_floor(models: Path, base: str, kind: str, workdir: Path, names: list[str], per: dict[str, Any],
-                       interactions: int, seeds: int, scale: float) -> dict[str, Any]:
+                       interactions: int, seeds: int, scale: float, click_sequences: int = 1) -> dict[str, Any]:
     """The test's precision: the click protocol on the same held-out slices with the starting model's
     weights each multiplied by ``1 + scale * N(0, 1)`` (``seeds`` draws), as the Dice change per structure
     after the last click against the unperturbed model. A change a model this close to the starting one
-    makes is noise of the protocol (one deterministic click sequence per structure), not learning."""
+    makes is noise of the protocol (one deterministic click sequence per structure), not learning.
+    ``click_sequences`` > 1: also the change of the mean over that many sequences (``change_at_last_mean``)."""
     import shutil
 
     import torch
@@ -346,6 +347,7 @@ def perturbation_floor(models: Path, base: str, kind: str, workdir: Path, names:
     start = read_weights(models / base / "models" / "model.pt")
     folder = workdir / "perturbed"
     changes: dict[str, list[float]] = {n: [] for n in names}
+    mean_changes: dict[str, list[float]] = {n: [] for n in names}
     for seed in range(seeds):
         if folder.exists():
             shutil.rmtree(folder)
@@ -361,16 +363,27 @@ def perturbation_floor(models: Path, base: str, kind: str, workdir: Path, names:
                 truth = read_image(workdir / f"heldout_{name}_label.nii.gz", label=True).array > 0
                 session = backend.open_session(sub)
                 try:
-                    r = run_structure(session, base, kind, truth, name=name, interactions=interactions)
+                    last = [float(run_structure(session, base, kind, truth, name=name, interactions=interactions,
+                                                first_click_seed=s or None, object_id=f"eval-{s}").dice[-1])
+                            for s in range(click_sequences)]
                 finally:
                     session.close()
-                changes[name].append(round(float(r.dice[-1]) - per[name]["before"][-1], 4))
+                changes[name].append(round(last[0] - per[name]["before"][-1], 4))
+                if click_sequences > 1:
+                    mean_changes[name].append(round(float(np.mean(last)) - per[name]["before_mean"][-1], 4))
         finally:
             backend.close()
-    every = [abs(c) for v in changes.values() for c in v]
-    return {"scale": scale, "seeds": seeds, "change_at_last": changes,
-            "median_abs_change": round(float(np.median(every)), 4), "max_abs_change": round(float(max(every)), 4),
-            "share_beyond_0.02": round(float(np.mean([c > 0.02 for c in every])), 3)}
+    def summary(found: dict[str, list[float]]) -> dict[str, float]:
+        every = [abs(c) for v in found.values() for c in v]
+        return {"median_abs_change": round(float(np.median(every)), 4), "max_abs_change": round(float(max(every)), 4),
+                "share_beyond_0.02": round(float(np.mean([c > 0.02 for c in every])), 3)}
+
+    out = {"scale": scale, "seeds": seeds, "change_at_last": changes, **summary(changes)}
+    if click_sequences > 1:
+        out["click_sequences"] = click_sequences
+        out["change_at_last_mean"] = mean_changes
+        out["mean_over_sequences"] = summary(mean_changes)
+    return out
 
 
 def bench_throughput(data_dir: Path, workdir: Path, bundles: list[Path], threads: int = 2, iterations: int = 20,

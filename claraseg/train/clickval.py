@@ -25,7 +25,8 @@ class ClickValidation:
     label is empty or the engine refuses its image (e.g. thinner than the model's minimum size).
 
     With ``sequences`` > 1 a case's curve is the mean over that many click sequences: the protocol's own
-    and ones whose first click is drawn inside the structure (``first_click_seed`` 1, 2, ...). One
+    and ones whose first click is drawn inside the structure (``first_click_seed`` 1, 2, ...; DEXTR3D:
+    jittered extreme points, ``jitter_seed``). One
     sequence is a knife edge - a model that changed a little may flip where a correction click lands - so
     the mean judges a structure with less noise, at that many times the cost."""
 
@@ -64,6 +65,13 @@ class ClickValidation:
             self._truths[label_path] = read_image(label_path, label=True).array > 0
         return self._truths[label_path]
 
+    def _variant(self, seed: int) -> dict[str, Any]:
+        """The keywords of click sequence ``seed``: 0 the protocol's own; else a drawn first click, or for
+        DEXTR3D extreme points jittered by the protocol's +-3 voxels."""
+        if not seed:
+            return {}
+        return {"jitter_seed": seed} if self.kind == "dextr3d" else {"first_click_seed": seed}
+
     def validate(self, network: torch.nn.Module, cases: Sequence) -> tuple[dict[str, list[list[float]]], list[int]]:
         from claraseg.errors import InvalidImageError
         from claraseg.evaluate.protocol import run_structure
@@ -81,7 +89,7 @@ class ClickValidation:
                 continue
             try:
                 runs = [run_structure(session, self.name, self.kind, truth, name=case.structures[1],
-                                      interactions=self.clicks, first_click_seed=seed or None)
+                                      interactions=self.clicks, **self._variant(seed))
                         for seed in range(self.sequences)]
             except InvalidImageError as e:
                 self.refused[case.image] = str(e)

@@ -2,7 +2,8 @@
 
 Exact by construction (checked for equality): the extreme points from the outermost slices, the
 non-zero box from axis reductions, the in-place intensity transform, the one-copy ROI sampling, the
-in-place axis-by-axis paste-back, the boundary refinement's distance transform and block spreading.
+in-place axis-by-axis paste-back, the boundary refinement's distance transform (scipy's feature transform
+called on the mask's bytes) and block spreading.
 Within float tolerance (checked on the default bundles and a crop of the sample CT): the networks'
 convolutions on oneDNN at every batch size and the test-time flips in one batch, against the plain
 module run one flip at a time; whole clicks (DeepGrow 3D with its re-fit passes, DEXTR3D) by Dice.
@@ -88,6 +89,10 @@ def test_distance_transform_equals_scipys_exactly():
         ref = ndimage.distance_transform_edt(m, sampling=sampling)
         assert np.array_equal(edt(m, sampling), ref)
         assert np.array_equal(edt(~m, sampling), ndimage.distance_transform_edt(~m, sampling=sampling))
+        if t % 10 == 0:  # a non-contiguous view, and a uint8 array (through scipy's own wrapper)
+            view = m[:, ::2]
+            assert np.array_equal(edt(view, sampling), ndimage.distance_transform_edt(view, sampling=sampling))
+            assert np.array_equal(edt(m.astype(np.uint8), sampling), ref)
 
 
 def test_signed_distance_on_blocks_equals_the_out_of_place_formula_exactly():

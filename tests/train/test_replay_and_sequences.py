@@ -50,10 +50,6 @@ def test_replay_scans_are_the_replay_pool_and_never_validated(tmp_path):
     vals = [e for e in job.events() if e["event"] == "validation"]
     assert all(set(v["per_label"]) == {"liver"} for v in vals)
 
-    job, status = run_job(bundle, datalist, {**overrides, "replay": 0.0}, tmp_path / "job0")
-    prepared = next(e for e in job.events() if e.get("message") == "data prepared")
-    assert any("not used: replay is 0" in n for n in prepared["notes"])
-
 
 def test_the_sampler_draws_replay_from_the_replay_volumes(tmp_path):
     from claraseg.io import read_image
@@ -69,6 +65,19 @@ def test_the_sampler_draws_replay_from_the_replay_volumes(tmp_path):
     sampler.use_replay_volumes([volume])
     rng = np.random.default_rng(0)
     assert all(sampler._replay_draw(rng)[0] is volume for _ in range(5))
+
+    # Through the task, as the job does; without replay the scans are not used, and the note says so.
+    from monai.transforms import Compose
+
+    from claraseg.train.data import Case
+    from claraseg.train.interactive import InteractiveTask
+
+    case = Case(other["image"], other["label"], other["label"], {2: "spleen"})
+    for replay, note in ((0.5, "0.5 of the samples from 1 structures of 1 replay scans"), (0.0, "replay is 0")):
+        sampler = InteractiveSampled("deepgrow3d", bundle.settings, replay=replay)
+        task = InteractiveTask("deepgrow3d", {"train#preprocessing": Compose([sampler])}, bundle.settings)
+        assert note in task.use_replay_cases([case])
+        assert (sampler._pool is not None) == bool(replay)
 
 
 def test_replay_scans_are_refused_for_segmentation_and_when_missing(tmp_path):

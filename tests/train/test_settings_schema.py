@@ -76,3 +76,33 @@ def test_a_request_cannot_set_the_fine_tune_settings_and_what_it_may_set_the_sch
             check_overrides({f"training#{key}": value})
     assert set(TRAINING_SETTINGS) <= set(JobSettings.model_fields)
     check_job_settings({k: JOB_DEFAULTS[k] for k in TRAINING_SETTINGS})
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"roi_scale_range": [1.4, 0.5]}, "train.json roi_scale_range [1.4, 0.5]: give [low, high] with 0 < low <= high"),
+    ({"box_scale_range": [0, 1]}, "train.json box_scale_range [0, 1]: give [low, high]"),
+    ({"box_scale_range": None}, "train.json box_scale_range is null: give a value or leave the key out (the default "
+                                "is [0.65, 1.15])"),
+    ({"p_from_scratch": 1.5}, "train.json p_from_scratch 1.5: give a probability between 0 and 1"),
+    ({"p_by_size": True}, "train.json p_by_size True: give a probability"),
+    ({"by_size_power": 3}, "train.json by_size_power 3: give a number between 0 and 2"),
+    ({"max_loop_clicks": 2.0}, "train.json max_loop_clicks 2.0: give an integer >= 1"),
+    ({"domain_randomization": "yes"}, "train.json domain_randomization 'yes': give true or false"),
+])
+def test_sampling_keys_are_checked_by_the_schema(train, message):
+    from claraseg.errors import TrainingDataError
+    from claraseg.models.train_config import check_train_config
+
+    with pytest.raises(TrainingDataError) as e:
+        check_train_config(train)
+    assert message in str(e.value)
+
+
+def test_sampling_keys_pass_with_the_recipes_other_keys():
+    from claraseg.models.train_config import TRAIN_DEFAULTS, check_train_config
+
+    recipe = json.loads((BUNDLES / "deepgrow3d" / "configs" / "train.json").read_text())
+    check_train_config(recipe)
+    for defaults in TRAIN_DEFAULTS.values():
+        check_train_config(defaults)
+    check_train_config({"roi_scale_range": None, "box_scale_range": (0.5, 1.0)})
