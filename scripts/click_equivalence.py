@@ -125,9 +125,9 @@ def compare(args) -> int:
               f"min Dice between {s['min_dice_between']}, mean {s['mean_dice_between']}; mean protocol Dice "
               f"{s['mean_protocol_dice_a']} vs {s['mean_protocol_dice_b']} (max diff {s['max_mean_curve_difference']})")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-            f.write("\n")
+        from claraseg.models.bundle import write_json_atomic
+
+        write_json_atomic(args.json, report)
     return 0
 
 

@@ -12,7 +12,6 @@ image shows would fill the ROI; a radius well inside it is the network's own lim
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
@@ -25,6 +24,8 @@ def reach(bundle_dir: str, seed: int = 0) -> dict:
     from claraseg.models.inputs import deepgrow_sigma, interactive_input
 
     bundle = read_bundle(bundle_dir)
+    if bundle.kind != "deepgrow3d":
+        raise SystemExit(f"{bundle_dir}: a {bundle.kind} bundle; click_reach measures DeepGrow 3D networks")
     settings = bundle.settings
     net = bundle.load_network()
     size = [int(v) for v in settings["roi_size"]]
@@ -61,8 +62,9 @@ def main(argv=None) -> int:
               f"({r['radius_mm_at_first_click_spacing']:.0f} mm at the first click's spacing; the ROI's half width "
               f"is {r['roi_half_width_vox']}), {100 * r['share_of_roi_above_threshold']:.1f} % of the ROI above the threshold")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        from claraseg.models.bundle import write_json_atomic
+
+        write_json_atomic(args.json, {"bundles": out})
     return 0
 
 

@@ -27,10 +27,10 @@ class ContextUNet(UNet):
                  strides: Sequence[int], num_res_units: int = 0, context_channels: int = 4,
                  context_features: int = 24, context_pool: int = 4,
                  context_dilations: Sequence[int] = (1, 2, 4, 8), **kwargs):
-        super().__init__(spatial_dims, in_channels + context_channels, out_channels, channels, strides,
-                         num_res_units=num_res_units, **kwargs)
         if spatial_dims not in (2, 3):
             raise ValueError("ContextUNet: spatial_dims must be 2 or 3")
+        super().__init__(spatial_dims, in_channels + context_channels, out_channels, channels, strides,
+                         num_res_units=num_res_units, **kwargs)
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
         norm = nn.InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d
         layers: list[nn.Module] = []

@@ -5,7 +5,7 @@ samplers in :mod:`claraseg.models.training`."""
 
 from __future__ import annotations
 
-from claraseg.models.schema import check_train_sampling
+from claraseg.models.schema import TrainSampling, check_train_sampling
 
 
 def check_train_config(train: dict | None) -> None:
@@ -33,9 +33,9 @@ TRAIN_DEFAULTS: dict[str, dict] = {
 }
 #: The sampling keys a pretrain stage may set on the command line (``--train KEY=VALUE``); every stage's
 #: recipe records the values it ran with, so replaying it does not depend on the bundle's train.json.
-TRAIN_SAMPLING_KEYS = ("p_correction", "p_model_in_loop", "max_loop_clicks", "box_scale_range", "roi_scale_range",
-                       "domain_randomization", "p_first_click_roi", "p_from_scratch", "p_from_scratch_cut", "p_by_size",
-                       "by_size_power")
+TRAIN_SAMPLING_KEYS = tuple(TrainSampling.model_fields)
+
+
 def train_sampling(kind: str, train: dict | None) -> dict:
     """The click-sampling values a training run of ``kind`` uses: train.json's, else the defaults."""
     defaults = TRAIN_DEFAULTS["dextr3d" if kind == "dextr3d" else "deepgrow"]

@@ -28,7 +28,6 @@ from claraseg.models.schema import JOB_DEFAULTS, check_job_settings
 #: Job settings and their defaults (:class:`claraseg.models.schema.JobSettings`, which also checks them);
 #: a bundle's ``training`` section, its ``train.json`` ``finetune`` section and the overrides change them.
 DEFAULT_SETTINGS: dict[str, Any] = dict(JOB_DEFAULTS)
-DATASET_TYPES = ("plain", "cache", "smart", "persistent")
 #: Config ids a job instantiates; ``lr_scheduler`` and ``loss`` are optional (see :func:`validate`).
 REQUIRED_IDS = ("network_def", "optimizer", "train#preprocessing", "validate#preprocessing")
 OPTIONAL_IDS = ("loss", "lr_scheduler")
