@@ -222,6 +222,17 @@ class JobSettings(BaseModel):
              "weights)", ge=0, allow_inf_nan=False)]
     trainable: Annotated[Optional[list[Annotated[str, Strict()]]], _setting(
         None, "null or a non-empty list of regular expressions (parameter names)", min_length=1)]
+    distill: Annotated[float, Strict(), _setting(
+        0.0, "a number in [0, 100] (weight of the distillation loss toward the starting model's outputs on "
+             "clicks outside the job's labels; 0: off; interactive models only)", ge=0, le=100,
+        allow_inf_nan=False)]
+    distill_fraction: Annotated[float, Strict(), _setting(
+        0.25, "a number in [0, 0.9] (with distill > 0: the share of training samples whose clicks fall outside "
+              "the job's labels and whose target is the starting model's output)", ge=0, le=0.9,
+        allow_inf_nan=False)]
+    distill_replay: Annotated[bool, Strict(), _setting(
+        False, "true or false (with distill > 0: replayed samples also take the starting model's output as "
+               "their target instead of their labels)")]
     freeze_norm: Annotated[bool, Strict(), _setting(
         False, "true or false (normalisation layers keep their running statistics while training)")]
     max_guard_cases: Annotated[int, Strict(), _setting(

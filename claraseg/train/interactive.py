@@ -16,7 +16,7 @@ that against the starting model (figures of ``claraseg train bench-adapt`` in do
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,12 +25,59 @@ from monai.transforms import MapTransform, Randomizable
 from claraseg.errors import TrainingDataError
 from claraseg.train.data import GUARD_MIN_VOXELS
 
+if TYPE_CHECKING:
+    from claraseg.models.volumes import Structure, TrainingVolume
+
 #: Draws per sample before giving up on a structure too small for the drawn ROI.
 MAX_DRAWS = 20
 #: Phantom seeds of the replay pool (the pre-training ones: never the evaluation seeds).
 REPLAY_PHANTOM_SEEDS = tuple(range(1000, 1004))
 #: Hippocampus cases loaded into a replay pool made from the pre-training data.
 REPLAY_HIPPOCAMPUS_CASES = 24
+
+
+#: Distillation samples: the radius (mm) of the region grown around a voxel outside the labels, the
+#: intensity tolerance of the growth (normalised units, the image is roughly in [0, 1]), the lowest
+#: normalised intensity of the seed voxel (not air) and the fewest voxels a region must have.
+DISTILL_RADIUS_MM = (6.0, 60.0)
+DISTILL_TOLERANCE = (0.03, 0.12)
+DISTILL_MIN_INTENSITY = 0.05
+DISTILL_MIN_VOXELS = 27
+
+
+def unlabelled_structure(volume: TrainingVolume, rng: np.random.Generator) -> tuple[TrainingVolume, Structure] | None:
+    """A pseudo-structure where the volume has no label: the voxels connected to a random seed voxel (not
+    air, not labelled) within a random radius whose intensity is close to the seed's. Returns the volume
+    with that region as a new label value and its :class:`Structure`, or None when the draw found no region."""
+    from scipy import ndimage
+
+    from claraseg.models.volumes import Structure, TrainingVolume
+
+    img, lab = volume.image, volume.label
+    for _draw in range(MAX_DRAWS):
+        seed = tuple(int(rng.integers(n)) for n in img.shape)  # [k, j, i]
+        if img[seed] > DISTILL_MIN_INTENSITY and not lab[seed]:
+            break
+    else:
+        return None
+    radius = rng.uniform(*DISTILL_RADIUS_MM) / np.asarray(volume.spacing, dtype=np.float64)[::-1]  # [k, j, i]
+    lo = [max(0, c - int(np.ceil(r))) for c, r in zip(seed, radius)]
+    hi = [min(n, c + int(np.ceil(r)) + 1) for c, r, n in zip(seed, radius, img.shape)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    grid = np.ogrid[box]
+    ball = sum(((g - c) / max(r, 1e-6)) ** 2 for g, c, r in zip(grid, seed, radius)) <= 1.0
+    close = np.abs(img[box] - img[seed]) <= rng.uniform(*DISTILL_TOLERANCE)
+    parts, _ = ndimage.label(ball & close & (lab[box] == 0))
+    local = tuple(c - a for c, a in zip(seed, lo))
+    region = parts == parts[local]
+    if region.sum() < DISTILL_MIN_VOXELS:
+        return None
+    value = int(lab.max()) + 1
+    label = lab.copy()
+    label[box][region] = value
+    kji = np.argwhere(region) + np.asarray(lo)
+    return (TrainingVolume(volume.name, img, label, volume.spacing),
+            Structure("unlabelled", (value,), kji[:, ::-1].astype(np.int32)))
 
 
 #: What a pre-training data folder must hold (see :func:`claraseg.models.pretrain.load_sources`).
@@ -137,6 +184,28 @@ class InteractiveSampled(Randomizable, MapTransform):
         if self.replay:
             check_replay_data(self.replay_data)
         self._pool: dict[str, list] | None = None
+        # Set by the job (training#distill > 0): every sample then carries a "distill" flag (1: its target
+        # is to be replaced by the starting model's output).
+        self.distilling = False
+        self.distill_fraction = 0.0
+        self.distill_replay = False
+
+    def use_distillation(self, fraction: float, replay: bool) -> None:
+        """Draw ``fraction`` of the samples outside the labels (:func:`unlabelled_structure`) and flag them,
+        and with ``replay`` the replayed samples too, for distillation toward the starting model."""
+        self.distilling, self.distill_fraction, self.distill_replay = True, float(fraction), bool(replay)
+
+    def _unlabelled_sample(self, volume, rng: np.random.Generator):
+        from claraseg.models.training import make_sample
+
+        for _draw in range(MAX_DRAWS):
+            found = unlabelled_structure(volume, rng)
+            if found is None:
+                continue
+            sample = make_sample(self.kind, found[0], found[1], self.settings, rng, self.predict, self.train)
+            if sample is not None:
+                return sample
+        return None
 
     def use_replay_volumes(self, volumes: list) -> None:
         """Replay these volumes' structures (the datalist's ``replay`` scans) instead of ``replay_data``."""
@@ -160,9 +229,15 @@ class InteractiveSampled(Randomizable, MapTransform):
         volume = data["volume"]
         out = []
         for _ in range(self.num_samples):
-            source, structure = volume, None
+            if self.distill_fraction and rng.random() < self.distill_fraction:
+                sample = self._unlabelled_sample(volume, rng)
+                if sample is not None:
+                    out.append({"image": sample[0], "label": sample[1], "distill": torch.ones(1)})
+                    continue
+            source, structure, replayed = volume, None, False
             if self.replay and rng.random() < self.replay:
                 source, structure = self._replay_draw(rng)
+                replayed = True
             for _draw in range(MAX_DRAWS):
                 if structure is None:
                     structure = source.structures[int(rng.integers(len(source.structures)))]
@@ -177,7 +252,10 @@ class InteractiveSampled(Randomizable, MapTransform):
                     f"{source.name}: no training ROI of this model holds the structure "
                     f"(tried {MAX_DRAWS} draws); is it tiny?"
                 )
-            out.append({"image": sample[0], "label": sample[1]})
+            item = {"image": sample[0], "label": sample[1]}
+            if self.distilling:
+                item["distill"] = torch.full((1,), float(replayed and self.distill_replay))
+            out.append(item)
         return out
 
 
@@ -252,6 +330,8 @@ class InteractiveTask:
         self.validation_samples = validation_samples
         self.sampler = _find_sampler(components["train#preprocessing"])
         self.clicks = None
+        self.teacher: torch.nn.Module | None = None
+        self.distill_weight = 0.0
 
     def items(self, cases: Sequence) -> list[dict[str, Any]]:
         return [{"image": c.image, "label": c.label} for c in cases]
@@ -262,6 +342,13 @@ class InteractiveTask:
 
         if self.sampler is not None:
             self.sampler.predict = predictor(network, self.kind)
+
+    def use_distillation(self, teacher: torch.nn.Module, weight: float, fraction: float, replay: bool) -> None:
+        """Distil toward ``teacher`` (the frozen starting model): the flagged samples' loss is ``weight`` x
+        the Bernoulli KL divergence of the network's output from the teacher's (:func:`distillation_loss`)."""
+        self.teacher, self.distill_weight = teacher, float(weight)
+        if self.sampler is not None:
+            self.sampler.use_distillation(fraction, replay)
 
     def use_replay_cases(self, cases: Sequence) -> str | None:
         """The replayed samples come from these cases' structures (the datalist's ``replay`` scans); a note
@@ -282,7 +369,18 @@ class InteractiveTask:
     ) -> torch.Tensor:
         x = batch["image"].to(device)
         y = batch["label"].to(device)
-        return self.loss(self._forward(network, x), y[:, :, 0] if self.kind == "deepgrow2d" else y)
+        y = y[:, :, 0] if self.kind == "deepgrow2d" else y
+        logits = self._forward(network, x)
+        flags = batch.get("distill") if self.teacher is not None else None
+        if flags is None or not bool((flags > 0.5).any()):
+            return self.loss(logits, y)
+        d = (flags.reshape(-1) > 0.5).to(device)
+        with torch.no_grad():
+            teacher = self._forward(self.teacher, x[d])
+        loss = self.distill_weight * distillation_loss(logits[d], teacher)
+        if bool((~d).any()):
+            loss = loss + self.loss(logits[~d], y[~d])
+        return loss
 
     @torch.no_grad()
     def validate(
@@ -340,6 +438,17 @@ class InteractiveTask:
         return per
 
 
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over voxels of the KL divergence of the Bernoulli output ``sigmoid(logits)`` from the teacher's
+    ``sigmoid(teacher_logits)`` (0 when they agree); the gradient is that of the cross-entropy to the
+    teacher's probabilities."""
+    import torch.nn.functional as F
+
+    p = torch.sigmoid(teacher_logits)
+    return (F.binary_cross_entropy_with_logits(logits, p, reduction="mean")
+            - F.binary_cross_entropy_with_logits(teacher_logits, p, reduction="mean"))
+
+
 def _find_sampler(transform: Any) -> InteractiveSampled | None:
     for t in getattr(transform, "transforms", [transform]):
         if isinstance(t, InteractiveSampled):
@@ -347,4 +456,5 @@ def _find_sampler(transform: Any) -> InteractiveSampled | None:
     return None
 
 
-__all__ = ["InteractiveSampled", "InteractiveTask", "LoadTrainingVolumed", "default_config"]
+__all__ = ["InteractiveSampled", "InteractiveTask", "LoadTrainingVolumed", "default_config", "distillation_loss",
+           "unlabelled_structure"]

@@ -126,6 +126,23 @@ def select_trainable(network: torch.nn.Module, patterns: list[str] | None) -> in
     return tuned
 
 
+def use_distillation(task, network: torch.nn.Module, settings: dict[str, Any], kind: str, warm: bool) -> None:
+    """Give an interactive task a frozen copy of the starting network as the teacher of
+    ``training#distill``; a :class:`ConfigError` for a kind without it or a job without starting weights."""
+    import copy
+
+    if not hasattr(task, "use_distillation"):
+        raise ConfigError(f"training#distill applies to the interactive models (deepgrow3d, deepgrow2d, dextr3d), "
+                          f"not to a {kind} model; set it to 0")
+    if not warm:
+        raise ConfigError("training#distill keeps the starting model's outputs, but the bundle has no weights "
+                          "(models/model.pt); set it to 0")
+    teacher = copy.deepcopy(network).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    task.use_distillation(teacher, settings["distill"], settings["distill_fraction"], settings["distill_replay"])
+
+
 def configure_validation(task, parser, bundle: Path, kind: str, folder: Path, device: torch.device,
                          clicks: bool = True) -> None:
     """Set an interactive task's validation from the config: ``validation_samples`` ROI samples, and with
@@ -255,6 +272,8 @@ class Runner:
         # L2-SP pulls the tuned weights toward the starting model's (read before a resumed checkpoint).
         self.anchor = {n: p.detach().clone() for n, p in network.named_parameters()
                        if p.requires_grad} if settings["l2sp"] > 0 else {}
+        if settings["distill"] > 0:
+            use_distillation(self.task, network, settings, kind, warm)
         configure_validation(self.task, parser, bundle, kind, self.workdir / "validation_models", self.device,
                              clicks=self.dist.rank == 0)
         if hasattr(self.task, "attach"):

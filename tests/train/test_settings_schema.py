@@ -33,6 +33,12 @@ BUNDLES = Path(__file__).resolve().parents[2] / "claraseg" / "models" / "bundles
     ({"dataset": "smrt"}, "training#dataset = 'smrt' must be one of \"plain\""),
     ({"val_fraction": 1}, "training#val_fraction = 1 must be a number in (0, 1)"),
     ({"max_iteration": 3}, "unknown job setting(s) ['max_iteration'] in 'training'"),
+    ({"distill": -0.5}, "training#distill = -0.5 must be a number in [0, 100]"),
+    ({"distill": 1000}, "training#distill = 1000 must be a number in [0, 100]"),
+    ({"distill": "1"}, "training#distill = '1' must be a number in [0, 100]"),
+    ({"distill_fraction": 0.95}, "training#distill_fraction = 0.95 must be a number in [0, 0.9]"),
+    ({"distill_fraction": float("nan")}, "training#distill_fraction = nan must be a number in [0, 0.9]"),
+    ({"distill_replay": "yes"}, "training#distill_replay = 'yes' must be true or false"),
 ])
 def test_each_bad_setting_is_named_with_what_it_must_be(given, message):
     with pytest.raises(ConfigError) as e:
@@ -71,7 +77,7 @@ def test_a_request_cannot_set_the_fine_tune_settings_and_what_it_may_set_the_sch
     from claraseg.server.validation import TRAINING_SETTINGS, check_overrides
 
     for key, value in (("l2sp", 0.0), ("trainable", None), ("freeze_norm", False), ("max_guard_cases", 0),
-                       ("max_label_drop", 1.0)):
+                       ("max_label_drop", 1.0), ("distill", 0.0), ("distill_fraction", 0.5), ("distill_replay", True)):
         with pytest.raises(ConfigError, match="not allowed from a client"):
             check_overrides({f"training#{key}": value})
     assert set(TRAINING_SETTINGS) <= set(JobSettings.model_fields)
