@@ -127,24 +127,8 @@ def sample_roi(volume, src_spacing: Sequence[float], roi: Roi, mode: str = "bili
     if transform is not None:
         sub = transform(sub)
     grid = _affine_grid(a, b - lo, roi.size, sub.shape).to(sub.device)
-    return grid_sample_parts(sub, grid, mode, "zeros").cpu()
-
-
-def grid_sample_parts(values: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
-    """``F.grid_sample(values[None, None], grid, ...)[0, 0]`` (``align_corners=False``) for a volume ``[K, J, I]``
-    and a grid ``[1, k, j, i, 3]``: the same values. PyTorch's CPU kernel of a 3D grid sample works on one batch
-    item per thread, so on CPU with ``n`` > 1 torch threads the grid is cut into ``n`` equal slabs along k (or
-    j) that run as a batch of ``n`` over the same volume: each output voxel is still computed by the same code
-    from the same coordinates."""
-    n = torch.get_num_threads()
-    k, j = int(grid.shape[1]), int(grid.shape[2])
-    dim = 1 if k % n == 0 else 2 if j % n == 0 else 0
-    if n < 2 or not dim or values.device.type != "cpu":
-        return F.grid_sample(values[None, None], grid, mode=mode, padding_mode=padding_mode, align_corners=False)[0, 0]
-    slabs = torch.cat(grid.chunk(n, dim=dim))
-    out = F.grid_sample(values[None, None].expand(n, 1, *values.shape), slabs, mode=mode, padding_mode=padding_mode,
-                        align_corners=False)
-    return torch.cat(list(out[:, 0]), dim=dim - 1)
+    res = F.grid_sample(sub[None, None], grid, mode=mode, padding_mode="zeros", align_corners=False)
+    return res[0, 0].cpu()
 
 
 def sample_from_roi(values: torch.Tensor, roi: Roi, src_spacing: Sequence[float], start_ijk, stop_ijk) -> torch.Tensor:
@@ -158,7 +142,8 @@ def sample_from_roi(values: torch.Tensor, roi: Roi, src_spacing: Sequence[float]
     if np.count_nonzero(inv - np.diag(np.diag(inv))) == 0:
         return _resample_axis_aligned(values.float(), np.diag(inv), inv @ (start - b), size)
     grid = _affine_grid(inv, inv @ (start - b), size, values.shape)
-    return grid_sample_parts(values.float(), grid, "bilinear", "border")
+    res = F.grid_sample(values.float()[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return res[0, 0]
 
 
 def _resample_axis_aligned(values: torch.Tensor, scale_ijk: np.ndarray, offset_ijk: np.ndarray,
