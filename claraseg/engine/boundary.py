@@ -12,7 +12,11 @@ the boundary can change, and then only on strong evidence; on a grid more than 1
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+import torch
 from scipy import ndimage
 
 from claraseg.engine.masks import BoxMask
@@ -55,7 +59,7 @@ def refine_boundary(voxels: np.ndarray, spacing, mask: BoxMask, roi_spacing, fg=
     if len(fg):
         lo, hi = np.minimum(lo, fg.min(axis=0)), np.maximum(hi, fg.max(axis=0) + 1)
     inside = mask.region(lo, hi) > 0
-    image = np.asarray(voxels[tuple(slice(a, b) for a, b in zip(lo[::-1], hi[::-1]))], dtype=np.float32)
+    image = np.asarray(voxels[tuple(slice(a, b) for a, b in zip(lo[::-1], hi[::-1]))])
     new = _decide(image, inside, scale[::-1], tuple(int(v) for v in factor[::-1]), band, tau, ring, bins)
     if new is None:
         return mask
@@ -68,12 +72,22 @@ def refine_boundary(voxels: np.ndarray, spacing, mask: BoxMask, roi_spacing, fg=
     return BoxMask(mask.size, lo, new.astype(np.uint8))
 
 
-def _blocks(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
-    """Means of ``a`` over blocks of ``f`` voxels (the last, partial blocks padded with edge values)."""
-    pad = [(0, (-n) % k) for n, k in zip(a.shape, f)]
-    a = np.pad(a, pad, mode="edge")
-    s = a.shape
-    return a.reshape(s[0] // f[0], f[0], s[1] // f[1], f[1], s[2] // f[2], f[2]).mean(axis=(1, 3, 5))
+def _block_counts(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
+    """The number of non-zero voxels of the 0/1 array ``a`` in each block of ``f`` voxels, the last, partial
+    blocks padded with edge values (so a block's count over its ``prod(f)`` entries gives the mean the padded
+    array has there): integer sums along one axis at a time."""
+    out = a.view(np.uint8) if a.dtype == np.bool_ else a
+    for axis, k in enumerate(f):
+        if k == 1:
+            continue
+        n = out.shape[axis]
+        starts = np.arange(0, n, k)
+        acc = None
+        for t in range(k):
+            part = np.take(out, np.minimum(starts + t, n - 1), axis=axis).astype(np.int32, copy=False)
+            acc = part.copy() if acc is None else np.add(acc, part, out=acc)
+        out = acc
+    return out.astype(np.int32, copy=False)
 
 
 def _unblock(a: np.ndarray, f: tuple[int, int, int], shape) -> np.ndarray:
@@ -116,18 +130,40 @@ def edt(a: np.ndarray, sampling) -> np.ndarray:
     return np.sqrt(acc, out=acc)
 
 
-def _edt_pair(inside: np.ndarray, sampling) -> np.ndarray:
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _helper(parallel: bool | None = None) -> ThreadPoolExecutor | None:
+    """One worker thread for the second of two independent transforms (scipy's feature transform and numpy's
+    large operations release the GIL), or None: ``parallel`` None asks for it when the engine runs on more
+    than one thread (``torch.get_num_threads``)."""
+    global _pool
+    if not (torch.get_num_threads() > 1 if parallel is None else parallel):
+        return None
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claraseg-boundary")
+        return _pool
+
+
+def _edt_pair(inside: np.ndarray, sampling, parallel: bool | None = None) -> np.ndarray:
     """Signed Euclidean distance (> 0 inside) of each voxel to the nearest voxel of the other side. The
     inside distances are computed on the object's box plus one voxel only (its border is all outside,
-    so that is exact and spares the padding around the object)."""
-    signed = -edt(~inside, sampling)
+    so that is exact and spares the padding around the object). The two transforms are independent: with
+    more than one engine thread (``parallel`` None) the inside one runs on a helper thread meanwhile."""
     box = []
     for axis in range(3):
         hit = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
         box.append(slice(max(int(hit[0]) - 1, 0), int(hit[-1]) + 2))
     box = tuple(box)
     part = inside[box]
-    signed[box] = np.where(part, edt(part, sampling), signed[box])
+    pool = _helper(parallel)
+    pending = pool.submit(edt, part, sampling) if pool is not None else None
+    signed = edt(~inside, sampling)
+    np.negative(signed, out=signed)
+    inner = pending.result() if pending is not None else edt(part, sampling)
+    signed[box] = np.where(part, inner, signed[box])
     return signed
 
 
@@ -137,10 +173,11 @@ def _signed_distance(inside: np.ndarray, scale, f: tuple[int, int, int]) -> np.n
     the blocks (majority inside) and spread back, each voxel at least one voxel from the other side."""
     if f == (1, 1, 1):
         return _edt_pair(inside, tuple(scale))
-    share = _blocks(inside.astype(np.float32), f)
-    coarse = share >= 0.5
+    # A block is inside where at least half its (edge-padded) voxels are, or, when no block is, where any is.
+    counts = _block_counts(inside, f)
+    coarse = 2 * counts >= int(np.prod(f))
     if not coarse.any():
-        coarse = share > 0
+        coarse = counts > 0
     signed = _unblock(_edt_pair(coarse, tuple(np.asarray(scale) * np.asarray(f))), f, inside.shape)
     step = float(np.min(scale))
     np.maximum(signed, step, out=signed, where=inside)
@@ -161,7 +198,7 @@ def _decide(image: np.ndarray, inside: np.ndarray, scale, f: tuple[int, int, int
     background = (signed < -band) & (signed >= -(band + ring))
     if np.count_nonzero(core) < MIN_SAMPLES or np.count_nonzero(background) < MIN_SAMPLES:
         return None
-    samples = image[core | background]
+    samples = image[core | background].astype(np.float32)
     low, high = np.percentile(samples[:: max(1, len(samples) // MAX_SAMPLES)], [0.5, 99.5])
     if not high > low:
         return None
@@ -175,9 +212,9 @@ def _decide(image: np.ndarray, inside: np.ndarray, scale, f: tuple[int, int, int
         h = ndimage.gaussian_filter1d(h, 1.0)
         return h / h.sum()
 
-    log_ratio = np.log(density(image[core])) - np.log(density(image[background]))
+    log_ratio = np.log(density(image[core].astype(np.float32))) - np.log(density(image[background].astype(np.float32)))
     band_voxels = (signed <= band + 0.5) & (signed >= -(band + 0.5))  # |signed| <= band + 0.5
-    idx = bin_of(image[band_voxels])
+    idx = bin_of(image[band_voxels].astype(np.float32))
     new = inside.copy()
     new[band_voxels] = log_ratio[idx] + signed[band_voxels] / tau > 0
     if not np.any(new > inside):

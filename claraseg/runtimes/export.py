@@ -25,6 +25,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from claraseg.errors import ConfigError, UnknownModelError
 from claraseg.models.bundle import METADATA, Bundle, write_json_atomic
 
@@ -87,9 +89,54 @@ def _atomic_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
+def scalar_prelu_as_leaky_relu(model) -> int:
+    """Rewrite, in the ONNX ``model`` (a ``ModelProto``), every ``PRelu`` whose slope is one constant number as
+    ``LeakyRelu`` with that slope as ``alpha`` (the same function, float32 for float32: ``x`` where ``x >= 0``,
+    else ``alpha * x``), and drop the slope tensors no node reads any more. ONNX Runtime runs PRelu as a
+    broadcasting binary operator and LeakyRelu as a vectorised activation. Returns the number of nodes
+    rewritten (0 for a graph that has none left)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and len(n.output) == 1}
+
+    def scalar(name: str):
+        if name in inits:
+            a = numpy_helper.to_array(inits[name])
+        elif name in consts:
+            value = [a for a in consts[name].attribute if a.name == "value"]
+            if not value:
+                return None
+            a = numpy_helper.to_array(value[0].t)
+        else:
+            return None
+        return float(a.reshape(-1)[0]) if a.size == 1 and a.dtype == np.float32 else None
+
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        alpha = scalar(node.input[1]) if node.op_type == "PRelu" and len(node.input) == 2 else None
+        if alpha is None:
+            nodes.append(node)
+            continue
+        nodes.append(helper.make_node("LeakyRelu", [node.input[0]], list(node.output), name=node.name, alpha=alpha))
+        rewritten += 1
+    if not rewritten:
+        return 0
+    used = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
+    nodes = [n for n in nodes if not (n.op_type == "Constant" and n.output[0] not in used)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    return rewritten
+
+
 def onnx_bytes(net, shape: tuple[int, ...], metadata: dict[str, str] | None = None) -> bytes:
     """The ONNX model of a torch network taking ``[batch, *shape]`` float32 (batch axis dynamic), with
-    ``metadata`` in its ``metadata_props``; checked by ``onnx.checker``."""
+    ``metadata`` in its ``metadata_props``, its single-slope PReLUs as LeakyReLUs
+    (:func:`scalar_prelu_as_leaky_relu`); checked by ``onnx.checker``."""
     import onnx
     import torch
 
@@ -107,6 +154,7 @@ def onnx_bytes(net, shape: tuple[int, ...], metadata: dict[str, str] | None = No
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], external_data=False,
                               dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
     model = onnx.load_from_string(buf.getvalue())
+    scalar_prelu_as_leaky_relu(model)
     for key, value in (metadata or {}).items():
         prop = model.metadata_props.add()
         prop.key, prop.value = key, str(value)

@@ -110,12 +110,17 @@ class _ExportedNet(abc.ABC):
 
 class OnnxRuntimeNet(_ExportedNet):
     """ONNX Runtime's CPU execution provider, ``threads`` intra-op threads, no spinning between runs (the
-    machine's other work keeps its cores). ``InferenceSession.run`` is thread-safe."""
+    machine's other work keeps its cores), on the file's graph with its single-slope PReLUs as LeakyReLUs
+    (:func:`~claraseg.runtimes.export.scalar_prelu_as_leaky_relu`: the same outputs, faster; files exported
+    before that rewrite get it here). ``InferenceSession.run`` is thread-safe."""
 
     runtime = "onnxruntime"
 
     def __init__(self, onnx_path: str | os.PathLike, module, shape: tuple[int, ...], threads: int):
+        import onnx
         import onnxruntime as ort
+
+        from claraseg.runtimes.export import scalar_prelu_as_leaky_relu
 
         super().__init__(onnx_path, module, shape, threads)
         opts = ort.SessionOptions()
@@ -125,7 +130,11 @@ class OnnxRuntimeNet(_ExportedNet):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        model = onnx.load(str(onnx_path))
+        #: Nodes rewritten at load (a file exported before the rewrite): its agreement is checked anew.
+        self.rewritten = scalar_prelu_as_leaky_relu(model)
+        source = model.SerializeToString() if self.rewritten else str(onnx_path)
+        self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.output = self.session.get_outputs()[0].name
 
@@ -197,7 +206,9 @@ def onnx_path(bundle: Bundle, module=None) -> Path:
         if props.get("claraseg_weights_sha256") == digest:
             return shipped
     shape = input_shape(bundle)
-    key = f"{digest[:20]}-{'x'.join(map(str, shape))}-opset{OPSET}-torch{torch.__version__.split('+')[0]}"
+    # "lrelu": exported with the single-slope PReLUs as LeakyReLUs (files without it are rewritten at load).
+    key = (f"{digest[:20]}-{'x'.join(map(str, shape))}-opset{OPSET}-lrelu-"
+           f"torch{torch.__version__.split('+')[0]}")
     path = cache_dir() / "onnx" / f"{bundle.name}-{key}.onnx"
     if path.is_file():
         try:
@@ -286,13 +297,14 @@ def _package_version(name: str) -> str:
 
 def _agreement_record(net: _ExportedNet, runtime: str) -> Path:
     """Where the agreement of ``runtime`` with torch on this exact ONNX file is recorded (the file's hash:
-    the file carries the weights; torch's and the runtime's versions)."""
+    the file carries the weights; whether its graph was rewritten at load; torch's and the runtime's versions)."""
     import hashlib
 
     import torch
 
     digest = hashlib.sha256(net.path.read_bytes()).hexdigest()[:24]
-    return cache_dir() / "checked" / (f"{digest}-{runtime}{_package_version(runtime)}-"
+    graph = "-leakyrelu" if getattr(net, "rewritten", 0) else ""
+    return cache_dir() / "checked" / (f"{digest}{graph}-{runtime}{_package_version(runtime)}-"
                                       f"torch{torch.__version__.split('+')[0]}.json")
 
 
