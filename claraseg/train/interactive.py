@@ -43,11 +43,15 @@ DISTILL_RADIUS_MM = (6.0, 60.0)
 DISTILL_TOLERANCE = (0.03, 0.12)
 DISTILL_MIN_INTENSITY = 0.05
 DISTILL_MIN_VOXELS = 27
+#: Half the seed voxels are drawn at a uniformly drawn intensity (within this width), half uniformly in space.
+DISTILL_LEVEL_WIDTH = 0.02
 
 
 def unlabelled_structure(volume: TrainingVolume, rng: np.random.Generator) -> tuple[TrainingVolume, Structure] | None:
     """A pseudo-structure where the volume has no label: the voxels connected to a random seed voxel (not
-    air, not labelled) within a random radius whose intensity is close to the seed's. Returns the volume
+    air, not labelled; half the seeds drawn at a random intensity level, so that rare tissue such as
+    contrast-filled vessels and bone is drawn as often as fat or muscle) within a random radius whose
+    intensity is close to the seed's. Returns the volume
     with that region as a new label value and its :class:`Structure`, or None when the draw found no region."""
     from scipy import ndimage
 
@@ -55,7 +59,15 @@ def unlabelled_structure(volume: TrainingVolume, rng: np.random.Generator) -> tu
 
     img, lab = volume.image, volume.label
     for _draw in range(MAX_DRAWS):
-        seed = tuple(int(rng.integers(n)) for n in img.shape)  # [k, j, i]
+        if rng.random() < 0.5:
+            seed = tuple(int(rng.integers(n)) for n in img.shape)  # [k, j, i]
+        else:
+            # A voxel of a random intensity: rare tissue (contrast-filled vessels, bone) as often as common.
+            level = rng.uniform(DISTILL_MIN_INTENSITY, max(DISTILL_MIN_INTENSITY, float(img.max())))
+            near = np.flatnonzero(np.abs(img - level) <= DISTILL_LEVEL_WIDTH)
+            if not len(near):
+                continue
+            seed = tuple(int(v) for v in np.unravel_index(near[rng.integers(len(near))], img.shape))
         if img[seed] > DISTILL_MIN_INTENSITY and not lab[seed]:
             break
     else:
