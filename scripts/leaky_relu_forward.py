@@ -5,7 +5,8 @@ engine runs), interleaved round by round, at the engine's session options.
     python scripts/leaky_relu_forward.py --threads 2 --rounds 15 --json results/leaky_relu_forward_<date>.json
 
 Per network and batch (the click path's: DeepGrow 3D 1, DEXTR3D 2 and 4, DeepGrow 2D 4): median wall and process
-CPU ms per forward of each graph, their ratio, and whether the outputs are bit-identical on seeded inputs.
+CPU ms per forward of each graph, their ratio, and whether the outputs are bit-identical on seeded inputs. With
+``--ops``, also each graph's time per operator type from ONNX Runtime's profiler (its share of the forward).
 """
 
 from __future__ import annotations
@@ -33,11 +34,44 @@ def _session(source, threads: int):
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
+def _op_shares(source, threads: int, x: np.ndarray, runs: int = 5) -> dict[str, float]:
+    """Percent of the profiled kernel time per operator type over ``runs`` forwards of ``x``."""
+    import json
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    opts.enable_profiling = True
+    opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
+    s = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        s.run(None, {s.get_inputs()[0].name: x})
+    path = s.end_profiling()
+    with open(path) as f:
+        events = json.load(f)
+    os.remove(path)
+    totals: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e["args"]["op_name"]
+            totals[op] = totals.get(op, 0.0) + float(e["dur"])
+    whole = sum(totals.values()) or 1.0
+    return {op: round(100.0 * t / whole, 1) for op, t in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--json")
+    p.add_argument("--ops", action="store_true", help="operator shares from ONNX Runtime's profiler")
     args = p.parse_args(argv)
 
     import onnx
@@ -82,6 +116,10 @@ def main(argv=None) -> int:
             row[f"{k}_cpu_ms"] = round(float(np.median(cpu[k])), 2)
         row["wall_ratio"] = round(row["leaky_relu_wall_ms"] / row["prelu_wall_ms"], 3)
         row["cpu_ratio"] = round(row["leaky_relu_cpu_ms"] / row["prelu_cpu_ms"], 3)
+        if args.ops:
+            row["op_share_pct"] = {"prelu": _op_shares(plain.SerializeToString(), args.threads, x),
+                                   "leaky_relu": _op_shares(rewritten.SerializeToString(), args.threads, x)}
+            print(f"{name} batch {batch} operator shares (%): {row['op_share_pct']}")
         rows.append(row)
         print(f"{name} batch {batch}: PReLU {row['prelu_wall_ms']} ms (CPU {row['prelu_cpu_ms']}), LeakyReLU "
               f"{row['leaky_relu_wall_ms']} ms (CPU {row['leaky_relu_cpu_ms']}): wall {row['wall_ratio']}x, CPU "

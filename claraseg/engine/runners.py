@@ -114,7 +114,7 @@ def _paste_roi(prob: torch.Tensor, roi: Roi, vol: Volume, threshold: float, mask
     if mask is not None and mask_roi is not None and not mask.is_empty:
         seen = sample_from_roi(torch.as_tensor(mask_roi, dtype=torch.float32), roi, vol.spacing, start, stop)
         back = np.where(back != (seen.numpy() > 0.5), back, mask.region(start, stop) > 0)
-    return start, back.astype(np.uint8)
+    return start, back.view(np.uint8)  # the booleans' own bytes, 0/1
 
 
 def run_deepgrow(net, kind: str, settings: dict, vol: Volume, mask, fg: np.ndarray, bg: np.ndarray,

@@ -120,6 +120,9 @@ def sample_roi(volume, src_spacing: Sequence[float], roi: Roi, mode: str = "bili
     out_shape = tuple(roi.size[::-1])
     if np.any(hi <= lo):
         return torch.zeros(out_shape, dtype=torch.float32)
+    if mode == "nearest" and transform is None and not isinstance(volume, torch.Tensor) \
+            and not np.count_nonzero(a - np.diag(np.diag(a))):
+        return _nearest_axis_aligned(volume, a, b, lo, hi, roi.size)
     sub = volume[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
     if isinstance(sub, np.ndarray):  # a view of the box, converted to float32 by the one copy below
         sub = torch.from_numpy(sub if sub.flags.writeable else np.ascontiguousarray(sub))
@@ -129,6 +132,47 @@ def sample_roi(volume, src_spacing: Sequence[float], roi: Roi, mode: str = "bili
     grid = _affine_grid(a, b - lo, roi.size, sub.shape).to(sub.device)
     res = F.grid_sample(sub[None, None], grid, mode=mode, padding_mode="zeros", align_corners=False)
     return res[0, 0].cpu()
+
+
+def _nearest_axis_aligned(volume, a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                          size_ijk: Sequence[int]) -> torch.Tensor:
+    """What :func:`sample_roi` computes in ``nearest`` mode for an ROI whose axes are the volume's (``a``
+    diagonal), without converting the source box to float or building the whole grid: along such an ROI
+    each output axis reads one source axis, so ``grid_sample`` picks, per axis, the same source index for
+    every output voxel of a plane. Those indices are ``grid_sample``'s own: the grid's coordinates along
+    the axis (from :func:`_affine_grid` on the same box) are sampled from a ramp of the box's length. The
+    output is then the voxels at those indices (0 where an index falls outside the box)."""
+    box = hi - lo
+    index = []
+    for axis in range(3):
+        size = [1, 1, 1]
+        size[axis] = int(size_ijk[axis])
+        coord = _affine_grid(a, b - lo, size, tuple(box[::-1]))[..., axis].reshape(1, 1, 1, -1)
+        grid = torch.zeros((1, 1, 1, coord.shape[-1], 3), dtype=torch.float32)
+        grid[..., 0] = coord
+        ramp = torch.arange(1, int(box[axis]) + 1, dtype=torch.float32).view(1, 1, 1, 1, -1)
+        picked = F.grid_sample(ramp, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        index.append(picked.reshape(-1).numpy().astype(np.int64) - 1)  # -1: outside the box
+    out = torch.zeros(tuple(int(v) for v in size_ijk[::-1]), dtype=torch.float32)
+    inside = [i >= 0 for i in index]
+    if not all(v.any() for v in inside):
+        return out
+    first = np.array([int(i[v].min()) for i, v in zip(index, inside)])
+    last = np.array([int(i[v].max()) for i, v in zip(index, inside)])
+    start, stop = lo + first, lo + last + 1
+    values = np.asarray(volume[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]])
+    picked = torch.from_numpy(np.ascontiguousarray(values))
+    for axis in range(3):
+        dim = 2 - axis
+        rows = np.flatnonzero(inside[axis])
+        picked = picked.index_select(dim, torch.from_numpy(index[axis][rows] - first[axis]))
+    rows = [np.flatnonzero(v) for v in inside[::-1]]  # [k, j, i]
+    if all(r[-1] - r[0] + 1 == len(r) for r in rows):  # one run per axis (an ROI's indices grow along it)
+        out[tuple(slice(int(r[0]), int(r[-1]) + 1) for r in rows)] = picked
+    else:
+        planes = [torch.from_numpy(r) for r in rows]
+        out[planes[0][:, None, None], planes[1][None, :, None], planes[2][None, None, :]] = picked.to(torch.float32)
+    return out
 
 
 def sample_from_roi(values: torch.Tensor, roi: Roi, src_spacing: Sequence[float], start_ijk, stop_ijk) -> torch.Tensor:

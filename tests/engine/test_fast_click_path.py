@@ -23,8 +23,8 @@ from claraseg.engine.boundary import edt
 from claraseg.engine.masks import BoxMask, nonzero_box
 from claraseg.engine.onednn import OneDnnConv, onednn_network
 from claraseg.engine.session import compact_array, normaliser
-from claraseg.guidance import extreme_points, sample_roi, square_roi
-from claraseg.guidance.roi import _resample_axis_aligned
+from claraseg.guidance import box_roi, extreme_points, sample_roi, square_roi
+from claraseg.guidance.roi import _affine_grid, _resample_axis_aligned, slice_axes
 from claraseg.io.geometry import bounding_box
 from claraseg.models.preprocess import apply_intensity
 from claraseg.models.training import network_input
@@ -162,6 +162,45 @@ def test_in_place_normalisation_and_one_copy_sampling_are_exact():
     before = vol.copy()
     sample_roi(vol, [0.7, 0.7, 2.0], roi, transform=normaliser((0.0, 1.0, 1.0)))
     assert np.array_equal(vol, before)  # the transform changed the sampler's copy, not the volume
+
+
+def _reference_nearest(volume, spacing, roi):
+    """``sample_roi``'s nearest mode as one ``grid_sample`` over the float32 source box."""
+    a, b = roi.affine(spacing)
+    q = roi.corners_index(spacing)
+    shape = np.asarray(volume.shape[::-1], dtype=np.int64)
+    lo = np.clip(np.floor(q.min(axis=0)).astype(np.int64) - 1, 0, shape)
+    hi = np.clip(np.ceil(q.max(axis=0)).astype(np.int64) + 2, 0, shape)
+    if np.any(hi <= lo):
+        return torch.zeros(tuple(roi.size[::-1]))
+    sub = torch.from_numpy(np.ascontiguousarray(np.asarray(volume[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]))).float()
+    grid = _affine_grid(a, b - lo, roi.size, sub.shape)
+    return torch.nn.functional.grid_sample(sub[None, None], grid, mode="nearest", padding_mode="zeros",
+                                           align_corners=False)[0, 0]
+
+
+def test_nearest_sampling_of_axis_aligned_rois_equals_grid_sample_exactly():
+    """Masks (BoxMask) and arrays of several dtypes, ROIs inside, across and outside the volume, grids on
+    half voxels (rounding ties), 2D slice ROIs along every axis (i and j ones take grid_sample itself)."""
+    rng = np.random.default_rng(9)
+    for t in range(300):
+        shape = tuple(int(v) for v in rng.integers(2, 40, 3))
+        m = rng.random(shape) < 0.4
+        if t % 2:
+            vol = BoxMask(shape[::-1], None, m.astype(np.uint8))
+        else:
+            vol = (rng.normal(size=shape) * 100).astype([np.int16, np.float32, np.uint8, np.float16][t % 4 // 2 + t % 3])
+        sp = rng.random(3) * 2 + 0.3 if t % 3 else np.array([0.5, 0.5, 2.0])
+        centre = rng.random(3) * np.asarray(shape[::-1]) * 1.6 - 0.3 * np.asarray(shape[::-1])
+        size = tuple(int(v) for v in rng.integers(1, 30, 3))
+        if t % 5 == 0:
+            roi = square_roi(np.rint(centre * 2) / 2, sp, [0.25, 0.5, 1.0, 2.0][t % 4] * float(sp[0]), size)
+        elif t % 5 == 1:
+            roi = square_roi(centre, sp, [float(rng.random() * 3 + 0.2)] * 2 + [float(sp[t % 3])], (size[0], size[1], 1),
+                             slice_axes(t % 3))
+        else:
+            roi = box_roi(centre - rng.random(3) * 15, centre + rng.random(3) * 15, sp, float(rng.random() * 8), size)
+        assert torch.equal(sample_roi(vol, sp, roi, mode="nearest"), _reference_nearest(vol, sp, roi))
 
 
 @pytest.fixture(scope="module")
