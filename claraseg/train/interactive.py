@@ -51,8 +51,8 @@ def unlabelled_structure(volume: TrainingVolume, rng: np.random.Generator) -> tu
     """A pseudo-structure where the volume has no label: the voxels connected to a random seed voxel (not
     air, not labelled; half the seeds drawn at a random intensity level, so that rare tissue such as
     contrast-filled vessels and bone is drawn as often as fat or muscle) within a random radius whose
-    intensity is close to the seed's. Returns the volume
-    with that region as a new label value and its :class:`Structure`, or None when the draw found no region."""
+    intensity is close to the seed's. Returns the volume with that region as a new label value and its
+    :class:`Structure`, or None when the draw found no region (or the label map has no value left)."""
     from scipy import ndimage
 
     from claraseg.models.volumes import Structure, TrainingVolume
@@ -82,9 +82,9 @@ def unlabelled_structure(volume: TrainingVolume, rng: np.random.Generator) -> tu
     parts, _ = ndimage.label(ball & close & (lab[box] == 0))
     local = tuple(c - a for c, a in zip(seed, lo))
     region = parts == parts[local]
-    if region.sum() < DISTILL_MIN_VOXELS:
-        return None
     value = int(lab.max()) + 1
+    if region.sum() < DISTILL_MIN_VOXELS or value > np.iinfo(lab.dtype).max:
+        return None
     label = lab.copy()
     label[box][region] = value
     kji = np.argwhere(region) + np.asarray(lo)
