@@ -98,16 +98,24 @@ def _unblock(a: np.ndarray, f: tuple[int, int, int], shape) -> np.ndarray:
     return out[: shape[0], : shape[1], : shape[2]]
 
 
+#: scipy's private feature-transform entry point, or None once it is missing or refused a call (a scipy
+#: whose internals changed): the public wrapper is used from then on.
+_private_feature = getattr(getattr(ndimage, "_nd_image", None), "euclidean_feature_transform", None)
+
+
 def _feature_transform(a: np.ndarray, sampling: np.ndarray) -> np.ndarray:
     """The nearest zero voxel's indices ``(3, ...)`` int32 of a boolean 3D array: scipy's feature transform
     called on the array's bytes (scipy's wrapper first makes an int64 0/1 copy of the whole array and then
-    an int8 one), or through the wrapper where that entry point is missing."""
-    feature = getattr(getattr(ndimage, "_nd_image", None), "euclidean_feature_transform", None)
-    if a.dtype != np.bool_ or feature is None:
-        return ndimage.distance_transform_edt(a, sampling=sampling, return_distances=False, return_indices=True)
-    ft = np.zeros((3,) + a.shape, dtype=np.int32)
-    feature(np.ascontiguousarray(a).view(np.int8), np.ascontiguousarray(sampling, np.float64), ft)
-    return ft
+    an int8 one), or through the wrapper where that entry point is missing or refuses the call."""
+    global _private_feature
+    if a.dtype == np.bool_ and _private_feature is not None:
+        ft = np.zeros((3,) + a.shape, dtype=np.int32)
+        try:
+            _private_feature(np.ascontiguousarray(a).view(np.int8), np.ascontiguousarray(sampling, np.float64), ft)
+            return ft
+        except (TypeError, ValueError, RuntimeError):
+            _private_feature = None
+    return ndimage.distance_transform_edt(a, sampling=sampling, return_distances=False, return_indices=True)
 
 
 def edt(a: np.ndarray, sampling) -> np.ndarray:

@@ -152,3 +152,18 @@ def test_the_two_transforms_give_the_same_distances_on_one_thread_or_two():
         assert np.array_equal(serial, boundary._edt_pair(m, sampling, parallel=True))
         assert np.array_equal(serial, np.where(m, ndimage.distance_transform_edt(m, sampling=sampling),
                                                -ndimage.distance_transform_edt(~m, sampling=sampling)))
+
+
+def test_distances_fall_back_to_scipys_wrapper_when_its_private_entry_point_is_missing_or_refuses(monkeypatch):
+    rng = np.random.default_rng(5)
+    m = rng.random((9, 11, 7)) < 0.4
+    sampling = (0.7, 1.3, 2.0)
+    expected = ndimage.distance_transform_edt(m, sampling=sampling)
+
+    def refuses(*args):
+        raise TypeError("euclidean_feature_transform() takes other arguments")
+
+    monkeypatch.setattr(boundary, "_private_feature", refuses)
+    assert np.array_equal(boundary.edt(m, sampling), expected)
+    assert boundary._private_feature is None  # not tried again
+    assert np.array_equal(boundary.edt(m, sampling), expected)
