@@ -161,7 +161,7 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
                 budget_s: float | None = 540.0, interactions: int = 5, overrides: dict[str, Any] | None = None,
                 untuned: list[str] | tuple[str, ...] = UNTUNED, iterations: int | None = None,
                 guard: bool = True, noise_seeds: int = 0, noise_scale: float = 1e-3,
-                replay_untuned: bool = False, click_sequences: int = 1) -> dict[str, Any]:
+                replay_untuned: bool = False, click_sequences: int = 1, refit: bool = True) -> dict[str, Any]:
     """Fine-tune an interactive bundle on the lower half (in slices) of each structure of the sample CT and
     evaluate the click protocol before and after on the upper half; each part in an image cropped to it.
 
@@ -177,7 +177,10 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
     ``iterations`` fixes the number of optimizer steps (reproducible);
     ``budget_s`` stops the training earlier after that much time. ``noise_seeds`` > 0 also measures the
     test's own precision (:func:`perturbation_floor`): the same protocol with the starting model's weights
-    each multiplied by ``1 + noise_scale * N(0, 1)``."""
+    each multiplied by ``1 + noise_scale * N(0, 1)``. ``refit``: the models folder holds the bundle's shape
+    re-fit model (DEXTR3D, ``shape_refit_model``) beside it, as a user's registry does, so the clicks of
+    the test and of the job's validation are re-fit as a user's are; False: the bundle's copy names no
+    re-fit model (its clicks run without the re-fit)."""
     import shutil
 
     from claraseg.engine.backend import LocalBackend
@@ -192,6 +195,16 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
     start = models / bundle.name.split("@")[0]
     shutil.copytree(bundle, start)
     kind = read_bundle(start).kind
+    from claraseg.train.clickval import copy_shape_refit
+
+    if refit:
+        refit_model = copy_shape_refit(bundle, models)
+    else:
+        meta_path = start / "configs" / "metadata.json"
+        meta = json.loads(meta_path.read_text())
+        (meta.get("claraseg") or {}).pop("shape_refit_model", None)
+        write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
+        refit_model = None
     image = read_image(data_dir / "ct_abdomen_3mm" / "image.nii.gz")
     label = read_image(data_dir / "ct_abdomen_3mm" / "label.nii.gz", label=True)
     names = {v: i.name for v, i in read_labels_json(data_dir / "ct_abdomen_3mm" / "labels.json").items()}
@@ -289,7 +302,8 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
     weights = start / "models" / "model.pt"
     settings_event = next((e for e in events if e.get("message") == "configuration validated"), {})
     return {"machine": machine(), "threads": threads, "bundle": str(bundle), "kind": kind, "structures": structures,
-            "untuned": list(untuned), "guard": guard, "replay_untuned": replay_untuned, "overrides": overrides or {}, "job_settings": settings_event.get("settings"),
+            "untuned": list(untuned), "guard": guard,
+            "shape_refit_model": refit_model.name if refit_model else None, "replay_untuned": replay_untuned, "overrides": overrides or {}, "job_settings": settings_event.get("settings"),
             "tuned_parameters": settings_event.get("tuned_parameters"),
             "weights": {"sha256": hashlib.sha256(weights.read_bytes()).hexdigest()[:16],
                         "modified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(weights.stat().st_mtime))},
