@@ -360,9 +360,10 @@ class Runner:
         """WiSE-FT (``training#wise``): validate the interpolations ``start + alpha * (end - start)`` of the
         starting weights and the weights at the end of training (alpha 1: the end's own final validation)
         and keep the best score at which no held-out or guard structure lost more than ``max_label_drop``
-        (``best.pt``); the training's own checkpoints are not candidates. Returns the new best (dice None
-        when no interpolation qualified: nothing is published)."""
+        (``best.pt``; the end's weights are kept as ``end.pt``); the training's own checkpoints are not
+        candidates. Returns the new best (dice None when no interpolation qualified: nothing is published)."""
         end = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        atomic_torch_save(end, self.ckpt_dir / "end.pt")  # what the interpolations start from, for audits
         history = self.validation.history
         validated_end = bool(history) and history[-1]["iteration"] == self.iteration
         best: dict[str, Any] = {"dice": None, "iteration": None, "alpha": None}

@@ -108,10 +108,11 @@ def test_auto_publishes_the_best_interpolation_no_structure_of_which_fell_too_fa
 
 
 def test_wise_needs_starting_weights(tmp_path):
+    from claraseg.train.api import fine_tune
+
     bundle = tiny_bundle(tmp_path / "models", "deepgrow3d")
     (bundle / "models" / "model.pt").unlink()
     (tmp_path / "datalist.json").write_text(json.dumps([phantom_case(21, tmp_path / "data")]))
-    job, status = run_job(bundle, tmp_path / "datalist.json", {**FAST_WISE, "training#wise": "auto"},
-                          tmp_path / "job")
-    assert status["state"] == "failed"
-    assert status["error"]["code"] == "config_error" and "training#wise" in status["error"]["message"]
+    with pytest.raises(ConfigError, match="training#wise interpolates toward the starting weights"):
+        fine_tune(bundle, tmp_path / "datalist.json", tmp_path / "job", iterations=2, threads=1,
+                  overrides={**FAST_WISE, "training#wise": "auto"})
