@@ -11,7 +11,7 @@ from claraseg.models.schema import TrainSampling, check_train_sampling
 def check_train_config(train: dict | None) -> None:
     """The optional sampling keys of a training config, checked by one schema
     (:class:`claraseg.models.schema.TrainSampling`): ``roi_scale_range`` and ``box_scale_range`` must be
-    [low, high] with 0 < low <= high; the ``p_*`` keys probabilities; ``by_size_power`` in 0..2;
+    [low, high] with 0 < low <= high; the ``p_*`` keys probabilities; ``by_size_power`` in -1..2;
     ``max_loop_clicks`` an integer >= 1; ``domain_randomization`` true or false. A
     :class:`~claraseg.errors.TrainingDataError` names the key and what to give."""
     check_train_sampling(train, {**TRAIN_DEFAULTS["deepgrow"], **TRAIN_DEFAULTS["dextr3d"]})
@@ -23,7 +23,8 @@ def check_train_config(train: dict | None) -> None:
 #: sized from the object); ``p_from_scratch``: share of DeepGrow samples that start from a first click on
 #: an empty mask (else from an imperfect current mask), ``p_from_scratch_cut`` the same for objects cut by
 #: the ROI or the field of view under domain randomisation; ``p_by_size``: share of structure draws weighted
-#: by size, in proportion to (volume in mm³) ** ``by_size_power`` (else uniform).
+#: by size, in proportion to (volume in mm³) ** ``by_size_power`` (else uniform); a negative power favours
+#: small structures.
 TRAIN_DEFAULTS: dict[str, dict] = {
     "deepgrow": {"p_model_in_loop": 0.4, "max_loop_clicks": 3, "roi_scale_range": None, "domain_randomization": False,
                  "p_first_click_roi": 0.35, "p_from_scratch": 0.4, "p_from_scratch_cut": 0.65, "p_by_size": 0.4,

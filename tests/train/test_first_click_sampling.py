@@ -59,8 +59,14 @@ def test_draws_by_size_favour_large_structures_more_with_a_higher_power():
     assert linear > 0.95  # 8,000 voxels against 4 x 27
 
 
+def test_a_negative_power_favours_small_structures():
+    uniform = _large_share(p_by_size=0.0)
+    inverse = _large_share(p_by_size=1.0, by_size_power=-0.5)
+    assert inverse < 0.5 * uniform
+
+
 @pytest.mark.parametrize("cfg", [{"p_first_click_roi": 1.2}, {"p_from_scratch": -0.5}, {"p_from_scratch_cut": "1"},
-                                 {"p_by_size": True}, {"by_size_power": 3}, {"by_size_power": None},
+                                 {"p_by_size": True}, {"by_size_power": 3}, {"by_size_power": -1.5}, {"by_size_power": None},
                                  {"p_from_scratch": None}])
 def test_bad_first_click_keys_are_refused(cfg):
     with pytest.raises(TrainingDataError, match=next(iter(cfg))):
