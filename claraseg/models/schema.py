@@ -299,6 +299,7 @@ class TrainSampling(BaseModel):
     p_from_scratch: _Probability = None
     p_from_scratch_cut: _Probability = None
     p_by_size: _Probability = None
+    p_local_errors: _Probability = None
     domain_randomization: Annotated[bool, Strict(), Field(
         default=None, description="give true or false (synthetic contrasts, bias fields, thick slices and cut "
                                   "fields of view in the training samples)")]
