@@ -54,6 +54,29 @@ def corrupt_mask(gt: np.ndarray, roi_label: np.ndarray, rng: np.random.Generator
     return m.reshape(gt.shape).astype(np.uint8)
 
 
+def local_errors(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A current mask that is right except in one to four patches of the boundary, each grown or shrunk by
+    one or two voxels within a ball of 3-10 voxels around a boundary voxel: the errors left after a few
+    clicks, which a click should fix where it is and nowhere else. ``[k, j, i]``."""
+    g = _squeeze(gt).astype(bool)
+    st = ndimage.generate_binary_structure(g.ndim, 1)
+    grown = [ndimage.binary_dilation(g, st, iterations=k) for k in (1, 2)]
+    shrunk = [ndimage.binary_erosion(g, st, iterations=k) for k in (1, 2)]
+    edge = np.argwhere(grown[0] & ~shrunk[0])
+    m = g.copy()
+    if len(edge):
+        grid = np.indices(g.shape).reshape(g.ndim, -1).T
+        for _ in range(int(rng.integers(1, 5))):
+            p = edge[rng.integers(len(edge))]
+            r = rng.uniform(3.0, 10.0)
+            ball = (((grid - p) ** 2).sum(axis=1) <= r * r).reshape(g.shape)
+            changed = (grown if rng.random() < 0.5 else shrunk)[int(rng.integers(2))]
+            m[ball] = changed[ball]
+    if np.array_equal(m, g):
+        m = grown[0]
+    return m.reshape(gt.shape).astype(np.uint8)
+
+
 def _fill_ball(work: np.ndarray, gt: np.ndarray, kji, radius: float) -> None:
     """Make ``work`` equal to ``gt`` in a ball around a clicked voxel, so the next simulated click goes elsewhere."""
     lo = [max(0, int(c - radius)) for c in kji]
@@ -102,16 +125,17 @@ def simulate_clicks(img: torch.Tensor, gt: np.ndarray, roi_label: np.ndarray, se
                 prev = pred.astype(np.uint8)
                 add(click)
     else:
-        prev, fg, bg = refine_clicks(gt, roi_label, rng)
+        prev, fg, bg = refine_clicks(gt, roi_label, rng, float(sampling["p_local_errors"]))
     return interactive_input(img, fg, bg, prev, sigma)
 
 
-def refine_clicks(gt: np.ndarray, roi_label: np.ndarray, rng: np.random.Generator):
-    """An imperfect current mask (:func:`corrupt_mask`) with a few earlier clicks it agrees with and one
-    or two new ones on its errors: ``(mask, fg, bg)``."""
+def refine_clicks(gt: np.ndarray, roi_label: np.ndarray, rng: np.random.Generator, p_local: float = 0.0):
+    """An imperfect current mask (:func:`corrupt_mask`, or with probability ``p_local`` one wrong only in
+    patches of its boundary, :func:`local_errors`) with a few earlier clicks it agrees with and one or two
+    new ones on its errors: ``(mask, fg, bg)``."""
     fg: list = []
     bg: list = []
-    prev = corrupt_mask(gt, roi_label, rng)
+    prev = local_errors(gt, rng) if p_local > 0 and rng.random() < p_local else corrupt_mask(gt, roi_label, rng)
     for _ in range(int(rng.integers(0, 3))):
         if rng.random() < 0.6:
             p = _random_inside(gt.astype(bool) & prev.astype(bool), rng)

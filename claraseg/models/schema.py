@@ -305,12 +305,13 @@ class TrainSampling(BaseModel):
     p_from_scratch: _Probability = None
     p_from_scratch_cut: _Probability = None
     p_by_size: _Probability = None
+    p_local_errors: _Probability = None
     domain_randomization: Annotated[bool, Strict(), Field(
         default=None, description="give true or false (synthetic contrasts, bias fields, thick slices and cut "
                                   "fields of view in the training samples)")]
     by_size_power: Annotated[float, Strict(), Field(
-        default=None, ge=0, le=2, description="give a number between 0 and 2 (0: uniform, 0.5: square root of "
-                                              "the volume, 1: the volume)")]
+        default=None, ge=-1, le=2, description="give a number between -1 and 2 (0: uniform, 0.5: square root "
+                                               "of the volume, 1: the volume, -0.5: small structures first)")]
     max_loop_clicks: Annotated[int, Strict(), Field(default=None, ge=1, description="give an integer >= 1")]
 
     @field_validator("roi_scale_range", "box_scale_range")

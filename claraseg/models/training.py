@@ -198,7 +198,7 @@ def dextr_sample(volume: TrainingVolume, structure: Structure, settings: dict, r
         if not fg and not bg:
             return dextr_input(img, pts_roi, sigma, True, [], [], prev), torch.from_numpy(gt[None].astype(np.float32))
     else:
-        prev, fg, bg = refine_clicks(gt, roi_label, rng)
+        prev, fg, bg = refine_clicks(gt, roi_label, rng, float(sampling["p_local_errors"]))
     x = dextr_input(img, pts_roi, sigma, True, fg, bg, prev)
     return x, torch.from_numpy(gt[None].astype(np.float32))
 

@@ -59,8 +59,14 @@ def test_draws_by_size_favour_large_structures_more_with_a_higher_power():
     assert linear > 0.95  # 8,000 voxels against 4 x 27
 
 
+def test_a_negative_power_favours_small_structures():
+    uniform = _large_share(p_by_size=0.0)
+    inverse = _large_share(p_by_size=1.0, by_size_power=-0.5)
+    assert inverse < 0.5 * uniform
+
+
 @pytest.mark.parametrize("cfg", [{"p_first_click_roi": 1.2}, {"p_from_scratch": -0.5}, {"p_from_scratch_cut": "1"},
-                                 {"p_by_size": True}, {"by_size_power": 3}, {"by_size_power": None},
+                                 {"p_by_size": True}, {"by_size_power": 3}, {"by_size_power": -1.5}, {"by_size_power": None},
                                  {"p_from_scratch": None}])
 def test_bad_first_click_keys_are_refused(cfg):
     with pytest.raises(TrainingDataError, match=next(iter(cfg))):
@@ -75,3 +81,35 @@ def test_the_keys_are_pretrain_options_and_recorded_in_the_recipe():
                  "p_from_scratch_cut=0.65"):
         assert f"--train {text}" in recipe
     assert "p_first_click_roi" not in train_recipe_options("dextr3d", cfg)
+
+
+def test_local_errors_change_only_patches_of_the_boundary():
+    from scipy import ndimage
+
+    from claraseg.models.click_sampling import local_errors, refine_clicks
+
+    gt = np.zeros((48, 48, 48), np.uint8)
+    gt[8:40, 8:40, 8:40] = 1
+    rng = np.random.default_rng(0)
+    boundary = ndimage.binary_dilation(gt, iterations=1) & ~ndimage.binary_erosion(gt, iterations=1)
+    for _ in range(10):
+        m = local_errors(gt, rng).astype(bool)
+        wrong = m != gt.astype(bool)
+        assert wrong.any()
+        # within two voxels of the truth's boundary, and far from covering the whole boundary
+        shell = ndimage.binary_dilation(gt, iterations=2) & ~ndimage.binary_erosion(gt, iterations=2)
+        assert not (wrong & ~shell).any()
+        assert (boundary & wrong).sum() < 0.5 * boundary.sum()
+    # the key draws these masks in refine_clicks; at 0 the random stream is the one of earlier recipes
+    a = refine_clicks(gt, gt, np.random.default_rng(3))
+    b = refine_clicks(gt, gt, np.random.default_rng(3), 0.0)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(np.asarray(a[1] + a[2]), np.asarray(b[1] + b[2]))
+    c = refine_clicks(gt, gt, np.random.default_rng(3), 1.0)
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_p_local_errors_is_a_checked_training_key():
+    check_train_config({"p_local_errors": 0.5})
+    with pytest.raises(TrainingDataError, match="p_local_errors"):
+        check_train_config({"p_local_errors": 1.5})
+    assert "--train p_local_errors=0.4" in train_recipe_options("dextr3d", check_train_overrides({"p_local_errors": 0.4}))

@@ -99,7 +99,7 @@ def test_a_request_cannot_set_the_fine_tune_settings_and_what_it_may_set_the_sch
                                 "is [0.65, 1.15])"),
     ({"p_from_scratch": 1.5}, "train.json p_from_scratch 1.5: give a probability between 0 and 1"),
     ({"p_by_size": True}, "train.json p_by_size True: give a probability"),
-    ({"by_size_power": 3}, "train.json by_size_power 3: give a number between 0 and 2"),
+    ({"by_size_power": 3}, "train.json by_size_power 3: give a number between -1 and 2"),
     ({"max_loop_clicks": 2.0}, "train.json max_loop_clicks 2.0: give an integer >= 1"),
     ({"domain_randomization": "yes"}, "train.json domain_randomization 'yes': give true or false"),
 ])
