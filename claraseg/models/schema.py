@@ -233,6 +233,12 @@ class JobSettings(BaseModel):
     distill_replay: Annotated[bool, Strict(), _setting(
         False, "true or false (with distill > 0: replayed samples also take the starting model's output as "
                "their target instead of their labels)")]
+    wise: Annotated[Optional[Union[Annotated[float, Strict(), Field(gt=0, le=1, allow_inf_nan=False)],
+                                   Literal["auto"]]], _setting(
+        None, 'null, a number in (0, 1] or "auto" (weight-space ensembling, WiSE-FT: the candidate to publish '
+              'is the starting weights + wise x (the weights at the end of training - the starting ones), '
+              'validated and held to max_label_drop like a checkpoint; "auto": the best validated of 0.25, '
+              '0.5, 0.75 and 1; null: the best validated checkpoint of the training)')]
     freeze_norm: Annotated[bool, Strict(), _setting(
         False, "true or false (normalisation layers keep their running statistics while training)")]
     max_guard_cases: Annotated[int, Strict(), _setting(

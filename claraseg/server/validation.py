@@ -27,9 +27,13 @@ TRAINING_SETTINGS: dict[str, tuple[type, ...]] = {
     "checkpoint_interval": (int,), "log_interval": (int,), "amp": (bool,), "deterministic": (bool,),
     "seed": (int,), "val_fraction": (float, int), "min_val_cases": (int,), "publish": (bool,),
     "require_improvement": (bool,), "sw_batch_size": (int,),
+    # Weight-space ensembling chooses among candidates that are each held to the bundle's max_label_drop
+    # (which no client may change), and its interpolations lie between the starting and the tuned weights:
+    # a request can pick how far back toward the start to step, never publish a model the guard refused.
+    "wise": (float, int, str, type(None)),
 }
 #: The only words a string-valued override may hold.
-WORDS = {"training#dataset": ("plain", "cache", "smart", "persistent")}
+WORDS = {"training#dataset": ("plain", "cache", "smart", "persistent"), "training#wise": ("auto",)}
 #: Config sections whose numeric/boolean parameters may be set one level deep (``optimizer#lr``).
 PARAMETER_SECTIONS = ("optimizer", "lr_scheduler", "loss")
 _PARAM = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -83,6 +87,10 @@ def check_overrides(overrides: Any) -> dict[str, Any]:
                 raise ConfigError(f"override {shown!r}: {value!r} is not a finite number of sensible size")
             if bounds and not bounds[0] <= value <= bounds[1]:
                 raise ConfigError(f"override {shown!r}: {value!r} is outside {list(bounds)}")
+        if key == "training#wise":
+            from claraseg.models.schema import check_job_settings
+
+            check_job_settings({"wise": value})  # a number must lie in (0, 1]: refused here, not by a failed job
     return dict(overrides)
 
 

@@ -161,7 +161,8 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
                 budget_s: float | None = 540.0, interactions: int = 5, overrides: dict[str, Any] | None = None,
                 untuned: list[str] | tuple[str, ...] = UNTUNED, iterations: int | None = None,
                 guard: bool = True, noise_seeds: int = 0, noise_scale: float = 1e-3,
-                replay_untuned: bool = False, click_sequences: int = 1) -> dict[str, Any]:
+                replay_untuned: bool = False, click_sequences: int = 1, refit: bool = True,
+                test_alphas: tuple[float, ...] = ()) -> dict[str, Any]:
     """Fine-tune an interactive bundle on the lower half (in slices) of each structure of the sample CT and
     evaluate the click protocol before and after on the upper half; each part in an image cropped to it.
 
@@ -177,7 +178,12 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
     ``iterations`` fixes the number of optimizer steps (reproducible);
     ``budget_s`` stops the training earlier after that much time. ``noise_seeds`` > 0 also measures the
     test's own precision (:func:`perturbation_floor`): the same protocol with the starting model's weights
-    each multiplied by ``1 + noise_scale * N(0, 1)``."""
+    each multiplied by ``1 + noise_scale * N(0, 1)``. ``refit``: the models folder holds the bundle's shape
+    re-fit model (DEXTR3D, ``shape_refit_model``) beside it, as a user's registry does, so the clicks of
+    the test and of the job's validation are re-fit as a user's are; False: the bundle's copy names no
+    re-fit model (its clicks run without the re-fit). ``test_alphas`` (a job with ``training#wise``): also
+    test the interpolations of the starting weights and the job's end weights at these weights, whatever
+    the job chose (reported under ``interpolations``, never used to choose)."""
     import shutil
 
     from claraseg.engine.backend import LocalBackend
@@ -192,6 +198,16 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
     start = models / bundle.name.split("@")[0]
     shutil.copytree(bundle, start)
     kind = read_bundle(start).kind
+    from claraseg.train.clickval import copy_shape_refit
+
+    if refit:
+        refit_model = copy_shape_refit(bundle, models)
+    else:
+        meta_path = start / "configs" / "metadata.json"
+        meta = json.loads(meta_path.read_text())
+        (meta.get("claraseg") or {}).pop("shape_refit_model", None)
+        write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
+        refit_model = None
     image = read_image(data_dir / "ct_abdomen_3mm" / "image.nii.gz")
     label = read_image(data_dir / "ct_abdomen_3mm" / "label.nii.gz", label=True)
     names = {v: i.name for v, i in read_labels_json(data_dir / "ct_abdomen_3mm" / "labels.json").items()}
@@ -265,6 +281,9 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
             session.close()
     floor = perturbation_floor(models, base, kind, workdir, [t[0] for t in tests], per, interactions,
                                noise_seeds, noise_scale, click_sequences) if noise_seeds else None
+    interpolations = test_interpolations(models, base, kind, workdir, job.workdir / "checkpoints" / "end.pt",
+                                         [t[0] for t in tests], per, interactions, test_alphas,
+                                         click_sequences) if test_alphas else None
     backend.close()
     events = job.events()
     final = [e for e in events if e["event"] == "state" and e["state"] == "completed"][-1]
@@ -289,7 +308,8 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
     weights = start / "models" / "model.pt"
     settings_event = next((e for e in events if e.get("message") == "configuration validated"), {})
     return {"machine": machine(), "threads": threads, "bundle": str(bundle), "kind": kind, "structures": structures,
-            "untuned": list(untuned), "guard": guard, "replay_untuned": replay_untuned, "overrides": overrides or {}, "job_settings": settings_event.get("settings"),
+            "untuned": list(untuned), "guard": guard,
+            "shape_refit_model": refit_model.name if refit_model else None, "replay_untuned": replay_untuned, "overrides": overrides or {}, "job_settings": settings_event.get("settings"),
             "tuned_parameters": settings_event.get("tuned_parameters"),
             "weights": {"sha256": hashlib.sha256(weights.read_bytes()).hexdigest()[:16],
                         "modified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(weights.stat().st_mtime))},
@@ -311,7 +331,8 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
             **({"worst_change_at_last_mean_any_structure": min(v["change_at_last_mean"] for v in per.values())}
                if click_sequences > 1 else {}),
             "per_structure": per, "job": str(job.workdir), "weight_change": weight_change(models, base, published),
-            **({"noise_floor": floor} if floor else {})}
+            **({"noise_floor": floor} if floor else {}),
+            **({"interpolations": interpolations} if interpolations else {})}
 
 
 def weight_change(models: Path, base: str, published: str) -> dict[str, float] | None:
@@ -327,6 +348,73 @@ def weight_change(models: Path, base: str, published: str) -> dict[str, float] |
     num = sum(float(((w[k].float() - w0[k].float()) ** 2).sum()) for k in keys)
     den = sum(float((w0[k].float() ** 2).sum()) for k in keys)
     return {"relative_l2": round((num / den) ** 0.5, 6)}
+
+
+def _test_state(models: Path, base: str, kind: str, workdir: Path, state: dict[str, Any], folder: Path,
+                names: list[str], interactions: int, click_sequences: int) -> dict[str, list[list[float]]]:
+    """The click protocol on the held-out slices of ``names`` with the bundle ``base`` of ``models`` given
+    the weights ``state`` (a copy in ``folder``, beside the models folder's other bundles, e.g. the
+    shape re-fit model): ``{name: [Dice curve per click sequence]}``."""
+    import shutil
+
+    import torch
+
+    from claraseg.engine.backend import LocalBackend
+    from claraseg.evaluate.protocol import run_structure
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    for other in models.iterdir():
+        if other.is_dir() and other.name != base and "@" not in other.name:
+            shutil.copytree(other, folder / other.name)
+    shutil.copytree(models / base, folder / base, ignore=shutil.ignore_patterns("*.pt", "*.onnx", "*.ts"))
+    torch.save(state, folder / base / "models" / "model.pt")
+    out: dict[str, list[list[float]]] = {}
+    backend = LocalBackend(folder, device="cpu", idle_timeout=None)
+    try:
+        for name in names:
+            sub = read_image(workdir / f"heldout_{name}_image.nii.gz")
+            truth = read_image(workdir / f"heldout_{name}_label.nii.gz", label=True).array > 0
+            session = backend.open_session(sub)
+            try:
+                out[name] = [[round(float(d), 4) for d in run_structure(
+                    session, base, kind, truth, name=name, interactions=interactions, first_click_seed=s or None,
+                    object_id=f"eval-{s}").dice] for s in range(click_sequences)]
+            finally:
+                session.close()
+    finally:
+        backend.close()
+    return out
+
+
+def test_interpolations(models: Path, base: str, kind: str, workdir: Path, end_path: Path, names: list[str],
+                        per: dict[str, Any], interactions: int, alphas: tuple[float, ...],
+                        click_sequences: int = 1) -> dict[str, Any]:
+    """The test at each weight ``a`` of ``alphas`` of the interpolation ``w0 + a * (w_end - w0)`` between the
+    starting weights and a job's end weights (``checkpoints/end.pt`` of a job with ``training#wise``):
+    per structure the change after the last click against the starting model (mean over the click
+    sequences), the worst and the tuned structures' mean. Reported beside what the job chose, never used
+    to choose."""
+    from claraseg.models.bundle import read_weights
+    from claraseg.train.runner import interpolate_weights
+
+    if not end_path.is_file():
+        return {"error": f"{end_path} is missing: the job ran without training#wise"}
+    start = {k: v.float() if v.is_floating_point() else v for k, v in read_weights(models / base / "models" / "model.pt").items()}
+    end = read_weights(end_path)
+    out: dict[str, Any] = {}
+    for alpha in alphas:
+        runs = _test_state(models, base, kind, workdir, interpolate_weights(start, end, float(alpha)),
+                           workdir / "interpolated", names, interactions, click_sequences)
+        change = {n: round(float(np.mean([r[-1] for r in runs[n]])) - per[n][
+            "before_mean" if click_sequences > 1 else "before"][-1], 4) for n in names}
+        tuned = [n for n in names if per[n]["tuned"]]
+        out[f"{alpha:g}"] = {"change_at_last_mean": change, "worst": min(change.values()),
+                             "tuned_mean_change": round(float(np.mean([change[n] for n in tuned])), 4),
+                             "tuned_mean_curve": [round(float(np.mean([np.mean([r[i] for r in runs[n]]) for n in tuned])), 4)
+                                                  for i in range(interactions)],
+                             "sequences": runs}
+    return out
 
 
 def perturbation_floor(models: Path, base: str, kind: str, workdir: Path, names: list[str], per: dict[str, Any],

@@ -76,6 +76,11 @@ def register(sub) -> None:
                     help="also re-test the starting model with its weights perturbed by 0.1 %% (this many draws): "
                          "the protocol's own precision")
     ba.add_argument("--no-guard", action="store_true", help="test the untuned structures without giving them to the job")
+    ba.add_argument("--test-alphas", default="", metavar="A,B,...",
+                    help="with -o training#wise=...: also test these interpolations of the start and the job's end "
+                         "weights (reported, never used to choose)")
+    ba.add_argument("--no-refit", action="store_true",
+                    help="leave the DEXTR3D shape re-fit model out of the models folder (clicks without the re-fit)")
     ba.add_argument("--replay-untuned", action="store_true",
                     help="replay the first two thirds of the untuned structures' lower halves (the datalist's "
                          "replay scans); the last third is their guard")
@@ -135,7 +140,8 @@ def _bench_adapt(args) -> int:
                          overrides=dict(parse_override(o) for o in args.override),
                          untuned=[u for u in args.untuned.split(",") if u], iterations=args.iterations,
                          guard=not args.no_guard, noise_seeds=args.noise_seeds, replay_untuned=args.replay_untuned,
-                         click_sequences=args.click_sequences)
+                         click_sequences=args.click_sequences, refit=not args.no_refit,
+                         test_alphas=tuple(float(a) for a in args.test_alphas.split(",") if a))
     _write_result(result, args.out)
     if args.out:
         from claraseg.train.plot import plot_adaptation

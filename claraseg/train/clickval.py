@@ -19,6 +19,43 @@ import numpy as np
 import torch
 
 
+def shape_refit_source(bundle: str | Path) -> Path | None:
+    """The folder of the DEXTR3D bundle a DeepGrow 3D bundle's clicks are re-fit with (its
+    ``shape_refit_model``), as a registry holding the packaged models and the bundle's own folder resolves
+    that name (its newest version); None when the bundle names none or no such DEXTR3D bundle exists."""
+    from claraseg.errors import ClarasegError
+    from claraseg.models.bundle import read_bundle
+    from claraseg.models.registry import PACKAGED_DIR, ModelRegistry
+
+    bundle = Path(bundle)
+    try:
+        name = read_bundle(bundle).settings.get("shape_refit_model")
+        if not name:
+            return None
+        refit = ModelRegistry([PACKAGED_DIR, bundle.parent]).get(name)
+    except ClarasegError:
+        return None
+    return refit.path if refit.kind == "dextr3d" else None
+
+
+def copy_shape_refit(bundle: str | Path, models: str | Path) -> Path | None:
+    """Copy the bundle's shape re-fit model (:func:`shape_refit_source`) into the models folder ``models``
+    under its plain name, as a user's registry serves it beside the bundle (kept when the folder already
+    holds one of that name); the copy's folder, or None when the bundle has no re-fit model."""
+    import shutil
+
+    source = shape_refit_source(bundle)
+    if source is None:
+        return None
+    from claraseg.models.bundle import read_bundle
+
+    target = Path(models) / str(read_bundle(Path(bundle)).settings["shape_refit_model"])
+    if target.exists():
+        return target
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "eval", ".*"))
+    return target
+
+
 class ClickValidation:
     """``validate(network, cases)`` -> ``({structure: [Dice curve over the clicks, per case]}, indices of
     the cases not validated)`` for ``clicks`` interactions per structure. A case is not validated when its
@@ -41,6 +78,8 @@ class ClickValidation:
         if not target.exists():
             # Configs only: the weights are written by every validation.
             shutil.copytree(bundle, target, ignore=shutil.ignore_patterns("*.pt", "*.ts", "*.onnx"))
+        # The clicks a user makes with the published model are re-fit by its DEXTR3D model: so are these.
+        self.refit = copy_shape_refit(bundle, self.folder)
         self.weights = target / "models" / "model.pt"
         self.backend = LocalBackend(self.folder, device=device, idle_timeout=None)
         self._sessions: dict[str, Any] = {}
@@ -106,4 +145,4 @@ class ClickValidation:
         self.backend.close()
 
 
-__all__ = ["ClickValidation"]
+__all__ = ["ClickValidation", "copy_shape_refit", "shape_refit_source"]

@@ -88,7 +88,8 @@ def publish_best(bundle: Path, meta: dict[str, Any], state: dict[str, torch.Tens
     prepared = json.loads((workdir / "data" / "prepared.json").read_text())
     record = {"job": workdir.name, "workdir": str(workdir), "parent": str(bundle),
               "parent_version": meta.get("version"), "baseline_dice": baseline, "best_dice": best["dice"],
-              "best_iteration": best["iteration"], "train_cases": [c["source_label"] for c in prepared["train"]],
+              "best_iteration": best["iteration"],
+              **({"wise_alpha": best["alpha"]} if best.get("alpha") is not None else {}), "train_cases": [c["source_label"] for c in prepared["train"]],
               "val_cases": [c["source_label"] for c in prepared["val"]], "overrides": spec.overrides,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     registry = ModelRegistry(registry_root)

@@ -164,6 +164,26 @@ def configure_validation(task, parser, bundle: Path, kind: str, folder: Path, de
             task.clicks = ClickValidation(bundle, folder, kind, n, device=str(device), sequences=sequences)
 
 
+#: The interpolation weights ``training#wise: "auto"`` chooses among (1: the weights at the end of training).
+WISE_ALPHAS = (0.25, 0.5, 0.75, 1.0)
+
+
+def wise_alphas(setting: float | str | None) -> tuple[float, ...]:
+    """The interpolation weights a job validates for ``training#wise``: none (off), the one given, or
+    :data:`WISE_ALPHAS` for ``"auto"``."""
+    if setting is None:
+        return ()
+    return WISE_ALPHAS if setting == "auto" else (float(setting),)
+
+
+def interpolate_weights(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
+                        alpha: float) -> dict[str, torch.Tensor]:
+    """``start + alpha * (end - start)`` for every floating-point tensor (weights and normalisation
+    statistics); the others (e.g. counters) are taken from ``end``."""
+    return {k: (s + alpha * (end[k] - s)).to(end[k].dtype) if end[k].is_floating_point() else end[k].clone()
+            for k, s in start.items()}
+
+
 def lost_structures(baseline: dict[str, float], current: dict[str, float], drop: float) -> dict[str, float]:
     """``{structure: Dice lost}`` of the structures whose Dice fell more than ``drop`` below the baseline's."""
     return {k: round(baseline[k] - v, 4) for k, v in current.items() if k in baseline and v < baseline[k] - drop}
@@ -268,6 +288,12 @@ class Runner:
         self.task = make_task(kind, comps, cmeta)
         network: torch.nn.Module = comps["network_def"].to(self.device)
         warm = load_weights(network, bundle)
+        if settings["wise"] is not None and not warm:
+            raise ConfigError("training#wise interpolates toward the starting weights, but the bundle has none "
+                              "(models/model.pt); set it to null")
+        # WiSE-FT interpolates from the starting weights (read before a resumed checkpoint).
+        self.start_state = {k: v.detach().clone() for k, v in network.state_dict().items()} \
+            if settings["wise"] is not None else None
         tuned = select_trainable(network, settings["trainable"])
         # L2-SP pulls the tuned weights toward the starting model's (read before a resumed checkpoint).
         self.anchor = {n: p.detach().clone() for n, p in network.named_parameters()
@@ -326,7 +352,49 @@ class Runner:
         self.iteration = loop.state.iteration
         self.throughput = loop.throughput
         self.best = self.validation.best
+        if self.start_state is not None and self.dist.rank == 0:
+            self.best = self._choose_wise(network, val_items, data)
         return self._finish(network, bundle, meta, baseline)
+
+    def _choose_wise(self, network, val_items, data: PreparedData) -> dict[str, Any]:
+        """WiSE-FT (``training#wise``): validate the interpolations ``start + alpha * (end - start)`` of the
+        starting weights and the weights at the end of training (alpha 1: the end's own final validation)
+        and keep the best score at which no held-out or guard structure lost more than ``max_label_drop``
+        (``best.pt``; the end's weights are kept as ``end.pt``); the training's own checkpoints are not
+        candidates. Returns the new best (dice None when no interpolation qualified: nothing is published)."""
+        end = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        atomic_torch_save(end, self.ckpt_dir / "end.pt")  # what the interpolations start from, for audits
+        history = self.validation.history
+        validated_end = bool(history) and history[-1]["iteration"] == self.iteration
+        best: dict[str, Any] = {"dice": None, "iteration": None, "alpha": None}
+        tried = []
+        # From alpha 1 down: the end's own final validation is the last one run, so it is judged first.
+        for alpha in sorted(wise_alphas(self.settings["wise"]), reverse=True):
+            if alpha == 1.0 and validated_end:
+                score = float(self.last_score)
+            else:
+                network.load_state_dict(interpolate_weights(self.start_state, end, alpha))
+                score = self._validate(network, val_items, data, alpha=alpha)
+            lost = self._lost()
+            tried.append({"alpha": alpha, "dice": round(score, 4), "lost": lost})
+            if not lost and (best["dice"] is None or score > best["dice"]):
+                best = {"dice": score, "iteration": self.iteration, "alpha": alpha}
+                self._save_best(network, score, alpha=alpha)
+        network.load_state_dict(end)
+        self.events.emit("info", message="weight-space ensembling", candidates=tried, chosen_alpha=best["alpha"],
+                         dice=best["dice"])
+        return best
+
+    def _lost(self) -> dict[str, float]:
+        """The held-out and guard structures of the last validation that lost more than ``max_label_drop``
+        against the starting model (``guard:`` names the guard ones); empty without that rule."""
+        drop = self.settings["max_label_drop"]
+        if drop is None:
+            return {}
+        worse = lost_structures(getattr(self, "baseline_per_label", None) or {}, self.last_per_label, drop)
+        worse.update({f"guard:{k}": v for k, v in lost_structures(
+            getattr(self, "baseline_guard", None) or {}, getattr(self, "last_guard", {}), drop).items()})
+        return worse
 
     def _val_items(self, transform, cases) -> list[dict[str, Any]]:
         if self.dist.rank != 0:
@@ -337,17 +405,20 @@ class Runner:
             items.append(out[0] if isinstance(out, list) else out)
         return items
 
-    def _validate(self, network, val_items, data: PreparedData, baseline: bool = False) -> float:
+    def _validate(self, network, val_items, data: PreparedData, baseline: bool = False,
+                  alpha: float | None = None) -> float:
         t0 = time.time()
         score, per_label = self.task.validate(network, val_items, data.val, self.device, self.settings["sw_batch_size"])
         guard: dict[str, float] = {}
         if data.guard:
             _, guard = self.task.validate(network, self.guard_items, data.guard, self.device,
                                           self.settings["sw_batch_size"])
-        self.last_per_label, self.last_guard = per_label, guard
+        self.last_per_label, self.last_guard, self.last_score = per_label, guard, score
         if baseline:
             self.baseline_per_label, self.baseline_guard = per_label, guard
         extra = {"guard": guard, "guard_cases": len(self.guard_items)} if data.guard else {}
+        if alpha is not None:
+            extra["wise_alpha"] = alpha
         refused = getattr(getattr(self.task, "clicks", None), "refused", None)
         if baseline and refused:
             self.events.emit("info", message="validated by ROI samples, not by clicks: the engine cannot take "
@@ -394,10 +465,10 @@ class Runner:
         atomic_torch_save(state, path)
         self.events.emit("checkpoint", path=str(path), iteration=s.iteration, epoch=s.epoch, cursor=s.cursor)
 
-    def _save_best(self, network, score: float) -> None:
+    def _save_best(self, network, score: float, alpha: float | None = None) -> None:
         atomic_torch_save(network.state_dict(), self.ckpt_dir / "best.pt")
         self.events.emit("checkpoint", path=str(self.ckpt_dir / "best.pt"), iteration=self.iteration, best=True,
-                         dice=score)
+                         dice=score, **({"wise_alpha": alpha} if alpha is not None else {}))
 
     # ----- training ----------------------------------------------------------------------------------------
     def _make_loop(self, model, network, comps, val_items, data, baseline, best, resume) -> TrainingLoop:
@@ -419,12 +490,7 @@ class Runner:
             self._save_best(network, score)
 
         def eligible(loop: TrainingLoop, score: float) -> bool:
-            drop = s["max_label_drop"]
-            if drop is None:
-                return True
-            worse = lost_structures(getattr(self, "baseline_per_label", None) or {}, self.last_per_label, drop)
-            worse.update({f"guard:{k}": v for k, v in lost_structures(
-                getattr(self, "baseline_guard", None) or {}, getattr(self, "last_guard", {}), drop).items()})
+            worse = self._lost()
             if worse:
                 ev.emit("info", message="not kept as best: structures lost more than training#max_label_drop",
                         iteration=loop.state.iteration, dice=score, lost=worse)
@@ -472,6 +538,7 @@ class Runner:
     def _finish(self, network, bundle: Path, meta: dict[str, Any], baseline: float | None) -> dict[str, Any]:
         result: dict[str, Any] = {"iteration": self.iteration, "baseline_dice": baseline, "best_dice": self.best["dice"],
                                   "best_iteration": self.best["iteration"], "its_per_s": self.throughput,
+                                  **({"wise_alpha": self.best.get("alpha")} if self.start_state is not None else {}),
                                   "peak_memory_mb": _round(peak_memory_mb()), "published": None}
         if self.dist.rank != 0:
             return result
@@ -483,7 +550,8 @@ class Runner:
         if not s["publish"]:
             result["publish_skipped"] = "training#publish is false"
         elif self.best["dice"] is None:
-            result["publish_skipped"] = (f"no validation kept every label within training#max_label_drop "
+            which = "interpolation (training#wise)" if self.start_state is not None else "validation"
+            result["publish_skipped"] = (f"no {which} kept every label within training#max_label_drop "
                                          f"({s['max_label_drop']}) of the starting model's Dice")
         elif s["require_improvement"] and not improved:
             result["publish_skipped"] = (f"best Dice {self.best['dice']:.4f} does not beat the starting model's "

@@ -50,8 +50,10 @@ def _jobs(served) -> set[str]:
     {"training#max_iterations": [1, "$x"]},
     {"training#seed": True},
     {"optimizer#lr": float("inf")},
+    {"training#wise": "$__import__('pathlib').Path('{marker}').write_text('owned')"},
+    {"training#wise": 0},
 ], ids=["expr-int-setting", "expr-lr", "target-dict", "target-key", "reference", "macro", "bundle-root",
-        "dataset-expr", "list", "bool-for-int", "inf"])
+        "dataset-expr", "list", "bool-for-int", "inf", "wise-expr", "wise-out-of-range"])
 def test_train_overrides_carry_no_code(served, trainable, tmp_path, overrides):
     marker = tmp_path / "owned.txt"
     body = json.loads(json.dumps(overrides, allow_nan=True).replace("{marker}", str(marker)), parse_constant=float)

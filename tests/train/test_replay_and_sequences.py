@@ -104,7 +104,7 @@ def test_click_validation_over_several_sequences_is_their_mean(tmp_path):
     from claraseg.engine.backend import LocalBackend
     from claraseg.evaluate.protocol import run_structure
     from claraseg.io import read_image
-    from claraseg.train.clickval import ClickValidation
+    from claraseg.train.clickval import ClickValidation, copy_shape_refit
     from claraseg.train.data import Case
 
     bundle = tiny_bundle(tmp_path / "models", "deepgrow3d")
@@ -119,6 +119,9 @@ def test_click_validation_over_several_sequences_is_their_mean(tmp_path):
             curves[n] = validation.validate(net, cases)[0]["liver"][0]
         finally:
             validation.close()
+    # The validation's clicks are re-fit by the bundle's DEXTR3D model, as a user's registry serves it.
+    assert (tmp_path / "val1" / "dextr3d" / "models" / "model.pt").is_file()
+    assert copy_shape_refit(bundle, tmp_path / "models") == tmp_path / "models" / "dextr3d"
     backend = LocalBackend(tmp_path / "models", device="cpu", idle_timeout=None)
     try:
         session = backend.open_session(read_image(entry["image"]))

@@ -72,8 +72,9 @@ def test_train_json_finetune_section_is_checked_by_the_schema(tmp_path):
 
 
 def test_a_request_cannot_set_the_fine_tune_settings_and_what_it_may_set_the_schema_knows():
-    """The server's allow-list is unchanged: the forgetting controls stay the bundle's; every setting a
-    request may change is a field of the schema."""
+    """The forgetting controls stay the bundle's; weight-space ensembling (each candidate held to the
+    bundle's max_label_drop) may be chosen, within its range; every setting a request may change is a
+    field of the schema."""
     from claraseg.server.validation import TRAINING_SETTINGS, check_overrides
 
     for key, value in (("l2sp", 0.0), ("trainable", None), ("freeze_norm", False), ("max_guard_cases", 0),
@@ -82,6 +83,13 @@ def test_a_request_cannot_set_the_fine_tune_settings_and_what_it_may_set_the_sch
             check_overrides({f"training#{key}": value})
     assert set(TRAINING_SETTINGS) <= set(JobSettings.model_fields)
     check_job_settings({k: JOB_DEFAULTS[k] for k in TRAINING_SETTINGS})
+    for value in ("auto", 0.5, 1, None):
+        assert check_overrides({"training#wise": value}) == {"training#wise": value}
+    for value, message in ((0, r"training#wise = 0 must be null"), (1.5, "must be null"),
+                           ("best", "'best' is not one of \\['auto'\\]"), (True, "a boolean is not a valid value"),
+                           ("$__import__('os')", "is not one of")):
+        with pytest.raises(ConfigError, match=message):
+            check_overrides({"training#wise": value})
 
 
 @pytest.mark.parametrize("train, message", [
