@@ -281,7 +281,7 @@ def bench_adapt(data_dir: Path, workdir: Path, bundle: Path, structures: list[st
             session.close()
     floor = perturbation_floor(models, base, kind, workdir, [t[0] for t in tests], per, interactions,
                                noise_seeds, noise_scale, click_sequences) if noise_seeds else None
-    interpolations = test_interpolations(models, base, kind, workdir, job.workdir / "checkpoints" / "end.pt",
+    interpolations = evaluate_interpolations(models, base, kind, workdir, job.workdir / "checkpoints" / "end.pt",
                                          [t[0] for t in tests], per, interactions, test_alphas,
                                          click_sequences) if test_alphas else None
     backend.close()
@@ -387,7 +387,7 @@ def _test_state(models: Path, base: str, kind: str, workdir: Path, state: dict[s
     return out
 
 
-def test_interpolations(models: Path, base: str, kind: str, workdir: Path, end_path: Path, names: list[str],
+def evaluate_interpolations(models: Path, base: str, kind: str, workdir: Path, end_path: Path, names: list[str],
                         per: dict[str, Any], interactions: int, alphas: tuple[float, ...],
                         click_sequences: int = 1) -> dict[str, Any]:
     """The test at each weight ``a`` of ``alphas`` of the interpolation ``w0 + a * (w_end - w0)`` between the
@@ -424,43 +424,25 @@ def perturbation_floor(models: Path, base: str, kind: str, workdir: Path, names:
     after the last click against the unperturbed model. A change a model this close to the starting one
     makes is noise of the protocol (one deterministic click sequence per structure), not learning.
     ``click_sequences`` > 1: also the change of the mean over that many sequences (``change_at_last_mean``)."""
-    import shutil
-
     import torch
 
-    from claraseg.engine.backend import LocalBackend
-    from claraseg.evaluate.protocol import run_structure
     from claraseg.models.bundle import read_weights
 
     start = read_weights(models / base / "models" / "model.pt")
-    folder = workdir / "perturbed"
     changes: dict[str, list[float]] = {n: [] for n in names}
     mean_changes: dict[str, list[float]] = {n: [] for n in names}
     for seed in range(seeds):
-        if folder.exists():
-            shutil.rmtree(folder)
-        shutil.copytree(models / base, folder / base, ignore=shutil.ignore_patterns("*.pt"))
         g = torch.Generator().manual_seed(seed)
         state = {k: (v.float() * (1 + scale * torch.randn(v.shape, generator=g)) if v.is_floating_point() else v)
                  for k, v in start.items()}
-        torch.save(state, folder / base / "models" / "model.pt")
-        backend = LocalBackend(folder, device="cpu", idle_timeout=None)
-        try:
-            for name in names:
-                sub = read_image(workdir / f"heldout_{name}_image.nii.gz")
-                truth = read_image(workdir / f"heldout_{name}_label.nii.gz", label=True).array > 0
-                session = backend.open_session(sub)
-                try:
-                    last = [float(run_structure(session, base, kind, truth, name=name, interactions=interactions,
-                                                first_click_seed=s or None, object_id=f"eval-{s}").dice[-1])
-                            for s in range(click_sequences)]
-                finally:
-                    session.close()
-                changes[name].append(round(last[0] - per[name]["before"][-1], 4))
-                if click_sequences > 1:
-                    mean_changes[name].append(round(float(np.mean(last)) - per[name]["before_mean"][-1], 4))
-        finally:
-            backend.close()
+        runs = _test_state(models, base, kind, workdir, state, workdir / "perturbed", names, interactions,
+                           click_sequences)
+        for name in names:
+            last = [r[-1] for r in runs[name]]
+            changes[name].append(round(last[0] - per[name]["before"][-1], 4))
+            if click_sequences > 1:
+                mean_changes[name].append(round(float(np.mean(last)) - per[name]["before_mean"][-1], 4))
+
     def summary(found: dict[str, list[float]]) -> dict[str, float]:
         every = [abs(c) for v in found.values() for c in v]
         return {"median_abs_change": round(float(np.median(every)), 4), "max_abs_change": round(float(max(every)), 4),

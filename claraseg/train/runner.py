@@ -2,7 +2,8 @@
 
 Order of work: validate the config (dry run) -> check and prepare the data -> the starting model's
 Dice on the held-out cases -> train, with checkpoints every ``checkpoint_interval`` iterations (model,
-optimizer, scheduler, AMP scaler, RNG states, data cursor) -> final validation -> publish the best model.
+optimizer, scheduler, AMP scaler, RNG states, data cursor) -> final validation -> with ``training#wise``
+the interpolations of the starting and the end weights (:meth:`Runner._choose_wise`) -> publish the best model.
 Every step reports through :class:`~claraseg.train.events.EventWriter`.
 """
 

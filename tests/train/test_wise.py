@@ -4,6 +4,7 @@ tiny fine-tunes whose published weights are the validated interpolation of the s
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -116,3 +117,43 @@ def test_wise_needs_starting_weights(tmp_path):
     with pytest.raises(ConfigError, match="training#wise interpolates toward the starting weights"):
         fine_tune(bundle, tmp_path / "datalist.json", tmp_path / "job", iterations=2, threads=1,
                   overrides={**FAST_WISE, "training#wise": "auto"})
+
+
+def test_the_benchmark_tests_an_interpolation_with_the_re_fit_model_beside_it(tmp_path):
+    """``bench-adapt --test-alphas``: the interpolation at 0 is the starting model (no change on any
+    structure), the one at 1 the job's end weights; the models folder it runs in holds the re-fit model."""
+    from claraseg.engine.backend import LocalBackend
+    from claraseg.evaluate.protocol import run_structure
+    from claraseg.io import read_image
+    from claraseg.models.bundle import read_weights
+    from claraseg.train.bench import evaluate_interpolations
+    from claraseg.train.clickval import copy_shape_refit
+
+    models = tmp_path / "models"
+    bundle = tiny_bundle(models, "deepgrow3d")
+    assert copy_shape_refit(bundle, models) == models / "dextr3d"
+    entry = phantom_case(54, tmp_path / "data", {1: "liver"}, size=(48, 48, 32))
+    shutil.copy(entry["image"], tmp_path / "heldout_liver_image.nii.gz")
+    shutil.copy(entry["label"], tmp_path / "heldout_liver_label.nii.gz")
+    start = read_weights(bundle / "models" / "model.pt")
+    torch.manual_seed(0)
+    end = {k: v.float() + 0.3 * torch.randn(v.shape) if v.is_floating_point() else v for k, v in start.items()}
+    torch.save(end, tmp_path / "end.pt")
+    backend = LocalBackend(models, device="cpu", idle_timeout=None)
+    try:
+        session = backend.open_session(read_image(entry["image"]))
+        truth = read_image(entry["label"], label=True).array > 0
+        before = run_structure(session, "deepgrow3d", "deepgrow3d", truth, interactions=2, object_id="eval-0").dice
+        session.close()
+    finally:
+        backend.close()
+    per = {"liver": {"tuned": True, "before": [round(float(d), 4) for d in before]}}
+    out = evaluate_interpolations(models, "deepgrow3d", "deepgrow3d", tmp_path, tmp_path / "end.pt", ["liver"], per,
+                                  2, (0.0, 1.0))
+    assert (tmp_path / "interpolated" / "dextr3d" / "models" / "model.pt").is_file()
+    assert out["0"]["change_at_last_mean"]["liver"] == pytest.approx(0.0, abs=1e-4)
+    assert out["0"]["tuned_mean_curve"] == pytest.approx(per["liver"]["before"], abs=1e-4)
+    assert len(out["1"]["sequences"]["liver"]) == 1 and len(out["1"]["sequences"]["liver"][0]) == 2
+    missing = evaluate_interpolations(models, "deepgrow3d", "deepgrow3d", tmp_path, tmp_path / "none.pt", ["liver"],
+                                      per, 2, (0.5,))
+    assert "training#wise" in missing["error"]
