@@ -396,7 +396,7 @@ def evaluate_interpolations(models: Path, base: str, kind: str, workdir: Path, e
     sequences), the worst and the tuned structures' mean. Reported beside what the job chose, never used
     to choose."""
     from claraseg.models.bundle import read_weights
-    from claraseg.train.runner import interpolate_weights
+    from claraseg.train.wise import interpolate_weights
 
     if not end_path.is_file():
         return {"error": f"{end_path} is missing: the job ran without training#wise"}

@@ -76,7 +76,7 @@ def register(sub) -> None:
                     help="also re-test the starting model with its weights perturbed by 0.1 %% (this many draws): "
                          "the protocol's own precision")
     ba.add_argument("--no-guard", action="store_true", help="test the untuned structures without giving them to the job")
-    ba.add_argument("--test-alphas", default="", metavar="A,B,...",
+    ba.add_argument("--test-alphas", default=(), type=_alphas, metavar="A,B,...",
                     help="with -o training#wise=...: also test these interpolations of the start and the job's end "
                          "weights (reported, never used to choose)")
     ba.add_argument("--no-refit", action="store_true",
@@ -132,6 +132,20 @@ def _bench_cache(args) -> int:
     return 0
 
 
+def _alphas(text: str) -> tuple[float, ...]:
+    """``--test-alphas``: comma-separated interpolation weights in (0, 1]."""
+    import argparse
+    import math
+
+    try:
+        out = tuple(float(a) for a in text.split(",") if a.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated numbers in (0, 1], e.g. 0.25,0.5") from None
+    if any(not math.isfinite(a) or not 0 < a <= 1 for a in out):
+        raise argparse.ArgumentTypeError(f"{text!r}: every weight must lie in (0, 1]")
+    return out
+
+
 def _bench_adapt(args) -> int:
     from claraseg.train.bench import bench_adapt
 
@@ -141,7 +155,7 @@ def _bench_adapt(args) -> int:
                          untuned=[u for u in args.untuned.split(",") if u], iterations=args.iterations,
                          guard=not args.no_guard, noise_seeds=args.noise_seeds, replay_untuned=args.replay_untuned,
                          click_sequences=args.click_sequences, refit=not args.no_refit,
-                         test_alphas=tuple(float(a) for a in args.test_alphas.split(",") if a))
+                         test_alphas=args.test_alphas)
     _write_result(result, args.out)
     if args.out:
         from claraseg.train.plot import plot_adaptation

@@ -43,6 +43,7 @@ from claraseg.train.loop import (
 )
 from claraseg.train.spec import JobSpec
 from claraseg.train.tasks import make_task
+from claraseg.train.wise import interpolate_weights, wise_alphas
 
 
 class Dist:
@@ -163,26 +164,6 @@ def configure_validation(task, parser, bundle: Path, kind: str, folder: Path, de
             from claraseg.train.clickval import ClickValidation
 
             task.clicks = ClickValidation(bundle, folder, kind, n, device=str(device), sequences=sequences)
-
-
-#: The interpolation weights ``training#wise: "auto"`` chooses among (1: the weights at the end of training).
-WISE_ALPHAS = (0.25, 0.5, 0.75, 1.0)
-
-
-def wise_alphas(setting: float | str | None) -> tuple[float, ...]:
-    """The interpolation weights a job validates for ``training#wise``: none (off), the one given, or
-    :data:`WISE_ALPHAS` for ``"auto"``."""
-    if setting is None:
-        return ()
-    return WISE_ALPHAS if setting == "auto" else (float(setting),)
-
-
-def interpolate_weights(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
-                        alpha: float) -> dict[str, torch.Tensor]:
-    """``start + alpha * (end - start)`` for every floating-point tensor (weights and normalisation
-    statistics); the others (e.g. counters) are taken from ``end``."""
-    return {k: (s + alpha * (end[k] - s)).to(end[k].dtype) if end[k].is_floating_point() else end[k].clone()
-            for k, s in start.items()}
 
 
 def lost_structures(baseline: dict[str, float], current: dict[str, float], drop: float) -> dict[str, float]:

@@ -3,6 +3,7 @@ tiny fine-tunes whose published weights are the validated interpolation of the s
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 
@@ -30,7 +31,7 @@ def test_wise_refuses_other_values_naming_the_setting(value):
 
 
 def test_interpolation_goes_from_the_start_to_the_end_and_keeps_counters():
-    from claraseg.train.runner import WISE_ALPHAS, interpolate_weights, wise_alphas
+    from claraseg.train.wise import WISE_ALPHAS, interpolate_weights, wise_alphas
 
     start = {"w": torch.zeros(3), "b": torch.ones(2, dtype=torch.float16), "n": torch.tensor(4)}
     end = {"w": torch.tensor([4.0, -4.0, 8.0]), "b": torch.full((2,), 3.0, dtype=torch.float16),
@@ -157,3 +158,12 @@ def test_the_benchmark_tests_an_interpolation_with_the_re_fit_model_beside_it(tm
     missing = evaluate_interpolations(models, "deepgrow3d", "deepgrow3d", tmp_path, tmp_path / "none.pt", ["liver"],
                                       per, 2, (0.5,))
     assert "training#wise" in missing["error"]
+
+
+@pytest.mark.parametrize("text", ["abc", "0.5,2", "0,0.5", "nan"])
+def test_bench_adapt_refuses_bad_test_alphas(text):
+    from claraseg.train.cli import _alphas
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        _alphas(text)
+    assert _alphas("0.25, 0.5,") == (0.25, 0.5)
